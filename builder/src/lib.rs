@@ -1,0 +1,14 @@
+//! habuild's builder: profile loading, rootfs backends, overlay staging, disk
+//! writer, manifest. The `habuild` binary (main.rs) is a thin CLI over this.
+
+pub mod build;
+pub mod disk;
+pub mod error;
+pub mod exec;
+pub mod fsimage;
+pub mod manifest;
+pub mod output;
+pub mod overlay;
+pub mod profile;
+pub mod rootfs;
+pub mod stages;

@@ -1,0 +1,222 @@
+//! `habuild`: bake immutable, self-assembling bare-metal Kubernetes node images.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use builder::build::{self, BuildOptions};
+use builder::error::BuildError;
+use builder::exec::HostExec;
+use clap::{Parser, Subcommand};
+
+/// Bake one immutable OS image that every bare-metal node boots; on first boot
+/// the nodes find each other and assemble an HA Kubernetes cluster themselves.
+///
+/// Exit codes: 0 success; 1 build failed (a tool or a download failed);
+/// 2 bad command line or bad input file (the message names file, line and key);
+/// 3 a required host tool is missing (run scripts/setup).
+#[derive(Debug, Parser)]
+#[command(name = "habuild", version, about, long_about)]
+struct Cli {
+    /// More output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build a node image: <name>.raw (GPT disk to flash), <name>.qcow2, manifest.json.
+    ///
+    /// Example:
+    ///   habuild image --profile configs/debian-12.toml --cluster configs/cluster.example.toml --out out/
+    ///
+    /// Nothing is written at the output paths unless the whole build succeeds.
+    /// Set SOURCE_DATE_EPOCH (or --source-date-epoch) for bit-identical rebuilds.
+    Image(ImageArgs),
+    /// Validate profiles and cluster files without building.
+    #[command(subcommand)]
+    Profile(ProfileCmd),
+    /// Cluster secrets.
+    #[command(subcommand)]
+    Secret(SecretCmd),
+}
+
+#[derive(Debug, clap::Args)]
+struct ImageArgs {
+    /// Image profile (configs/<distro>.toml).
+    #[arg(long, value_name = "FILE")]
+    profile: PathBuf,
+    /// cluster.toml to validate and write onto the ESP as habuild/cluster.toml.
+    /// Without it the image boots and waits for one to be put on the ESP.
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long, value_name = "DIR", default_value = "out")]
+    out: PathBuf,
+    /// Package cache (reused across builds of the same distro/release/arch).
+    #[arg(long, value_name = "DIR", env = "HABUILD_CACHE", default_value = "/var/cache/habuild")]
+    cache: PathBuf,
+    /// Replace a profile repo's URL: ID=URL (repeatable), e.g. debian=file:///srv/mirror/debian.
+    #[arg(long = "mirror", value_name = "ID=URL")]
+    mirrors: Vec<String>,
+    /// habuild's images/ directory (default: next to the binary's source tree, or /usr/share/habuild/images).
+    #[arg(long, value_name = "DIR", env = "HABUILD_IMAGES")]
+    images: Option<PathBuf>,
+    /// The habuild-agent binary to bake in (default: next to this binary).
+    #[arg(long, value_name = "FILE", env = "HABUILD_AGENT")]
+    agent: Option<PathBuf>,
+    /// Timestamp for every file and filesystem (default: $SOURCE_DATE_EPOCH, else now).
+    #[arg(long, value_name = "SECONDS")]
+    source_date_epoch: Option<u64>,
+    /// Keep the work directory (rootfs, staging) for inspection.
+    #[arg(long)]
+    keep_work: bool,
+    /// Print the manifest as JSON on stdout when done.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProfileCmd {
+    /// Check a profile (configs/<distro>.toml) or a cluster file (has a [cluster] table).
+    Check {
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretCmd {
+    /// Print a new random cluster secret (64 hex digits) for cluster.toml.
+    New,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.cmd {
+        Cmd::Image(args) => image(args),
+        Cmd::Profile(ProfileCmd::Check { files }) => check(&files),
+        Cmd::Secret(SecretCmd::New) => secret_new(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<BuildError>() {
+        Some(BuildError::Config(_) | BuildError::Invalid(_)) => 2,
+        Some(BuildError::MissingPackages { .. }) => 2,
+        Some(BuildError::ToolMissing { .. }) => 3,
+        _ => 1,
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn image(args: ImageArgs) -> anyhow::Result<()> {
+    let opts = BuildOptions {
+        images: match args.images {
+            Some(p) => p,
+            None => default_images()?,
+        },
+        agent: match args.agent {
+            Some(p) => p,
+            None => default_agent()?,
+        },
+        profile: args.profile,
+        cluster: args.cluster,
+        out: args.out,
+        cache: args.cache,
+        mirrors: args.mirrors,
+        source_date_epoch: args.source_date_epoch.unwrap_or_else(build::default_epoch),
+        keep_work: args.keep_work,
+    };
+    let report = build::build_image(&HostExec, &opts)?;
+    eprintln!("\n{}", report.summary);
+    for a in &report.manifest.artifacts {
+        eprintln!("{}  {} ({} MiB)", a.sha256, a.file, a.size / (1024 * 1024));
+    }
+    eprintln!("wrote {}", report.manifest_path.display());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.manifest)?);
+    }
+    Ok(())
+}
+
+fn exe_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the habuild binary")?;
+    Ok(exe.parent().unwrap_or(Path::new("/")).to_path_buf())
+}
+
+fn default_agent() -> anyhow::Result<PathBuf> {
+    let p = exe_dir()?.join("habuild-agent");
+    anyhow::ensure!(
+        p.is_file(),
+        "{} not found: build it with `cargo build --release -p habuild-firstboot` or pass --agent",
+        p.display()
+    );
+    Ok(p)
+}
+
+fn default_images() -> anyhow::Result<PathBuf> {
+    let dir = exe_dir()?;
+    let candidates = [dir.join("../../images"), PathBuf::from("/usr/share/habuild/images")];
+    candidates
+        .iter()
+        .find(|p| p.join("common").is_dir())
+        .cloned()
+        .with_context(|| "habuild's images/ directory not found next to the binary or in /usr/share/habuild: pass --images")
+}
+
+fn check(files: &[PathBuf]) -> anyhow::Result<()> {
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let is_cluster = text.lines().any(|l| l.trim() == "[cluster]");
+        if is_cluster {
+            build::load_cluster(Some(f))?;
+            println!("{}: ok (cluster file)", f.display());
+        } else {
+            build::load_profile(f, &[])?;
+            println!("{}: ok (profile)", f.display());
+        }
+    }
+    Ok(())
+}
+
+fn secret_new() -> anyhow::Result<()> {
+    let s = firstboot::cluster::Secret::generate().context("reading /dev/urandom")?;
+    println!("{}", s.to_hex());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

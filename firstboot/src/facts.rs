@@ -1,0 +1,141 @@
+//! Identity and facts about this host, read from /proc, /sys and /etc.
+//! Readers take a root path so tests run against fixture trees.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Facts {
+    /// The machine-id made on first boot; the node id derives from it.
+    pub machine_id: String,
+    pub hostname: String,
+    pub macs: Vec<String>,
+    pub cpus: usize,
+    pub mem_bytes: u64,
+    /// Whether / is mounted read-only.
+    pub root_ro: bool,
+    pub root_fstype: String,
+    /// The block device behind /var and its partition size.
+    pub var_device: Option<String>,
+    pub var_partition_bytes: Option<u64>,
+}
+
+/// One mount from /proc/self/mountinfo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mount {
+    pub target: String,
+    pub fstype: String,
+    pub source: String,
+    pub options: String,
+}
+
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let lf: Vec<&str> = left.split_whitespace().collect();
+            let rf: Vec<&str> = right.split_whitespace().collect();
+            Some(Mount {
+                target: lf.get(4)?.to_string(),
+                options: lf.get(5)?.to_string(),
+                fstype: rf.first()?.to_string(),
+                source: rf.get(1)?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The last (topmost) mount at `target`.
+pub fn mount_at<'a>(mounts: &'a [Mount], target: &str) -> Option<&'a Mount> {
+    mounts.iter().rev().find(|m| m.target == target)
+}
+
+pub fn mem_bytes(meminfo: &str) -> u64 {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Facts read from the live system rooted at `root` ("/" on a node).
+pub fn collect(root: &Path) -> Facts {
+    let read = |p: &str| fs::read_to_string(root.join(p)).unwrap_or_default();
+    let mounts = parse_mountinfo(&read("proc/self/mountinfo"));
+    let rootm = mount_at(&mounts, "/");
+    let varm = mount_at(&mounts, "/var");
+    let var_device = varm
+        .filter(|m| m.source.starts_with("/dev/"))
+        .map(|m| m.source.clone());
+    let var_partition_bytes = var_device.as_ref().and_then(|d| {
+        let name = Path::new(d).file_name()?.to_string_lossy().into_owned();
+        let s = fs::read_to_string(root.join("sys/class/block").join(name).join("size")).ok()?;
+        s.trim().parse::<u64>().ok().map(|sectors| sectors * 512)
+    });
+    Facts {
+        machine_id: read("etc/machine-id").trim().to_string(),
+        hostname: read("proc/sys/kernel/hostname").trim().to_string(),
+        macs: macs(&root.join("sys/class/net")),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        mem_bytes: mem_bytes(&read("proc/meminfo")),
+        root_ro: rootm.is_some_and(|m| m.options.split(',').any(|o| o == "ro")),
+        root_fstype: rootm.map(|m| m.fstype.clone()).unwrap_or_default(),
+        var_device,
+        var_partition_bytes,
+    }
+}
+
+fn macs(net: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(net)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("device").exists())
+        .filter_map(|p: PathBuf| fs::read_to_string(p.join("address")).ok())
+        .map(|s| s.trim().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 254:2 / / ro,relatime shared:1 - erofs /dev/vda2 ro,user_xattr
+23 22 254:4 / /var rw,noatime shared:2 - ext4 /dev/vda4 rw
+24 22 0:30 / /etc rw,relatime shared:3 - overlay habuild-etc rw,lowerdir=/etc
+";
+
+    #[test]
+    fn facts_from_fixture_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for (p, c) in [
+            ("proc/self/mountinfo", MOUNTINFO),
+            ("proc/meminfo", "MemTotal:        1000 kB\nMemFree: 1 kB\n"),
+            ("proc/sys/kernel/hostname", "node1\n"),
+            ("etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
+            ("sys/class/block/vda4/size", "16777216\n"),
+            ("sys/class/net/ens3/address", "52:54:00:00:00:01\n"),
+            ("sys/class/net/ens3/device/.keep", ""),
+            ("sys/class/net/lo/address", "00:00:00:00:00:00\n"),
+        ] {
+            fs::create_dir_all(r.join(p).parent().unwrap()).unwrap();
+            fs::write(r.join(p), c).unwrap();
+        }
+        let f = collect(r);
+        assert_eq!(f.machine_id, "0123456789abcdef0123456789abcdef");
+        assert!(f.root_ro);
+        assert_eq!(f.root_fstype, "erofs");
+        assert_eq!(f.var_device.as_deref(), Some("/dev/vda4"));
+        assert_eq!(f.var_partition_bytes, Some(8 * 1024 * 1024 * 1024));
+        assert_eq!(f.mem_bytes, 1_024_000);
+        assert_eq!(f.macs, vec!["52:54:00:00:00:01"]);
+        assert_eq!(f.hostname, "node1");
+    }
+}

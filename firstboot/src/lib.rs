@@ -1,0 +1,3 @@
+pub mod cluster;
+pub mod facts;
+pub mod source;
