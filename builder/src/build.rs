@@ -79,11 +79,26 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
     let fs_type = profile.profile.rootfs.fs_type;
     let root_img = out.work.join("root.img");
     stages.run("root image", || {
-        fsimage::make(exec, fs_type, &root, &root_img, layout.rootfs_uuid(), opts.source_date_epoch)
+        fsimage::make(
+            exec,
+            fs_type,
+            &root,
+            &root_img,
+            layout.rootfs_uuid(),
+            opts.source_date_epoch,
+        )
     })?;
 
     let esp_files = esp_files(&root, &profile, cluster.as_ref(), &layout)?;
-    stages.run("disk", || write_disk(&out.raw_tmp, &layout, &esp_files, &root_img, opts.source_date_epoch))?;
+    stages.run("disk", || {
+        write_disk(
+            &out.raw_tmp,
+            &layout,
+            &esp_files,
+            &root_img,
+            opts.source_date_epoch,
+        )
+    })?;
     stages.run("qcow2", || {
         exec.run(
             &Cmd::new("qemu-img")
@@ -95,12 +110,20 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
     })?;
 
     let manifest = stages.run("manifest", || {
-        let m = manifest(&profile, cluster.as_ref(), &layout, &out, packages, opts.source_date_epoch)?;
+        let m = manifest(
+            &profile,
+            cluster.as_ref(),
+            &layout,
+            &out,
+            packages,
+            opts.source_date_epoch,
+        )?;
         Ok::<_, BuildError>(m)
     })?;
     let mut manifest = manifest;
     manifest.stages = stages.done.clone();
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Invalid(e.to_string()))?;
+    let json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Invalid(e.to_string()))?;
     fs::write(&out.manifest_tmp, json).at(&out.manifest_tmp)?;
     let (raw, qcow2, manifest_path) = out.commit()?;
     Ok(BuildReport {
@@ -117,17 +140,27 @@ pub fn load_profile(path: &Path, mirrors: &[String]) -> Result<LoadedProfile> {
     let mut p = profile::load(path)?;
     for m in mirrors {
         let (id, url) = m.split_once('=').ok_or_else(|| {
-            BuildError::Invalid(format!("--mirror {m:?}: expected ID=URL, e.g. debian=file:///srv/mirror"))
-        })?;
-        let ids: Vec<String> = p.profile.repos.iter().map(|r| r.id.clone()).collect();
-        let repo = p.profile.repos.iter_mut().find(|r| r.id == id).ok_or_else(|| {
             BuildError::Invalid(format!(
-                "--mirror {m:?}: {} has no repo with id {id:?} (ids: {})",
-                path.display(),
-                ids.join(", ")
+                "--mirror {m:?}: expected ID=URL, e.g. debian=file:///srv/mirror"
             ))
         })?;
-        if !["http://", "https://", "file://"].iter().any(|s| url.starts_with(s)) {
+        let ids: Vec<String> = p.profile.repos.iter().map(|r| r.id.clone()).collect();
+        let repo = p
+            .profile
+            .repos
+            .iter_mut()
+            .find(|r| r.id == id)
+            .ok_or_else(|| {
+                BuildError::Invalid(format!(
+                    "--mirror {m:?}: {} has no repo with id {id:?} (ids: {})",
+                    path.display(),
+                    ids.join(", ")
+                ))
+            })?;
+        if !["http://", "https://", "file://"]
+            .iter()
+            .any(|s| url.starts_with(s))
+        {
             return Err(BuildError::Invalid(format!(
                 "--mirror {m:?}: url must start with http://, https:// or file://"
             )));
@@ -145,7 +178,11 @@ pub fn load_cluster(path: Option<&Path>) -> Result<Option<(SourceFile, ClusterCo
 }
 
 /// Everything the disk's GUIDs and UUIDs are derived from.
-fn input_seed(p: &LoadedProfile, cluster: Option<&(SourceFile, ClusterConfig)>, epoch: u64) -> [u8; 32] {
+fn input_seed(
+    p: &LoadedProfile,
+    cluster: Option<&(SourceFile, ClusterConfig)>,
+    epoch: u64,
+) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(p.source.text.as_bytes());
     if let Some((src, _)) = cluster {
@@ -190,13 +227,21 @@ fn esp_files(
 ) -> Result<Vec<EspFile>> {
     let boot = root.join("boot");
     let kernel = newest(&boot, "vmlinuz-")?.ok_or_else(|| {
-        BuildError::Invalid(format!("no kernel (vmlinuz-*) in {}: check [packages].kernel", boot.display()))
+        BuildError::Invalid(format!(
+            "no kernel (vmlinuz-*) in {}: check [packages].kernel",
+            boot.display()
+        ))
     })?;
     let initrd = match newest(&boot, "initrd.img-")? {
         Some(i) => Some(i),
         None => newest(&boot, "initramfs-")?,
     }
-    .ok_or_else(|| BuildError::Invalid(format!("no initrd in {}: is initramfs-tools or dracut installed?", boot.display())))?;
+    .ok_or_else(|| {
+        BuildError::Invalid(format!(
+            "no initrd in {}: is initramfs-tools or dracut installed?",
+            boot.display()
+        ))
+    })?;
     let sdboot = root.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
     if !sdboot.is_file() {
         return Err(BuildError::Invalid(format!(
@@ -228,14 +273,28 @@ fn esp_files(
         },
     ];
     if let Some((src, _)) = cluster {
-        files.push(EspFile { path: "habuild/cluster.toml".into(), contents: src.text.clone().into_bytes() });
+        files.push(EspFile {
+            path: "habuild/cluster.toml".into(),
+            contents: src.text.clone().into_bytes(),
+        });
     }
     Ok(files)
 }
 
-fn write_disk(path: &Path, layout: &Layout, esp: &[EspFile], root_img: &Path, epoch: u64) -> Result<()> {
+fn write_disk(
+    path: &Path,
+    layout: &Layout,
+    esp: &[EspFile],
+    root_img: &Path,
+    epoch: u64,
+) -> Result<()> {
     let mut file = disk::create_disk(path, layout)?;
-    write_esp(PartitionSlice::new(&mut file, &layout.esp), esp, layout.fat_serial(), epoch)?;
+    write_esp(
+        PartitionSlice::new(&mut file, &layout.esp),
+        esp,
+        layout.fat_serial(),
+        epoch,
+    )?;
     disk::copy_into(&mut file, path, &layout.root_a, root_img)?;
     file.sync_all().at(path)?;
     Ok(())
@@ -253,7 +312,10 @@ fn manifest(
     for (tmp, fin) in [(&out.raw_tmp, &out.raw), (&out.qcow2_tmp, &out.qcow2)] {
         let (sha256, size) = sha256_file(tmp)?;
         artifacts.push(Artifact {
-            file: fin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            file: fin
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             sha256,
             size,
         });
@@ -266,7 +328,11 @@ fn manifest(
         cluster_sha256: cluster.map(|(s, _)| sha256_bytes(s.text.as_bytes())),
         source_date_epoch: epoch,
         disk_guid: layout.disk_guid.to_string(),
-        partitions: layout.parts().iter().map(|p| (p.name.to_string(), p.guid.to_string())).collect(),
+        partitions: layout
+            .parts()
+            .iter()
+            .map(|p| (p.name.to_string(), p.guid.to_string()))
+            .collect(),
         artifacts,
         packages,
         stages: Vec::new(),
@@ -278,5 +344,10 @@ pub fn default_epoch() -> u64 {
     std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        })
 }

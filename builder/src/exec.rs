@@ -141,7 +141,10 @@ impl Exec for HostExec {
         let stderr = child.stderr.take().expect("piped");
         let keep = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
         let mut threads = Vec::new();
-        for r in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+        for r in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
             let keep = keep.clone();
             threads.push(std::thread::spawn(move || {
                 for line in BufReader::new(r).lines().map_while(Result::ok) {
@@ -177,7 +180,12 @@ pub struct RecordingExec {
 
 impl RecordingExec {
     pub fn lines(&self) -> Vec<String> {
-        self.calls.lock().expect("not poisoned").iter().map(Cmd::display).collect()
+        self.calls
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(Cmd::display)
+            .collect()
     }
 }
 
@@ -195,7 +203,10 @@ mod tests {
     #[test]
     fn missing_tool_is_named() {
         let e = HostExec.run(&Cmd::new("habuild-no-such-tool")).unwrap_err();
-        assert!(e.to_string().contains("habuild-no-such-tool not found"), "{e}");
+        assert!(
+            e.to_string().contains("habuild-no-such-tool not found"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -210,6 +221,9 @@ mod tests {
     #[test]
     fn display_quotes() {
         let c = Cmd::new("mmdebstrap").arg("--customize-hook=chroot \"$1\" true");
-        assert_eq!(c.display(), "mmdebstrap '--customize-hook=chroot \"$1\" true'");
+        assert_eq!(
+            c.display(),
+            "mmdebstrap '--customize-hook=chroot \"$1\" true'"
+        );
     }
 }

@@ -13,7 +13,7 @@ use crate::profile::RootFsType;
 pub fn render(fs: RootFsType, root: &Path, out: &Path, uuid: Uuid, epoch: u64) -> Cmd {
     match fs {
         RootFsType::Erofs => Cmd::new("mkfs.erofs")
-            .arg("-zlz4hc")
+            .arg("-zlz4")
             .arg(format!("-T{epoch}"))
             .arg(format!("-U{uuid}"))
             .arg("--quiet")
@@ -31,7 +31,14 @@ pub fn render(fs: RootFsType, root: &Path, out: &Path, uuid: Uuid, epoch: u64) -
     }
 }
 
-pub fn make(exec: &dyn Exec, fs: RootFsType, root: &Path, out: &Path, uuid: Uuid, epoch: u64) -> Result<()> {
+pub fn make(
+    exec: &dyn Exec,
+    fs: RootFsType,
+    root: &Path,
+    out: &Path,
+    uuid: Uuid,
+    epoch: u64,
+) -> Result<()> {
     exec.run(&render(fs, root, out, uuid, epoch).env("SOURCE_DATE_EPOCH", epoch.to_string()))?;
     Ok(())
 }
@@ -50,9 +57,24 @@ mod tests {
 
     #[test]
     fn erofs_command_is_reproducible() {
-        let c = render(RootFsType::Erofs, Path::new("/r"), Path::new("/o.img"), Uuid::nil(), 42);
-        assert_eq!(c.display(), "mkfs.erofs -zlz4hc -T42 -U00000000-0000-0000-0000-000000000000 --quiet /o.img /r");
-        let c = render(RootFsType::Squashfs, Path::new("/r"), Path::new("/o.img"), Uuid::nil(), 42);
+        let c = render(
+            RootFsType::Erofs,
+            Path::new("/r"),
+            Path::new("/o.img"),
+            Uuid::nil(),
+            42,
+        );
+        assert_eq!(
+            c.display(),
+            "mkfs.erofs -zlz4 -T42 -U00000000-0000-0000-0000-000000000000 --quiet /o.img /r"
+        );
+        let c = render(
+            RootFsType::Squashfs,
+            Path::new("/r"),
+            Path::new("/o.img"),
+            Uuid::nil(),
+            42,
+        );
         assert!(c.display().contains("-all-time 42"));
     }
 }

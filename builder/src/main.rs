@@ -56,7 +56,12 @@ struct ImageArgs {
     #[arg(long, value_name = "DIR", default_value = "out")]
     out: PathBuf,
     /// Package cache (reused across builds of the same distro/release/arch).
-    #[arg(long, value_name = "DIR", env = "HABUILD_CACHE", default_value = "/var/cache/habuild")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "HABUILD_CACHE",
+        default_value = "/var/cache/habuild"
+    )]
     cache: PathBuf,
     /// Replace a profile repo's URL: ID=URL (repeatable), e.g. debian=file:///srv/mirror/debian.
     #[arg(long = "mirror", value_name = "ID=URL")]
@@ -181,7 +186,10 @@ fn default_agent() -> anyhow::Result<PathBuf> {
 
 fn default_images() -> anyhow::Result<PathBuf> {
     let dir = exe_dir()?;
-    let candidates = [dir.join("../../images"), PathBuf::from("/usr/share/habuild/images")];
+    let candidates = [
+        dir.join("../../images"),
+        PathBuf::from("/usr/share/habuild/images"),
+    ];
     candidates
         .iter()
         .find(|p| p.join("common").is_dir())
@@ -191,7 +199,8 @@ fn default_images() -> anyhow::Result<PathBuf> {
 
 fn check(files: &[PathBuf]) -> anyhow::Result<()> {
     for f in files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         let is_cluster = text.lines().any(|l| l.trim() == "[cluster]");
         if is_cluster {
             build::load_cluster(Some(f))?;

@@ -76,7 +76,10 @@ impl Drop for Output {
 }
 
 fn unwritable(dir: &Path, e: std::io::Error) -> BuildError {
-    BuildError::Invalid(format!("output directory {} is not writable: {e}", dir.display()))
+    BuildError::Invalid(format!(
+        "output directory {} is not writable: {e}",
+        dir.display()
+    ))
 }
 
 /// Remove leftovers of builds whose process is gone (pid suffix).
@@ -109,7 +112,11 @@ mod tests {
             let o = Output::prepare(&dir, "img", false).unwrap();
             fs::write(&o.raw_tmp, b"half").unwrap();
         }
-        let left: Vec<_> = fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
         let o = Output::prepare(&dir, "img", false).unwrap();
         for p in [&o.raw_tmp, &o.qcow2_tmp, &o.manifest_tmp] {
@@ -122,6 +129,9 @@ mod tests {
     #[test]
     fn unwritable_output_is_named() {
         let e = Output::prepare(Path::new("/proc/habuild-out"), "img", false).unwrap_err();
-        assert!(e.to_string().contains("/proc/habuild-out is not writable"), "{e}");
+        assert!(
+            e.to_string().contains("/proc/habuild-out is not writable"),
+            "{e}"
+        );
     }
 }

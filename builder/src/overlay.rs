@@ -12,7 +12,13 @@ use crate::error::{BuildError, IoContext, Result};
 pub const AGENT_PATH: &str = "usr/lib/habuild/habuild-agent";
 
 /// Build the staging directory `dest` from the overlay sources.
-pub fn stage(images: &Path, family_dir: &str, extra: &[PathBuf], agent: &Path, dest: &Path) -> Result<()> {
+pub fn stage(
+    images: &Path,
+    family_dir: &str,
+    extra: &[PathBuf],
+    agent: &Path,
+    dest: &Path,
+) -> Result<()> {
     let common = images.join("common");
     if !common.is_dir() {
         return Err(BuildError::Invalid(format!(
@@ -99,7 +105,10 @@ mod tests {
         ] {
             assert!(dest.join(f).is_file(), "{f} missing");
         }
-        let mode = fs::metadata(dest.join("usr/lib/habuild/finalize-image")).unwrap().permissions().mode();
+        let mode = fs::metadata(dest.join("usr/lib/habuild/finalize-image"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o111, 0o111, "finalize-image must stay executable");
         let e = stage(&images, "debian", &[t.path().join("nope")], &agent, &dest).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");

@@ -142,7 +142,10 @@ pub enum Kube {
     #[default]
     None,
     /// Packages from an apt/yum repository listed in `repos`.
-    Repo { version: String, packages: Vec<String> },
+    Repo {
+        version: String,
+        packages: Vec<String>,
+    },
     /// Release binaries downloaded by URL and checked against pinned sha256 sums.
     Release {
         version: String,
@@ -234,14 +237,16 @@ pub fn load(path: &Path) -> Result<LoadedProfile, ConfigError> {
 
 fn validate(p: &Profile, src: &SourceFile) -> Result<(), ConfigError> {
     let name_ok = !p.name.is_empty()
-        && p
-            .name
+        && p.name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !name_ok {
         return Err(src.error_at(
             "name",
-            format!("expected letters, digits, '-', '_' or '.', got {:?}", p.name),
+            format!(
+                "expected letters, digits, '-', '_' or '.', got {:?}",
+                p.name
+            ),
         ));
     }
     if p.repos.is_empty() {

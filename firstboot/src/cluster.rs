@@ -375,14 +375,22 @@ impl ClusterConfig {
             ));
         }
         if let Auto::Value(subnet) = &n.subnet {
-            for (key, cidr) in [("network.pod_cidr", &n.pod_cidr), ("network.service_cidr", &n.service_cidr)] {
+            for (key, cidr) in [
+                ("network.pod_cidr", &n.pod_cidr),
+                ("network.service_cidr", &n.service_cidr),
+            ] {
                 if subnet.overlaps(cidr) {
-                    return Err(src.error_at(key, format!("{cidr} overlaps the node subnet {subnet}")));
+                    return Err(
+                        src.error_at(key, format!("{cidr} overlaps the node subnet {subnet}"))
+                    );
                 }
             }
             if let Auto::Value(vip) = n.vip {
                 if !subnet.contains(vip) {
-                    return Err(src.error_at("network.vip", format!("{vip} is outside the node subnet {subnet}")));
+                    return Err(src.error_at(
+                        "network.vip",
+                        format!("{vip} is outside the node subnet {subnet}"),
+                    ));
                 }
             }
             if let Auto::Value(r) = n.metallb_range {
@@ -461,12 +469,18 @@ metallb_range = "10.77.0.200-10.77.0.220"
         assert_eq!(c.cluster.bootstrap_expect, 3);
         assert_eq!(c.network.vip, Auto::Value(Ipv4Addr::new(10, 77, 0, 10)));
         assert!(c.storage.enabled);
-        assert!(!format!("{c:?}").contains("0011223344"), "secret leaked in Debug");
+        assert!(
+            !format!("{c:?}").contains("0011223344"),
+            "secret leaked in Debug"
+        );
     }
 
     #[test]
     fn even_control_plane_is_rejected_at_its_line() {
-        let e = ClusterConfig::from_source(&src(&GOOD.replace("control_plane_size = 3", "control_plane_size = 4"))).unwrap_err();
+        let e = ClusterConfig::from_source(&src(
+            &GOOD.replace("control_plane_size = 3", "control_plane_size = 4")
+        ))
+        .unwrap_err();
         assert_eq!(e.line, Some(6));
         assert_eq!(e.key.as_deref(), Some("cluster.control_plane_size"));
         assert!(e.message.contains("expected 1, 3 or 5"), "{e}");
@@ -481,20 +495,31 @@ metallb_range = "10.77.0.200-10.77.0.220"
 
     #[test]
     fn vip_outside_subnet_and_vip_in_pool_are_rejected() {
-        let e = ClusterConfig::from_source(&src(&GOOD.replace("10.77.0.10\"", "10.78.0.10\""))).unwrap_err();
+        let e = ClusterConfig::from_source(&src(&GOOD.replace("10.77.0.10\"", "10.78.0.10\"")))
+            .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("network.vip"));
         assert_eq!(e.line, Some(10));
-        let e = ClusterConfig::from_source(&src(&GOOD.replace("10.77.0.200-", "10.77.0.5-"))).unwrap_err();
+        let e = ClusterConfig::from_source(&src(&GOOD.replace("10.77.0.200-", "10.77.0.5-")))
+            .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("network.metallb_range"));
         assert!(e.message.contains("contains the API VIP"), "{e}");
     }
 
     #[test]
     fn unknown_key_and_typo_are_located() {
-        let e = ClusterConfig::from_source(&src(&GOOD.replace("bootstrap_expect", "bootstrap_expected"))).unwrap_err();
+        let e = ClusterConfig::from_source(&src(
+            &GOOD.replace("bootstrap_expect", "bootstrap_expected")
+        ))
+        .unwrap_err();
         assert_eq!(e.line, Some(5));
-        assert!(e.message.contains("unknown field `bootstrap_expected`"), "{e}");
-        let e = ClusterConfig::from_source(&src(&GOOD.replace("bootstrap_expect = 3", "bootstrap_expect = \"3\""))).unwrap_err();
+        assert!(
+            e.message.contains("unknown field `bootstrap_expected`"),
+            "{e}"
+        );
+        let e = ClusterConfig::from_source(&src(
+            &GOOD.replace("bootstrap_expect = 3", "bootstrap_expect = \"3\"")
+        ))
+        .unwrap_err();
         assert_eq!(e.line, Some(5));
         assert!(e.message.contains("invalid type"), "{e}");
     }

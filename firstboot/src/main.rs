@@ -46,7 +46,10 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Run { cluster, once } => run(&cluster, once),
         Cmd::Facts => {
-            println!("{}", serde_json::to_string_pretty(&facts::collect(Path::new("/")))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&facts::collect(Path::new("/")))?
+            );
             Ok(())
         }
     }
@@ -83,18 +86,28 @@ fn run(cluster_path: &Path, once: bool) -> anyhow::Result<()> {
     if once {
         return Ok(());
     }
-    println!("habuild-agent: phase=identified; discovery and consensus are not part of this build yet");
+    println!(
+        "habuild-agent: phase=identified; discovery and consensus are not part of this build yet"
+    );
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
 }
 
 /// Read and validate the cluster file, waiting (and saying so) until it is present and valid.
-fn wait_for_cluster_file(path: &Path, once: bool) -> anyhow::Result<Option<(ClusterConfig, String)>> {
+fn wait_for_cluster_file(
+    path: &Path,
+    once: bool,
+) -> anyhow::Result<Option<(ClusterConfig, String)>> {
     let mut said = String::new();
     loop {
         let attempt = std::fs::read(path)
-            .with_context(|| format!("{} not readable: put the site's cluster.toml on the ESP", path.display()))
+            .with_context(|| {
+                format!(
+                    "{} not readable: put the site's cluster.toml on the ESP",
+                    path.display()
+                )
+            })
             .and_then(|bytes| {
                 let cfg = ClusterConfig::load(path)?;
                 Ok((cfg, hex::encode(Sha256::digest(&bytes))))

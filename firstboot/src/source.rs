@@ -148,7 +148,10 @@ impl SourceFile {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |p| before.len() - p - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |p| before.len() - p - 1)
+        + 1;
     (line, col)
 }
 
@@ -194,6 +197,9 @@ mod tests {
         let src = SourceFile::from_text("x.toml", "name = \"a\"\n\n[net]\nport = 0\n");
         let e = src.error_at("net.port", "must be non-zero");
         assert_eq!((e.line, e.column), (Some(4), Some(8)));
-        assert_eq!(e.to_string(), "x.toml:4:8: key `net.port`: must be non-zero");
+        assert_eq!(
+            e.to_string(),
+            "x.toml:4:8: key `net.port`: must be non-zero"
+        );
     }
 }

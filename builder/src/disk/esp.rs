@@ -5,7 +5,9 @@
 
 use std::io::Write;
 
-use fatfs::{Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider};
+use fatfs::{
+    Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider,
+};
 
 use crate::error::{BuildError, Result};
 
@@ -74,7 +76,9 @@ pub fn write_esp<S: fatfs::ReadWriteSeek>(
     let clock: &'static FixedTime = Box::leak(Box::new(FixedTime(fat_datetime(epoch))));
     let fs = FileSystem::new(
         &mut storage,
-        FsOptions::new().time_provider(clock).update_accessed_date(false),
+        FsOptions::new()
+            .time_provider(clock)
+            .update_accessed_date(false),
     )
     .map_err(|e| fat_err("open", e))?;
     let mut sorted: Vec<&EspFile> = files.iter().collect();
@@ -94,7 +98,8 @@ pub fn write_esp<S: fatfs::ReadWriteSeek>(
                 .create_file(parts[parts.len() - 1])
                 .map_err(|e| fat_err(&f.path, e))?;
             file.truncate().map_err(|e| fat_err(&f.path, e))?;
-            file.write_all(&f.contents).map_err(|e| fat_err(&f.path, e))?;
+            file.write_all(&f.contents)
+                .map_err(|e| fat_err(&f.path, e))?;
         }
     }
     fs.unmount().map_err(|e| fat_err("unmount", e))?;
@@ -117,8 +122,14 @@ mod tests {
     fn esp_roundtrip_in_memory() {
         let mut buf = std::io::Cursor::new(vec![0u8; 64 * 1024 * 1024]);
         let files = vec![
-            EspFile { path: "habuild/cluster.toml".into(), contents: b"x = 1\n".to_vec() },
-            EspFile { path: "EFI/BOOT/BOOTX64.EFI".into(), contents: vec![1; 5000] },
+            EspFile {
+                path: "habuild/cluster.toml".into(),
+                contents: b"x = 1\n".to_vec(),
+            },
+            EspFile {
+                path: "EFI/BOOT/BOOTX64.EFI".into(),
+                contents: vec![1; 5000],
+            },
         ];
         write_esp(&mut buf, &files, 0x1234_5678, 1_700_000_000).unwrap();
         buf.set_position(0);
@@ -127,7 +138,54 @@ mod tests {
         assert_eq!(fs.volume_id(), 0x1234_5678);
         let mut s = String::new();
         use std::io::Read;
-        fs.root_dir().open_file("habuild/cluster.toml").unwrap().read_to_string(&mut s).unwrap();
+        fs.root_dir()
+            .open_file("habuild/cluster.toml")
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "x = 1\n");
+    }
+}
+
+#[cfg(test)]
+mod fsck_tests {
+    use super::*;
+
+    /// The ESP we write passes dosfstools' own check (not just our reader).
+    #[test]
+    fn esp_passes_fsck_vfat() {
+        let fsck = ["/usr/sbin/fsck.vfat", "/sbin/fsck.vfat"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("fsck.vfat not found: run scripts/setup (dosfstools)");
+        let t = tempfile::NamedTempFile::new().unwrap();
+        t.as_file().set_len(64 * 1024 * 1024).unwrap();
+        let files = vec![
+            EspFile {
+                path: "EFI/BOOT/BOOTX64.EFI".into(),
+                contents: vec![7; 100_000],
+            },
+            EspFile {
+                path: "loader/entries/habuild-a.conf".into(),
+                contents: b"title x\n".to_vec(),
+            },
+            EspFile {
+                path: "habuild/cluster.toml".into(),
+                contents: b"[cluster]\n".to_vec(),
+            },
+        ];
+        write_esp(t.reopen().unwrap(), &files, 1, 1_700_000_000).unwrap();
+        let out = std::process::Command::new(fsck)
+            .arg("-n")
+            .arg(t.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "fsck.vfat -n failed:\n{text}");
+        assert!(
+            !text.contains("Expected") && !text.contains("share clusters"),
+            "{text}"
+        );
     }
 }

@@ -25,8 +25,9 @@ pub fn create_disk(path: &Path, layout: &Layout) -> Result<File> {
     let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(
         u32::try_from(layout.disk_bytes / SECTOR - 1).unwrap_or(u32::MAX),
     );
-    mbr.overwrite_lba0(&mut file)
-        .map_err(|e| BuildError::Invalid(format!("{}: writing protective MBR: {e}", path.display())))?;
+    mbr.overwrite_lba0(&mut file).map_err(|e| {
+        BuildError::Invalid(format!("{}: writing protective MBR: {e}", path.display()))
+    })?;
     let mut disk = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
@@ -83,7 +84,8 @@ pub fn copy_into(disk: &mut File, disk_path: &Path, part: &PartSpec, image: &Pat
             break;
         }
         if buf[..n].iter().any(|&b| b != 0) {
-            disk.seek(SeekFrom::Start(part.offset() + pos)).at(disk_path)?;
+            disk.seek(SeekFrom::Start(part.offset() + pos))
+                .at(disk_path)?;
             disk.write_all(&buf[..n]).at(disk_path)?;
         }
         pos += n as u64;

@@ -17,25 +17,25 @@ impl Apt {
         let staging = req.staging.display().to_string();
         let mut cmd = Cmd::new("mmdebstrap")
             .env("SOURCE_DATE_EPOCH", req.source_date_epoch.to_string())
-            .args([
-                "--mode=root",
-                "--format=directory",
-                "--variant=minbase",
-            ])
+            .args(["--mode=root", "--format=directory", "--variant=minbase"])
             .arg(format!("--architectures={}", p.distro.arch))
             .arg(format!("--include={}", p.packages.all().join(",")))
             // Keep downloaded .debs in the cache; apt checks every file's
             // checksum against the signed index before it uses it.
             .arg("--skip=essential/unlink")
             .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
-            .arg(format!("--setup-hook=sync-in {cache} /var/cache/apt/archives/"))
+            .arg(format!(
+                "--setup-hook=sync-in {cache} /var/cache/apt/archives/"
+            ))
             // Our initramfs configuration must be in place before the kernel
             // package builds the initrd.
             .arg("--essential-hook=mkdir -p \"$1\"/etc/initramfs-tools")
             .arg(format!(
                 "--essential-hook=sync-in {staging}/etc/initramfs-tools /etc/initramfs-tools"
             ))
-            .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {cache}"))
+            .arg(format!(
+                "--customize-hook=sync-out /var/cache/apt/archives {cache}"
+            ))
             .arg(format!("--customize-hook=sync-in {staging} /"))
             .arg(format!("--customize-hook=chroot \"$1\" {FINALIZE}"))
             .arg(&p.distro.release)
@@ -52,7 +52,11 @@ impl Apt {
                 .map(|k| format!("[signed-by={}] ", k.display()))
                 .unwrap_or_default();
             for s in suites {
-                cmd = cmd.arg(format!("deb {signed}{} {s} {}", r.url, r.components.join(" ")));
+                cmd = cmd.arg(format!(
+                    "deb {signed}{} {s} {}",
+                    r.url,
+                    r.components.join(" ")
+                ));
             }
         }
         cmd
@@ -76,7 +80,10 @@ pub fn classify_failure(err: BuildError) -> BuildError {
         };
     }
     for l in detail.lines() {
-        if l.contains("Failed to fetch") || l.contains("Could not connect") || l.contains("Could not resolve") {
+        if l.contains("Failed to fetch")
+            || l.contains("Could not connect")
+            || l.contains("Could not resolve")
+        {
             let url = l
                 .split_whitespace()
                 .find(|w| w.contains("://"))
@@ -97,13 +104,17 @@ impl RootfsBackend for Apt {
             path: req.cache.clone(),
             source,
         })?;
-        exec.run_streamed(&Self::render(req)).map_err(classify_failure)
+        exec.run_streamed(&Self::render(req))
+            .map_err(classify_failure)
     }
 
     fn installed(&self, exec: &dyn Exec, root: &Path) -> Result<Vec<InstalledPackage>> {
         let out = exec.run(
             &Cmd::new("dpkg-query")
-                .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
+                .arg(format!(
+                    "--admindir={}",
+                    root.join("var/lib/dpkg").display()
+                ))
                 .args(["-W", "-f", "${Package}\t${Version}\n"]),
         )?;
         Ok(parse_package_list(&out.stdout))
@@ -148,7 +159,10 @@ mod tests {
         }
         let want = std::fs::read_to_string(&path)
             .unwrap_or_else(|_| panic!("{} missing: run with HABUILD_BLESS=1", path.display()));
-        assert_eq!(text, want, "golden {golden_file} differs (HABUILD_BLESS=1 to update)");
+        assert_eq!(
+            text, want,
+            "golden {golden_file} differs (HABUILD_BLESS=1 to update)"
+        );
     }
 
     #[test]
@@ -170,13 +184,19 @@ mod tests {
     fn classify_missing_and_unreachable() {
         let e = classify_failure(BuildError::Command {
             cmd: "mmdebstrap".into(),
-            detail: "E: Unable to locate package nosuchpkg\nE: Unable to locate package other".into(),
+            detail: "E: Unable to locate package nosuchpkg\nE: Unable to locate package other"
+                .into(),
         });
         assert_eq!(e.to_string().lines().next().unwrap(), "package(s) not found in the configured repositories: nosuchpkg, other (check [packages] in the profile and the repos' suites/components)");
         let e = classify_failure(BuildError::Command {
             cmd: "mmdebstrap".into(),
             detail: "E: Failed to fetch http://127.0.0.1:9/debian/dists/bookworm/InRelease  Could not connect to 127.0.0.1:9".into(),
         });
-        assert!(e.to_string().starts_with("repository http://127.0.0.1:9/debian/dists/bookworm/InRelease is unreachable"), "{e}");
+        assert!(
+            e.to_string().starts_with(
+                "repository http://127.0.0.1:9/debian/dists/bookworm/InRelease is unreachable"
+            ),
+            "{e}"
+        );
     }
 }

@@ -1,0 +1,167 @@
+//! The Debian 12 test image: built once per set of inputs with the real
+//! `habuild image`, cached under `$HABUILD_TEST_CACHE` (default
+//! `/var/tmp/habuild-test`) and shared by the image and boot tests.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// SOURCE_DATE_EPOCH of every test build.
+pub const TEST_EPOCH: u64 = 1_700_000_000;
+
+/// The secret of the test cluster (tests only; never a real site's).
+pub const TEST_SECRET: &str = "7e57000000000000000000000000000000000000000000000000000000000001";
+
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    pub dir: PathBuf,
+    pub raw: PathBuf,
+    pub qcow2: PathBuf,
+    pub manifest: PathBuf,
+    pub cluster: PathBuf,
+    /// How long the build took (zero when reused from the cache).
+    pub build_time: Duration,
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("qemu-tests sits in the workspace")
+        .to_path_buf()
+}
+
+pub fn test_cache() -> PathBuf {
+    std::env::var_os("HABUILD_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/habuild-test"))
+}
+
+/// The release binaries the tests drive.
+pub fn release_bin(name: &str) -> Result<PathBuf> {
+    let p = workspace().join("target/release").join(name);
+    if !p.is_file() {
+        bail!(
+            "{} not found: run `cargo build --release --workspace` first (scripts/test does)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// The cluster file the test images carry.
+pub fn test_cluster_text(bootstrap_expect: u32) -> String {
+    format!(
+        "[cluster]\nname = \"qemu-test\"\nsecret = \"{TEST_SECRET}\"\nbootstrap_expect = {bootstrap_expect}\ncontrol_plane_size = 1\n\n[network]\nsubnet = \"10.77.0.0/24\"\nvip = \"10.77.0.10\"\nmetallb_range = \"10.77.0.200-10.77.0.220\"\n\n[storage]\nbrick_file_size_gib = 1\n"
+    )
+}
+
+fn hash_tree(h: &mut Sha256, dir: &Path) -> Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        h.update(
+            p.strip_prefix(workspace())
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .as_bytes(),
+        );
+        if p.is_dir() {
+            hash_tree(h, &p)?;
+        } else if let Ok(bytes) = fs::read(&p) {
+            h.update(bytes);
+        }
+    }
+    Ok(())
+}
+
+/// A key over every input of the image: binaries, profile, images/, cluster file.
+fn input_key(profile: &Path, cluster: &str) -> Result<String> {
+    let mut h = Sha256::new();
+    for bin in ["habuild", "habuild-agent"] {
+        h.update(fs::read(release_bin(bin)?)?);
+    }
+    h.update(fs::read(profile).with_context(|| format!("reading {}", profile.display()))?);
+    hash_tree(&mut h, &workspace().join("images"))?;
+    h.update(cluster.as_bytes());
+    Ok(hex::encode(&h.finalize()[..8]))
+}
+
+/// Run `habuild image` for the Debian 12 profile into `out`.
+pub fn build_into(out: &Path, cluster: &Path) -> Result<Duration> {
+    let ws = workspace();
+    fs::create_dir_all(out)?;
+    let log = out.with_extension("build.log");
+    let t = Instant::now();
+    let status = Command::new(release_bin("habuild")?)
+        .arg("image")
+        .arg("--profile")
+        .arg(ws.join("configs/debian-12.toml"))
+        .arg("--cluster")
+        .arg(cluster)
+        .arg("--out")
+        .arg(out)
+        .arg("--cache")
+        .arg(test_cache().join("packages"))
+        .arg("--images")
+        .arg(ws.join("images"))
+        .arg("--source-date-epoch")
+        .arg(TEST_EPOCH.to_string())
+        .env("RUST_LOG", "info")
+        .stdout(fs::File::create(&log)?)
+        .stderr(fs::File::options().append(true).open(&log)?)
+        .status()
+        .context("running habuild image")?;
+    let took = t.elapsed();
+    if !status.success() {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        bail!(
+            "habuild image failed ({status}); log {}:\n{}",
+            log.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    eprintln!(
+        "habuild image: built {} in {:.1}s",
+        out.display(),
+        took.as_secs_f64()
+    );
+    Ok(took)
+}
+
+/// The cached Debian 12 test image for these inputs, built if missing.
+pub fn debian_image() -> Result<BuiltImage> {
+    let ws = workspace();
+    let cluster_text = test_cluster_text(2);
+    let key = input_key(&ws.join("configs/debian-12.toml"), &cluster_text)?;
+    let dir = test_cache().join("images").join(format!("debian-12-{key}"));
+    let cluster = test_cache()
+        .join("images")
+        .join(format!("cluster-{key}.toml"));
+    fs::create_dir_all(dir.parent().expect("has parent"))?;
+    fs::write(&cluster, &cluster_text)?;
+    let manifest = dir.join("manifest.json");
+    let build_time = if manifest.is_file() {
+        eprintln!("reusing test image {}", dir.display());
+        Duration::ZERO
+    } else {
+        let _ = fs::remove_dir_all(&dir);
+        build_into(&dir, &cluster)?
+    };
+    Ok(BuiltImage {
+        raw: dir.join("debian-12.raw"),
+        qcow2: dir.join("debian-12.qcow2"),
+        manifest,
+        cluster,
+        dir,
+        build_time,
+    })
+}

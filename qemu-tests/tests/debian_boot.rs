@@ -1,0 +1,162 @@
+//! The real Debian 12 image booted in QEMU (UEFI, OVMF) inside a network
+//! namespace this test creates, on a bridge with dnsmasq playing the site's
+//! DHCP server. Proves: boots to multi-user; root is read-only erofs; /var is
+//! the data partition grown to the disk; the ESP's habuild/cluster.toml is read
+//! by the OS; two fresh copies get different machine-ids; a reboot keeps the
+//! machine-id and does not re-format /var.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use qemu_harness::image::{debian_image, BuiltImage};
+use qemu_harness::{qemu_img, vm, Dhcp, TestNet, Vm, VmSpec, Workdir};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const BOOT: Duration = Duration::from_secs(600);
+const DISK_BYTES: u64 = 8 << 30;
+
+struct Booted {
+    facts: Value,
+    cluster: Value,
+    multi_user: Duration,
+    agent_line: Duration,
+}
+
+fn json_after(line: &str, prefix: &str) -> Result<Value> {
+    let at = line.find(prefix).context("prefix in line")? + prefix.len();
+    serde_json::from_str(line[at..].trim()).with_context(|| format!("parsing {line:?}"))
+}
+
+fn boot_and_read(vm: &Vm, since: u64) -> Result<Booted> {
+    let t0 = Instant::now();
+    vm.wait_for_after(since, "Reached target multi-user.target", BOOT)
+        .or_else(|_| vm.wait_for_after(since, "Multi-User System", Duration::from_secs(1)))?;
+    let multi_user = t0.elapsed();
+    let facts =
+        vm.wait_for_line_with_prefix_after(since, "HABUILD-FACTS ", Duration::from_secs(120))?;
+    let agent_line = t0.elapsed();
+    let cluster =
+        vm.wait_for_line_with_prefix_after(since, "HABUILD-CLUSTER ", Duration::from_secs(60))?;
+    Ok(Booted {
+        facts: json_after(&facts, "HABUILD-FACTS ")?,
+        cluster: json_after(&cluster, "HABUILD-CLUSTER ")?,
+        multi_user,
+        agent_line,
+    })
+}
+
+fn check_node(b: &Booted, img: &BuiltImage) -> Result<String> {
+    let f = &b.facts;
+    ensure!(
+        f["root_ro"] == Value::Bool(true),
+        "root is not read-only: {f}"
+    );
+    ensure!(f["root_fstype"] == "erofs", "root is not erofs: {f}");
+    ensure!(
+        f["var_device"] == "/dev/vda4",
+        "/var is not the data partition: {f}"
+    );
+    let var = f["var_partition_bytes"].as_u64().context("var size")?;
+    // The image's data partition is 256 MiB; grown, it fills the 8 GiB disk
+    // after ESP (256 MiB) and two 1.5 GiB root slots.
+    let expect = DISK_BYTES - (1 + 256 + 2 * 1536) * 1024 * 1024;
+    ensure!(
+        var > expect - 4 * 1024 * 1024 && var <= expect,
+        "/var partition is {var} bytes, expected about {expect} (grown to the end of the disk)"
+    );
+    let want = hex::encode(Sha256::digest(std::fs::read(&img.cluster)?));
+    ensure!(
+        b.cluster["sha256"] == want.as_str(),
+        "cluster.toml read by the OS differs: {}",
+        b.cluster
+    );
+    ensure!(
+        b.cluster["file"] == "/boot/efi/habuild/cluster.toml",
+        "{}",
+        b.cluster
+    );
+    let id = f["machine_id"].as_str().unwrap_or_default().to_string();
+    ensure!(
+        id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "bad machine-id {id:?}"
+    );
+    Ok(id)
+}
+
+#[test]
+fn debian_image_boots_read_only_with_grown_var_and_distinct_identities() -> Result<()> {
+    let img = debian_image()?;
+    let work = Workdir::new("boot")?;
+    let net = TestNet::create("hbt")?;
+    let dhcp = Dhcp::start(
+        &net,
+        Ipv4Addr::new(10, 77, 0, 50),
+        Ipv4Addr::new(10, 77, 0, 99),
+    )?;
+
+    let mut vms = Vec::new();
+    for i in 1..=2u8 {
+        let disk = work.join(&format!("node{i}.qcow2"));
+        qemu_img::create_overlay(&img.raw, "raw", &disk, Some(DISK_BYTES))?;
+        let tap = net.add_tap(&format!("tap{i}"))?;
+        let mac = vm::mac_address(i);
+        let mut spec = VmSpec::new(&format!("node{i}"), &disk, &mac, &tap);
+        spec.memory_mib = 1024;
+        vms.push((Vm::start(&net, spec, work.path())?, mac));
+    }
+    let mut ids = Vec::new();
+    for (vm, mac) in &vms {
+        let b = boot_and_read(vm, 0)?;
+        let id = check_node(&b, &img)?;
+        let lease = dhcp.wait_for_lease(mac, Duration::from_secs(120))?;
+        eprintln!(
+            "{}: multi-user after {:.1}s, agent facts after {:.1}s (accel {}), machine-id {id}, DHCP {}",
+            vm.name(),
+            b.multi_user.as_secs_f64(),
+            b.agent_line.as_secs_f64(),
+            vm.accel(),
+            lease.ip
+        );
+        ensure!(
+            vm.serial_text()
+                .contains("first boot: formatting /dev/vda4"),
+            "first boot did not format the data partition"
+        );
+        ids.push(id);
+    }
+    ensure!(
+        ids[0] != ids[1],
+        "two fresh copies got the same machine-id {}",
+        ids[0]
+    );
+
+    // Reboot node1: same identity, /var kept (no second format).
+    let (vm1, _) = &vms[0];
+    let mark = vm1.serial_len();
+    vm1.powerdown()?;
+    vm1.wait_exit(Duration::from_secs(180))?;
+    let spec = vm1.spec().clone();
+    drop(vms);
+    let vm1 = Vm::start(&net, spec, work.path())?;
+    let _ = mark;
+    let b = boot_and_read(&vm1, 0)?;
+    let id = check_node(&b, &img)?;
+    ensure!(
+        id == ids[0],
+        "machine-id changed across reboot: {} -> {id}",
+        ids[0]
+    );
+    ensure!(
+        !vm1.serial_text().contains("first boot: formatting"),
+        "the data partition was formatted again on the second boot"
+    );
+    eprintln!(
+        "node1 rebooted: multi-user after {:.1}s, same machine-id",
+        b.multi_user.as_secs_f64()
+    );
+    drop(vm1);
+    drop(dhcp);
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! The Debian 12 image built by the real `habuild image`: bit-identical when
+//! rebuilt with the same package cache and SOURCE_DATE_EPOCH, and well formed
+//! by the independent tools (`sgdisk -v`, `fsck.vfat -n`, `mdir`,
+//! `dump.erofs`/`fsck.erofs`).
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+use qemu_harness::image::{build_into, debian_image, BuiltImage};
+use qemu_harness::{tools, Workdir};
+use serde_json::Value;
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        out.status
+    );
+    Ok(text)
+}
+
+fn manifest(dir: &Path) -> Result<Value> {
+    Ok(serde_json::from_slice(&fs::read(
+        dir.join("manifest.json"),
+    )?)?)
+}
+
+fn partitions(raw: &Path) -> Result<Vec<(u64, u64, String)>> {
+    // sgdisk -p: "   1            2048          526335   256.0 MiB   EF00  ESP"
+    let text = run(Command::new(tools::require("sgdisk")?).arg("-p").arg(raw))?;
+    let mut v = Vec::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() >= 7 && f[0].parse::<u32>().is_ok() {
+            v.push((f[1].parse()?, f[2].parse()?, f[6].to_string()));
+        }
+    }
+    Ok(v)
+}
+
+fn extract(raw: &Path, first: u64, last: u64, to: &Path) -> Result<()> {
+    run(Command::new("dd")
+        .arg(format!("if={}", raw.display()))
+        .arg(format!("of={}", to.display()))
+        .arg("bs=512")
+        .arg(format!("skip={first}"))
+        .arg(format!("count={}", last - first + 1))
+        .arg("conv=sparse")
+        .arg("status=none"))?;
+    Ok(())
+}
+
+fn check_image(img: &BuiltImage, work: &Workdir) -> Result<()> {
+    let v = run(Command::new(tools::require("sgdisk")?)
+        .arg("-v")
+        .arg(&img.raw))?;
+    ensure!(v.contains("No problems found"), "sgdisk -v:\n{v}");
+    let parts = partitions(&img.raw)?;
+    let names: Vec<&str> = parts.iter().map(|p| p.2.as_str()).collect();
+    ensure!(
+        names == ["ESP", "root-a", "root-b", "data"],
+        "partitions {names:?}"
+    );
+
+    let esp = work.join("esp.img");
+    extract(&img.raw, parts[0].0, parts[0].1, &esp)?;
+    let fsck = run(Command::new(tools::require("fsck.vfat")?)
+        .arg("-n")
+        .arg(&esp))?;
+    ensure!(
+        !fsck.contains("Expected") && !fsck.contains("share clusters"),
+        "fsck.vfat -n:\n{fsck}"
+    );
+    let listing = run(Command::new(tools::require("mdir")?)
+        .args(["-/", "-b", "-i"])
+        .arg(&esp)
+        .arg("::"))?;
+    for f in [
+        "::/EFI/BOOT/BOOTX64.EFI",
+        "::/loader/loader.conf",
+        "::/loader/entries/habuild-a.conf",
+        "::/habuild/a/vmlinuz",
+        "::/habuild/a/initrd.img",
+        "::/habuild/cluster.toml",
+    ] {
+        ensure!(
+            listing.lines().any(|l| l.trim() == f),
+            "{f} missing from the ESP:\n{listing}"
+        );
+    }
+    let entry = run(Command::new(tools::require("mtype")?)
+        .arg("-i")
+        .arg(&esp)
+        .arg("::/loader/entries/habuild-a.conf"))?;
+    ensure!(
+        entry.contains("rootfstype=erofs") && entry.contains("console=ttyS0,115200"),
+        "{entry}"
+    );
+    let cluster = run(Command::new(tools::require("mtype")?)
+        .arg("-i")
+        .arg(&esp)
+        .arg("::/habuild/cluster.toml"))?;
+    ensure!(
+        cluster == fs::read_to_string(&img.cluster)?,
+        "ESP cluster.toml differs from the input"
+    );
+
+    let root = work.join("root-a.img");
+    extract(&img.raw, parts[1].0, parts[1].1, &root)?;
+    run(Command::new(tools::require("fsck.erofs")?).arg(&root))?;
+    let dump = tools::require("dump.erofs")?;
+    for path in [
+        "/usr/lib/habuild/habuild-agent",
+        "/usr/lib/systemd/system/habuild-agent.service",
+        "/usr/lib/systemd/system/habuild-gluster-loop.service",
+        "/etc/systemd/system/multi-user.target.wants/habuild-agent.service",
+        "/etc/modules-load.d/habuild.conf",
+        "/etc/sysctl.d/90-habuild.conf",
+        "/etc/containerd/config.toml",
+        "/usr/bin/containerd",
+        "/usr/bin/etcd",
+        "/usr/sbin/keepalived",
+        "/usr/sbin/haproxy",
+        "/usr/sbin/glusterd",
+        "/usr/sbin/thin_check",
+    ] {
+        run(Command::new(&dump).arg(format!("--path={path}")).arg(&root))
+            .with_context(|| format!("{path} is not in the root image"))?;
+    }
+    let mid = run(Command::new(&dump).arg("--path=/etc/machine-id").arg(&root))?;
+    ensure!(
+        mid.contains("Size: 0") || mid.contains("size: 0"),
+        "/etc/machine-id is not empty:\n{mid}"
+    );
+    ensure!(
+        run(Command::new(&dump)
+            .arg("--path=/etc/ssh/ssh_host_ed25519_key")
+            .arg(&root))
+        .is_err(),
+        "SSH host keys baked into the image"
+    );
+    let m = manifest(&img.dir)?;
+    let pkgs = m["packages"].as_array().context("packages")?;
+    ensure!(
+        pkgs.iter().any(|p| p["name"] == "etcd-server"),
+        "manifest lacks etcd-server"
+    );
+    for a in m["artifacts"].as_array().context("artifacts")? {
+        ensure!(a["sha256"].as_str().map(str::len) == Some(64), "{a}");
+    }
+    eprintln!(
+        "image: raw {} MiB (sparse on disk: {} MiB), qcow2 {} MiB, {} packages",
+        fs::metadata(&img.raw)?.len() >> 20,
+        du_mib(&img.raw)?,
+        fs::metadata(&img.qcow2)?.len() >> 20,
+        pkgs.len()
+    );
+    Ok(())
+}
+
+fn du_mib(p: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(fs::metadata(p)?.blocks() * 512 >> 20)
+}
+
+#[test]
+fn debian_image_is_reproducible_and_well_formed() -> Result<()> {
+    let mut a = debian_image()?;
+    let work = Workdir::new("image")?;
+    check_image(&a, &work)?;
+
+    let b_dir = work.join("rebuild");
+    let warm = build_into(&b_dir, &a.cluster)?;
+    let ma = manifest(&a.dir)?;
+    let mb = manifest(&b_dir)?;
+    if ma["packages"] != mb["packages"] {
+        // The mirror published updates since the cached image was built:
+        // rebuild it so both builds see the same packages.
+        eprintln!("package versions moved since the cached image was built; rebuilding it");
+        fs::remove_dir_all(&a.dir)?;
+        a = debian_image()?;
+    }
+    let ma = manifest(&a.dir)?;
+    let sha = |m: &Value| {
+        m["artifacts"][0]["sha256"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    ensure!(
+        sha(&ma) == sha(&mb),
+        "two builds with the same inputs differ: {} vs {}",
+        sha(&ma),
+        sha(&mb)
+    );
+    eprintln!(
+        "reproducible: raw sha256 {} (first build {:.0}s, rebuild with warm cache {:.0}s)",
+        sha(&ma),
+        a.build_time.as_secs_f64(),
+        warm.as_secs_f64()
+    );
+    Ok(())
+}
