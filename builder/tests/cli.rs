@@ -44,7 +44,8 @@ fn image(
     cache: &Path,
     extra: &[&str],
 ) -> Output {
-    let agent = out.parent().unwrap().join("fake-agent");
+    let agent = cache.join("fake-agent");
+    fs::create_dir_all(cache).unwrap();
     fs::write(&agent, "#!/bin/sh\n").unwrap();
     let mut args = vec![
         "image".to_string(),

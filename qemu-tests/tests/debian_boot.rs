@@ -98,11 +98,11 @@ fn debian_image_boots_read_only_with_grown_var_and_distinct_identities() -> Resu
 
     let mut vms = Vec::new();
     for i in 1..=2u8 {
-        let disk = work.join(&format!("node{i}.qcow2"));
+        let disk = work.join(format!("node{i}.qcow2"));
         qemu_img::create_overlay(&img.raw, "raw", &disk, Some(DISK_BYTES))?;
         let tap = net.add_tap(&format!("tap{i}"))?;
         let mac = vm::mac_address(i);
-        let mut spec = VmSpec::new(&format!("node{i}"), &disk, &mac, &tap);
+        let mut spec = VmSpec::new(format!("node{i}"), &disk, &mac, &tap);
         spec.memory_mib = 1024;
         vms.push((Vm::start(&net, spec, work.path())?, mac));
     }

@@ -165,7 +165,7 @@ fn check_image(img: &BuiltImage, work: &Workdir) -> Result<()> {
 
 fn du_mib(p: &Path) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
-    Ok(fs::metadata(p)?.blocks() * 512 >> 20)
+    Ok((fs::metadata(p)?.blocks() * 512) >> 20)
 }
 
 #[test]

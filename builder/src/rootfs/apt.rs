@@ -79,21 +79,32 @@ pub fn classify_failure(err: BuildError) -> BuildError {
             detail: "check [packages] in the profile and the repos' suites/components".into(),
         };
     }
-    for l in detail.lines() {
-        if l.contains("Failed to fetch")
-            || l.contains("Could not connect")
-            || l.contains("Could not resolve")
-        {
-            let url = l
-                .split_whitespace()
-                .find(|w| w.contains("://"))
-                .unwrap_or("(mirror)")
-                .to_string();
-            return BuildError::Unreachable {
-                url,
-                detail: l.trim().to_string(),
-            };
-        }
+    const NETWORK: [&str; 5] = [
+        "Failed to fetch",
+        "Could not connect",
+        "Could not resolve",
+        "Connection failed",
+        "404  Not Found",
+    ];
+    if let Some(problem) = detail
+        .lines()
+        .find(|l| NETWORK.iter().any(|n| l.contains(n)))
+    {
+        // apt names the URL on its "Err:" / "Failed to fetch" lines.
+        let url = detail
+            .lines()
+            .filter(|l| {
+                l.starts_with("Err:") || l.contains("Failed to fetch") || l.starts_with("Ign:")
+            })
+            .chain(std::iter::once(problem))
+            .flat_map(str::split_whitespace)
+            .find(|w| w.contains("://"))
+            .unwrap_or("(mirror)")
+            .to_string();
+        return BuildError::Unreachable {
+            url,
+            detail: problem.trim().to_string(),
+        };
     }
     BuildError::Command { cmd, detail }
 }
