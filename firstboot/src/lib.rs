@@ -1,3 +1,12 @@
+//! habuild's first-boot agent library: the cluster.toml schema, host facts,
+//! discovery, the authenticated transport, consensus, the plan and the
+//! replicated state.
+
 pub mod cluster;
+pub mod consensus;
+pub mod discovery;
 pub mod facts;
+pub mod plan;
 pub mod source;
+pub mod state;
+pub mod transport;

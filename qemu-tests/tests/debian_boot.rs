@@ -147,7 +147,10 @@ fn debian_image_boots_read_only_with_grown_var_and_distinct_identities() -> Resu
             break;
         }
     }
-    ensure!(exited, "node1 did not power off after 8 ACPI power-button presses");
+    ensure!(
+        exited,
+        "node1 did not power off after 8 ACPI power-button presses"
+    );
     let spec = vm1.spec().clone();
     drop(vms);
     let vm1 = Vm::start(&net, spec, work.path())?;

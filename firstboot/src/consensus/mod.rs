@@ -1,0 +1,348 @@
+//! Consensus with openraft 0.9 (storage-v2), behind one module.
+//!
+//! - [`types`]: the openraft type configuration.
+//! - [`store`]: the persistent log store and state machine (a directory on
+//!   the data partition, e.g. `/var/lib/habuild/raft`).
+//! - [`router`]: Raft RPCs over an abstract [`router::RpcTransport`], plus the
+//!   in-memory [`router::MemRouter`] with seeded faults for tests.
+//! - [`bootstrap`]: the pure `bootstrap_expect` decision (who initializes).
+//! - [`ConsensusNode`]: one node's Raft instance with join handling.
+//!
+//! A node with Raft state in its directory ([`store::has_state`]) just opens
+//! it and rejoins its group; only a node without state runs the bootstrap
+//! decision loop.
+
+// openraft's error types (fixed by its traits) are large; boxing them buys nothing here.
+#![allow(clippy::result_large_err)]
+
+pub mod bootstrap;
+pub mod router;
+pub mod store;
+pub mod types;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
+
+use self::bootstrap::Advert;
+use self::router::{
+    BoxFuture, JoinRequest, JoinResponse, Network, RpcHandler, RpcRequest, RpcResponse,
+    RpcTransport, Unreachable,
+};
+use self::store::StateMachine;
+use self::types::{Raft, RaftMetrics};
+use crate::state::{ClusterState, Command, Member, NodeId, Response};
+
+/// Timing and sizing of a node's Raft instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsensusConfig {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Voters the group grows to as nodes join (the rest stay learners).
+    pub max_voters: usize,
+    /// Build a snapshot (and purge the log) every this many applied entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for ConsensusConfig {
+    fn default() -> Self {
+        ConsensusConfig {
+            heartbeat_ms: 250,
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+            max_voters: 5,
+            snapshot_every: 1000,
+        }
+    }
+}
+
+impl ConsensusConfig {
+    /// Short timeouts for in-process tests.
+    pub fn fast() -> Self {
+        ConsensusConfig {
+            heartbeat_ms: 50,
+            election_min_ms: 150,
+            election_max_ms: 300,
+            max_voters: 5,
+            snapshot_every: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsensusError {
+    #[error("raft storage: {0}")]
+    Storage(#[from] types::StorageError),
+    #[error("raft config: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+struct NodeInner {
+    id: NodeId,
+    raft: Raft,
+    sm: StateMachine,
+    transport: Arc<dyn RpcTransport>,
+    max_voters: usize,
+    had_state: bool,
+    /// Serializes membership changes made for joiners.
+    join_lock: tokio::sync::Mutex<()>,
+}
+
+/// One node's Raft instance, persisted in a directory, talking through an
+/// [`RpcTransport`]. Cheap to clone.
+#[derive(Clone)]
+pub struct ConsensusNode {
+    inner: Arc<NodeInner>,
+}
+
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl ConsensusNode {
+    /// Opens (or creates) the Raft state in `dir` and starts Raft. With state
+    /// from an earlier run the node rejoins its group on its own.
+    pub async fn open(
+        id: NodeId,
+        dir: &Path,
+        cfg: &ConsensusConfig,
+        transport: Arc<dyn RpcTransport>,
+    ) -> Result<Self, ConsensusError> {
+        let had_state = store::has_state(dir);
+        let (log, sm) = store::open(dir)?;
+        let config = Config {
+            cluster_name: "habuild".into(),
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_min_ms,
+            election_timeout_max: cfg.election_max_ms,
+            install_snapshot_timeout: (cfg.election_max_ms * 4).max(1000),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_in_snapshot_log_to_keep: cfg.snapshot_every / 4,
+            ..Default::default()
+        }
+        .validate()?;
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            Network::new(transport.clone()),
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        // Publish the restored membership before anyone asks (a restarted
+        // node must advertise itself as a member, never bootstrap again).
+        let restored = raft
+            .with_raft_state(|st| *st.membership_state.effective().log_id())
+            .await
+            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        raft.wait(Some(Duration::from_secs(10)))
+            .metrics(
+                |m| *m.membership_config.log_id() == restored,
+                "restored membership",
+            )
+            .await
+            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        Ok(ConsensusNode {
+            inner: Arc::new(NodeInner {
+                id,
+                raft,
+                sm,
+                transport,
+                max_voters: cfg.max_voters.max(1),
+                had_state,
+                join_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Whether the directory held Raft state when opened (a restart).
+    pub fn had_state(&self) -> bool {
+        self.inner.had_state
+    }
+
+    /// The replicated state as applied on this node.
+    pub fn state(&self) -> ClusterState {
+        self.inner.sm.state()
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// `Some(Advert::Member)` once this node is in a group's membership
+    /// (voter or learner); `None` while it still has to bootstrap or join.
+    pub fn member_advert(&self) -> Option<Advert> {
+        let m = self.metrics();
+        let in_group = m
+            .membership_config
+            .membership()
+            .get_node(&self.inner.id)
+            .is_some();
+        in_group.then_some(Advert::Member {
+            leader: m.current_leader,
+        })
+    }
+
+    /// Initializes a new group with `voters` (id -> agent address). Only the
+    /// node that [`bootstrap::decide`] told to do so may call this.
+    pub async fn initialize(&self, voters: BTreeMap<NodeId, String>) -> Result<(), ConsensusError> {
+        let nodes: BTreeMap<NodeId, BasicNode> = voters
+            .into_iter()
+            .map(|(id, a)| (id, BasicNode::new(a)))
+            .collect();
+        self.inner
+            .raft
+            .initialize(nodes)
+            .await
+            .map_err(|e| ConsensusError::Raft(e.to_string()))
+    }
+
+    /// Asks `via` to add this node (following leader redirects a few hops).
+    pub async fn join_via(
+        &self,
+        via: NodeId,
+        addr: &str,
+        member: Option<Member>,
+    ) -> Result<JoinResponse, Unreachable> {
+        let req = JoinRequest {
+            id: self.inner.id,
+            addr: addr.to_string(),
+            member,
+        };
+        let mut target = via;
+        for _ in 0..3 {
+            let resp = if target == self.inner.id {
+                RpcResponse::Join(self.handle_join(req.clone()).await)
+            } else {
+                self.inner
+                    .transport
+                    .call(target, RpcRequest::Join(req.clone()))
+                    .await?
+            };
+            match resp {
+                RpcResponse::Join(JoinResponse::NotLeader { leader: Some(l) }) if l != target => {
+                    target = l
+                }
+                RpcResponse::Join(r) => return Ok(r),
+                _ => return Ok(JoinResponse::Retry("response of the wrong kind".into())),
+            }
+        }
+        Ok(JoinResponse::Retry("too many redirects".into()))
+    }
+
+    /// Proposes `cmd` (on the leader; elsewhere it is refused).
+    pub async fn write(&self, cmd: Command) -> Result<Response, ConsensusError> {
+        self.inner
+            .raft
+            .client_write(cmd)
+            .await
+            .map(|r| r.data)
+            .map_err(|e| ConsensusError::Raft(e.to_string()))
+    }
+
+    /// Serves one RPC from another node.
+    pub async fn handle_rpc(&self, req: RpcRequest) -> RpcResponse {
+        let raft = &self.inner.raft;
+        match req {
+            RpcRequest::AppendEntries(r) => {
+                RpcResponse::AppendEntries(raft.append_entries(r).await)
+            }
+            RpcRequest::Vote(r) => RpcResponse::Vote(raft.vote(r).await),
+            RpcRequest::InstallSnapshot(r) => {
+                RpcResponse::InstallSnapshot(raft.install_snapshot(r).await)
+            }
+            RpcRequest::Join(r) => RpcResponse::Join(self.handle_join(r).await),
+        }
+    }
+
+    async fn handle_join(&self, req: JoinRequest) -> JoinResponse {
+        let raft = &self.inner.raft;
+        let _g = self.inner.join_lock.lock().await;
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return JoinResponse::NotLeader {
+                leader: m.current_leader.filter(|&l| l != self.inner.id),
+            };
+        }
+        let not_leader = |e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                Some(JoinResponse::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            _ => None,
+        };
+        if m.membership_config.membership().get_node(&req.id).is_none() {
+            let add = raft.add_learner(req.id, BasicNode::new(req.addr.clone()), true);
+            match tokio::time::timeout(JOIN_TIMEOUT, add).await {
+                Err(_) => return JoinResponse::Retry("learner did not catch up in time".into()),
+                Ok(Err(e)) => {
+                    return not_leader(&e).unwrap_or_else(|| JoinResponse::Retry(e.to_string()))
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        let voters: BTreeSet<NodeId> = self
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let mut voter = voters.contains(&req.id);
+        if !voter && voters.len() < self.inner.max_voters {
+            let ch =
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])), false);
+            match tokio::time::timeout(JOIN_TIMEOUT, ch).await {
+                Err(_) => return JoinResponse::Retry("promotion timed out".into()),
+                Ok(Err(e)) => {
+                    return not_leader(&e).unwrap_or_else(|| JoinResponse::Retry(e.to_string()))
+                }
+                Ok(Ok(_)) => voter = true,
+            }
+        }
+        if let Some(member) = req.member {
+            if self.state().members.get(&member.id) != Some(&member) {
+                match tokio::time::timeout(
+                    JOIN_TIMEOUT,
+                    raft.client_write(Command::UpsertMember(member)),
+                )
+                .await
+                {
+                    Err(_) => return JoinResponse::Retry("member write timed out".into()),
+                    Ok(Err(e)) => {
+                        return not_leader(&e).unwrap_or_else(|| JoinResponse::Retry(e.to_string()))
+                    }
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }
+        JoinResponse::Joined { voter }
+    }
+
+    /// Stops Raft (the state stays in the directory).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+impl RpcHandler for ConsensusNode {
+    fn handle(&self, rpc: RpcRequest) -> BoxFuture<'_, RpcResponse> {
+        Box::pin(self.handle_rpc(rpc))
+    }
+}

@@ -1,0 +1,496 @@
+//! Transport over loopback TCP, and mDNS discovery between real processes in
+//! network namespaces this test creates (nothing is sent on the host's own
+//! interfaces: mDNS runs only on veths inside the test's namespaces).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use firstboot::cluster::Secret;
+use firstboot::discovery::{
+    Announcement, Discovery, DiscoveryConfig, Interfaces, MdnsKey, PeerEvent, RaftState,
+};
+use firstboot::state::NodeId;
+use firstboot::transport::{self, Keys, TransportError};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+fn keys(secret: u8) -> Keys {
+    Keys::derive(&Secret([secret; 32]), Keys::generate_static().unwrap())
+}
+
+async fn wait_for(counter: &AtomicU64, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = counter.load(Ordering::Relaxed);
+        if v >= at_least || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn serve_and_call_over_loopback() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_keys = keys(1);
+    let rejected = Arc::new(AtomicU64::new(0));
+    let server = tokio::spawn(transport::serve(
+        listener,
+        Arc::new(server_keys.clone()),
+        rejected.clone(),
+        |req: transport::Request| async move {
+            let mut resp = b"pong:".to_vec();
+            resp.extend_from_slice(&req.body);
+            resp.extend_from_slice(&req.peer_static[..4]);
+            resp
+        },
+    ));
+
+    // a member: right secret
+    let member = keys(1);
+    let resp = transport::call(addr, &member, b"ping").await.unwrap();
+    let mut want = b"pong:ping".to_vec();
+    want.extend_from_slice(&member.public_key().unwrap()[..4]);
+    assert_eq!(resp, want);
+
+    // a long-lived connection carrying several requests, one of them large
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut s = transport::connect(tcp, &member).await.unwrap();
+    assert_eq!(s.remote_static(), server_keys.public_key().unwrap());
+    for body in [vec![7u8; 10], vec![9u8; 700_000]] {
+        s.send(&body).await.unwrap();
+        let r = s.recv().await.unwrap();
+        assert_eq!(&r[5..5 + body.len()], &body[..]);
+    }
+    drop(s);
+    assert_eq!(rejected.load(Ordering::Relaxed), 0);
+
+    // an outsider: wrong secret
+    let r = transport::call(addr, &keys(2), b"ping").await;
+    assert!(matches!(r, Err(TransportError::Handshake(_))), "{r:?}");
+    assert_eq!(wait_for(&rejected, 1).await, 1);
+
+    // garbage on the port
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    raw.shutdown().await.unwrap();
+    drop(raw);
+    assert_eq!(wait_for(&rejected, 2).await, 2);
+
+    // the server still serves members afterwards
+    assert!(transport::call(addr, &member, b"again").await.is_ok());
+    assert_eq!(rejected.load(Ordering::Relaxed), 2);
+    server.abort();
+}
+
+// ---------------------------------------------------------------------------
+// mDNS in network namespaces.
+
+const ROLE_ENV: &str = "HABUILD_TEST_MDNS_ROLE";
+const GOOD_IDS: [NodeId; 3] = [0x1111, 0x2222, 0x3333];
+const IMPOSTOR_ID: NodeId = 0x6666;
+const OTHER_ID: NodeId = 0x7777;
+const LAB_SECRET: u8 = 0x42;
+
+/// One agent process: `index cluster secret-byte node-id ip`.
+#[derive(Debug, Clone)]
+struct Role {
+    cluster: String,
+    secret: u8,
+    id: NodeId,
+    ip: Ipv4Addr,
+}
+
+impl Role {
+    fn encode(&self) -> String {
+        format!("{} {} {:x} {}", self.cluster, self.secret, self.id, self.ip)
+    }
+    fn decode(s: &str) -> Self {
+        let f: Vec<&str> = s.split(' ').collect();
+        Self {
+            cluster: f[0].into(),
+            secret: f[1].parse().unwrap(),
+            id: u64::from_str_radix(f[2], 16).unwrap(),
+            ip: f[3].parse().unwrap(),
+        }
+    }
+}
+
+/// Not a test by itself: the body of each agent process that
+/// `mdns_in_namespaces` starts inside a namespace (does nothing otherwise).
+#[test]
+fn mdns_role_helper() {
+    let Ok(role) = std::env::var(ROLE_ENV) else {
+        return;
+    };
+    let role = Role::decode(&role);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run_role(role));
+}
+
+async fn run_role(role: Role) {
+    let out = |line: String| {
+        let mut o = std::io::stdout().lock();
+        let _ = writeln!(o, "HB {line}");
+        let _ = o.flush();
+    };
+    let good = role.cluster == "lab" && role.secret == LAB_SECRET;
+    let leader = GOOD_IDS[0];
+    let ann = Announcement {
+        cluster: role.cluster.clone(),
+        node: role.id,
+        port: 7000 + (role.id as u16 & 0xff),
+        state: RaftState::Forming {
+            voters: firstboot::discovery::voter_set_hash(&GOOD_IDS),
+        },
+    };
+    let config = DiscoveryConfig {
+        key: MdnsKey::derive(&Secret([role.secret; 32])),
+        interfaces: Interfaces::Only(vec!["eth0".into()]),
+        mdns_port: mdns_sd::MDNS_PORT,
+    };
+    let (d, mut rx) = Discovery::start(config, ann.clone(), vec![IpAddr::V4(role.ip)]).unwrap();
+    out("READY".into());
+
+    // the parent closes our stdin to stop us
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = std::io::stdin().read_line(&mut sink);
+        let _ = stop_tx.send(());
+    });
+
+    let mut seen: BTreeMap<NodeId, RaftState> = BTreeMap::new();
+    let (mut updated, mut done) = (false, false);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = &mut stop_rx => break,
+            ev = rx.recv() => match ev {
+                Some(PeerEvent::Seen(p)) => {
+                    out(format!("SEEN {:x} {} {:?} {}", p.id, p.state, p.addrs, p.port));
+                    seen.insert(p.id, p.state);
+                }
+                Some(PeerEvent::Gone(id)) => {
+                    out(format!("GONE {id:x}"));
+                    seen.remove(&id);
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                if !good || done {
+                    continue;
+                }
+                let others: Vec<NodeId> =
+                    GOOD_IDS.iter().copied().filter(|i| *i != role.id).collect();
+                let all_seen = others.iter().all(|i| seen.contains_key(i));
+                if role.id == leader && all_seen && !updated {
+                    d.update(Announcement { state: RaftState::Leader, ..ann.clone() }).unwrap();
+                    updated = true;
+                    out("UPDATED leader".into());
+                }
+                let leader_ok = role.id == leader || seen.get(&leader) == Some(&RaftState::Leader);
+                let st = d.stats();
+                if all_seen && leader_ok && st.rejected.bad_mac >= 1 && st.rejected.other_cluster >= 1 {
+                    done = true;
+                    out("DONE".into());
+                }
+            }
+        }
+    }
+    let st = d.stats();
+    out(format!(
+        "STATS bad_mac={} other_cluster={} malformed={} total={} last_minute={} dropped={}",
+        st.rejected.bad_mac,
+        st.rejected.other_cluster,
+        st.rejected.malformed,
+        st.announcements_total,
+        st.announcements_last_minute,
+        st.dropped_events
+    ));
+    d.shutdown();
+    out("EXIT".into());
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let o = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Namespaces and processes of one test run; removed on every path (Drop
+/// also runs while unwinding from a failed assertion).
+struct Lab {
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // node namespaces first (their veth ends go with them), then the bridge
+        for ns in self.namespaces.iter().rev() {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+const NS_PREFIX: &str = "hbdisc";
+
+/// Removes namespaces left by an earlier run that was killed (SIGKILL skips Drop).
+fn remove_stale_namespaces() {
+    let Ok(o) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
+fn setup(lab: &mut Lab, nodes: usize) -> Result<Vec<String>, String> {
+    let pid = std::process::id();
+    let br = format!("{NS_PREFIX}{pid}-br");
+    ip(&["netns", "add", &br])?;
+    lab.namespaces.push(br.clone());
+    ip(&["-n", &br, "link", "set", "lo", "up"])?;
+    ip(&[
+        "-n",
+        &br,
+        "link",
+        "add",
+        "br0",
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "0",
+    ])?;
+    ip(&["-n", &br, "link", "set", "br0", "up"])?;
+    let mut names = Vec::new();
+    for i in 0..nodes {
+        let ns = format!("{NS_PREFIX}{pid}-{i}");
+        ip(&["netns", "add", &ns])?;
+        lab.namespaces.push(ns.clone());
+        let v = format!("v{i}");
+        ip(&[
+            "-n", &br, "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        ip(&["-n", &br, "link", "set", &v, "master", "br0"])?;
+        ip(&["-n", &br, "link", "set", &v, "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        let addr = format!("10.88.0.{}/24", 10 + i);
+        ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+        names.push(ns);
+    }
+    Ok(names)
+}
+
+#[test]
+fn mdns_in_namespaces() {
+    if std::env::var(ROLE_ENV).is_ok() {
+        return; // we are a helper process
+    }
+    remove_stale_namespaces();
+    let roles: Vec<Role> = GOOD_IDS
+        .iter()
+        .map(|id| ("lab", LAB_SECRET, *id))
+        .chain([("lab", 0x99, IMPOSTOR_ID), ("prod", 0x55, OTHER_ID)])
+        .enumerate()
+        .map(|(i, (cluster, secret, id))| Role {
+            cluster: cluster.into(),
+            secret,
+            id,
+            ip: Ipv4Addr::new(10, 88, 0, 10 + i as u8),
+        })
+        .collect();
+
+    let mut lab = Lab {
+        namespaces: Vec::new(),
+        children: Vec::new(),
+    };
+    let namespaces = match setup(&mut lab, roles.len()) {
+        Ok(n) => n,
+        // Never skipped: a test that cannot run fails and says what is missing.
+        Err(e) => panic!(
+            "cannot create network namespaces: {e} (needs root and iproute2: run scripts/setup as root)"
+        ),
+    };
+
+    let exe = std::env::current_exe().unwrap();
+    let outputs: Vec<Arc<Mutex<Vec<String>>>> = (0..roles.len()).map(|_| Arc::default()).collect();
+    let mut stdins: Vec<ChildStdin> = Vec::new();
+    for (role, ns) in roles.iter().zip(&namespaces) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&exe)
+            .args([
+                "--exact",
+                "mdns_role_helper",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE_ENV, role.encode())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        stdins.push(child.stdin.take().unwrap());
+        let idx = lab.children.len();
+        let sink = outputs[idx].clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(l) = line.strip_prefix("HB ") {
+                    sink.lock().unwrap().push(l.to_string());
+                }
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let sink = outputs[idx].clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(format!("stderr: {line}"));
+            }
+        });
+        lab.children.push(child);
+    }
+
+    let report = |outputs: &[Arc<Mutex<Vec<String>>>]| -> String {
+        let mut s = String::new();
+        for (role, o) in roles.iter().zip(outputs) {
+            s.push_str(&format!("--- {role:?}\n"));
+            for l in o.lock().unwrap().iter() {
+                s.push_str(&format!("  {l}\n"));
+            }
+        }
+        s
+    };
+
+    // wait until the three members have seen each other, the leader update,
+    // and counted both kinds of foreign announcements
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let good = GOOD_IDS.len();
+    loop {
+        let done = outputs[..good]
+            .iter()
+            .filter(|o| o.lock().unwrap().iter().any(|l| l == "DONE"))
+            .count();
+        if done == good {
+            break;
+        }
+        if Instant::now() > deadline {
+            panic!("discovery did not converge in 60 s:\n{}", report(&outputs));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // a member leaving (goodbye packets) is reported as gone by the others
+    let mut stdins: Vec<Option<ChildStdin>> = stdins.into_iter().map(Some).collect();
+    stdins[2] = None;
+    let gone = format!("GONE {:x}", GOOD_IDS[2]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !outputs[..2]
+        .iter()
+        .all(|o| o.lock().unwrap().contains(&gone))
+    {
+        if Instant::now() > deadline {
+            panic!("departure not noticed in 20 s:\n{}", report(&outputs));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(stdins);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for c in &mut lab.children {
+        while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let text = report(&outputs);
+    eprintln!("{text}");
+
+    let stats = |i: usize| -> BTreeMap<String, u64> {
+        let o = outputs[i].lock().unwrap();
+        let line = o
+            .iter()
+            .find_map(|l| l.strip_prefix("STATS "))
+            .unwrap_or_else(|| panic!("no stats from {:?}:\n{text}", roles[i]))
+            .to_string();
+        line.split(' ')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+            .collect()
+    };
+    let seen = |i: usize| -> Vec<NodeId> {
+        let o = outputs[i].lock().unwrap();
+        o.iter()
+            .filter_map(|l| l.strip_prefix("SEEN "))
+            .map(|l| u64::from_str_radix(l.split(' ').next().unwrap(), 16).unwrap())
+            .collect()
+    };
+    for i in 0..good {
+        let s = seen(i);
+        assert!(
+            s.iter()
+                .all(|id| GOOD_IDS.contains(id) && *id != GOOD_IDS[i]),
+            "{:?} saw a non-member or itself: {s:x?}\n{text}",
+            roles[i]
+        );
+        let st = stats(i);
+        assert!(st["bad_mac"] >= 1, "{text}");
+        assert!(st["other_cluster"] >= 1, "{text}");
+        assert!(st["last_minute"] >= 1, "{text}");
+        // members see the leader's new state with its address and port
+        if i != 0 {
+            let o = outputs[i].lock().unwrap();
+            assert!(
+                o.iter()
+                    .any(|l| l.starts_with("SEEN 1111 leader [10.88.0.10] 7017")),
+                "{text}"
+            );
+        }
+    }
+    // the impostor (right name, wrong secret) and the other cluster see no one
+    assert!(seen(3).is_empty(), "{text}");
+    assert!(seen(4).is_empty(), "{text}");
+    assert!(stats(3)["bad_mac"] >= good as u64, "{text}");
+    assert!(stats(4)["other_cluster"] >= good as u64, "{text}");
+    assert!(stats(4)["bad_mac"] == 0, "{text}");
+
+    drop(lab);
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout).to_string();
+    assert!(
+        !left.contains(&format!("{NS_PREFIX}{}-", std::process::id())),
+        "namespaces left behind: {left}"
+    );
+}
