@@ -2,6 +2,7 @@
 //! discovery, the authenticated transport, consensus, the plan and the
 //! replicated state.
 
+pub mod agent;
 pub mod cluster;
 pub mod consensus;
 pub mod discovery;

@@ -1,12 +1,17 @@
 //! `habuild-agent`: the first-boot agent baked into every habuild image.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use firstboot::cluster::{ClusterConfig, ESP_CLUSTER_PATH};
+use firstboot::agent::{self, AgentConfig};
+use firstboot::cluster::Ipv4Cidr;
+use firstboot::consensus::ConsensusConfig;
 use firstboot::facts;
+use firstboot::state::{node_id_from_machine_id, NodeId};
 use sha2::{Digest, Sha256};
 
 /// The habuild node agent: reads the site's cluster.toml from the ESP, learns
@@ -29,9 +34,54 @@ enum Cmd {
         /// Print facts once and exit instead of staying up.
         #[arg(long)]
         once: bool,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    /// Print the running agent's status JSON (from its status socket).
+    Status {
+        #[arg(long, default_value = agent::status::STATUS_SOCKET)]
+        status_socket: PathBuf,
     },
     /// Print this host's facts as JSON.
     Facts,
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// Persistent state (Raft log, bootstrap decisions, transport key).
+    #[arg(long, default_value = agent::STATE_DIR)]
+    state_dir: PathBuf,
+    /// Address the agent listens on.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], agent::AGENT_PORT)))]
+    listen: SocketAddr,
+    /// Node id (decimal or 0x-hex); default: derived from /etc/machine-id.
+    #[arg(long, value_parser = parse_node_id)]
+    node_id: Option<NodeId>,
+    /// This node's cluster-network address, e.g. 10.88.0.2/24; default: the
+    /// first non-loopback IPv4 address (on --interface when given).
+    #[arg(long)]
+    advertise: Option<Ipv4Cidr>,
+    /// Run mDNS only on this interface.
+    #[arg(long)]
+    interface: Option<String>,
+    /// Host name recorded for this member; default: the host's.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Unix socket serving the status JSON.
+    #[arg(long, default_value = agent::status::STATUS_SOCKET)]
+    status_socket: PathBuf,
+}
+
+fn parse_node_id(s: &str) -> Result<NodeId, String> {
+    let id = match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("node id {s:?}: {e}"))?;
+    if id == 0 {
+        return Err("node id must not be 0".into());
+    }
+    Ok(id)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,7 +94,18 @@ fn main() -> anyhow::Result<()> {
         .without_time()
         .init();
     match Cli::parse().cmd {
-        Cmd::Run { cluster, once } => run(&cluster, once),
+        Cmd::Run {
+            cluster,
+            once,
+            agent,
+        } => run(&cluster, once, agent),
+        Cmd::Status { status_socket } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            print!("{}", rt.block_on(agent::status::fetch(&status_socket))?);
+            Ok(())
+        }
         Cmd::Facts => {
             println!(
                 "{}",
@@ -55,7 +116,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn run(cluster_path: &Path, once: bool) -> anyhow::Result<()> {
+fn run(cluster_path: &Path, once: bool, args: AgentArgs) -> anyhow::Result<()> {
     let facts = facts::collect(Path::new("/"));
     // One line a person can read on the console, one a machine can parse.
     println!(
@@ -86,12 +147,34 @@ fn run(cluster_path: &Path, once: bool) -> anyhow::Result<()> {
     if once {
         return Ok(());
     }
+    let advertise = match args.advertise {
+        Some(a) => a,
+        None => agent::detect_ipv4(args.interface.as_deref())?,
+    };
+    let cfg = AgentConfig {
+        cluster,
+        state_dir: args.state_dir,
+        listen: args.listen,
+        node_id: args
+            .node_id
+            .unwrap_or_else(|| node_id_from_machine_id(&facts.machine_id)),
+        hostname: args.hostname.unwrap_or(facts.hostname),
+        advertise,
+        interface: args.interface,
+        status_socket: args.status_socket,
+        consensus: ConsensusConfig::default(),
+    };
     println!(
-        "habuild-agent: phase=identified; discovery and consensus are not part of this build yet"
+        "habuild-agent: node id {:016x} at {}:{} (state in {})",
+        cfg.node_id,
+        cfg.advertise.addr,
+        cfg.listen.port(),
+        cfg.state_dir.display()
     );
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(agent::run(cfg))
 }
 
 /// Read and validate the cluster file, waiting (and saying so) until it is present and valid.

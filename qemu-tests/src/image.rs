@@ -137,6 +137,28 @@ pub fn build_into(out: &Path, cluster: &Path) -> Result<Duration> {
     Ok(took)
 }
 
+/// Keep only the image for the current inputs: each one is ~1 GiB on disk.
+fn prune_other_images(key: &str) -> Result<()> {
+    let images = test_cache().join("images");
+    for e in fs::read_dir(&images)
+        .with_context(|| format!("reading {}", images.display()))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name.contains(key);
+        let cached = name.starts_with("debian-12-") || name.starts_with("cluster-");
+        if cached && !ours {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+        }
+    }
+    Ok(())
+}
+
 /// The cached Debian 12 test image for these inputs, built if missing.
 pub fn debian_image() -> Result<BuiltImage> {
     let ws = workspace();
@@ -153,6 +175,7 @@ pub fn debian_image() -> Result<BuiltImage> {
         eprintln!("reusing test image {}", dir.display());
         Duration::ZERO
     } else {
+        prune_other_images(&key)?;
         let _ = fs::remove_dir_all(&dir);
         build_into(&dir, &cluster)?
     };

@@ -1,0 +1,573 @@
+//! The running agent (`habuild-agent run`): transport, consensus, discovery,
+//! the bootstrap decision and the planner wired into one tokio loop.
+//!
+//! [`run`] reads like the steps: load or make the node's Noise static key →
+//! listen on the agent port → open the Raft node (state in
+//! `<state dir>/raft`) with RPCs over the transport ([`rpc`]) → serve RPCs
+//! and the status socket ([`status`]) → announce over mDNS → loop over peer
+//! events and a short tick ([`Agent::step`]): while not in a group, run
+//! [`bootstrap::decide`] and act on it; once in a group, make sure this
+//! node's facts are in the replicated state (a join request to the leader),
+//! and, on the leader, commit the plan when it changes. Each phase change
+//! prints one human line and one `HABUILD-PHASE {json}` line ([`phase`]).
+
+pub mod advert;
+pub mod phase;
+pub mod rpc;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use openraft::ServerState;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use self::phase::Phase;
+use self::rpc::{AddrBook, TransportRpc};
+use crate::cluster::{ClusterConfig, Ipv4Cidr};
+use crate::consensus::bootstrap::{self, Advert, BootstrapState, Decision, WaitReason};
+use crate::consensus::{ConsensusConfig, ConsensusNode};
+use crate::discovery::{
+    Announcement, Discovery, DiscoveryConfig, Interfaces, MdnsKey, Peer, PeerEvent, RaftState,
+};
+use crate::state::{Command, Member, NodeId};
+use crate::transport::{self, Keys};
+
+/// The agent's TCP port (Raft RPCs, joins, status), on every node.
+pub const AGENT_PORT: u16 = 7946;
+/// Default state directory (on the data partition).
+pub const STATE_DIR: &str = "/var/lib/habuild";
+/// The node's Noise static private key, in the state directory (mode 0600).
+const KEY_FILE: &str = "transport.key";
+/// How often the loop re-evaluates without a peer event.
+const TICK: Duration = Duration::from_millis(300);
+/// At most one join request in flight, and at most one per this interval.
+const JOIN_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct AgentConfig {
+    pub cluster: ClusterConfig,
+    pub state_dir: PathBuf,
+    /// Where the transport listens (port: [`AGENT_PORT`]).
+    pub listen: SocketAddr,
+    pub node_id: NodeId,
+    pub hostname: String,
+    /// This node's address on the cluster network and its prefix.
+    pub advertise: Ipv4Cidr,
+    /// Restrict mDNS to this interface.
+    pub interface: Option<String>,
+    pub status_socket: PathBuf,
+    pub consensus: ConsensusConfig,
+}
+
+/// Runs the agent until an unrecoverable error.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let keys = Arc::new(Keys::derive(
+        &cfg.cluster.cluster.secret,
+        load_or_make_static_key(&cfg.state_dir)?,
+    ));
+    let my_addr = SocketAddr::new(IpAddr::V4(cfg.advertise.addr), cfg.listen.port());
+    let addrs = AddrBook::default();
+    addrs.set(cfg.node_id, my_addr);
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let transport_rpc = Arc::new(TransportRpc {
+        keys: keys.clone(),
+        addrs: addrs.clone(),
+    });
+    let node = ConsensusNode::open(
+        cfg.node_id,
+        &cfg.state_dir.join("raft"),
+        &cfg.consensus,
+        transport_rpc,
+    )
+    .await
+    .context("opening the Raft state")?;
+
+    let status = status::Shared::default();
+    let rejected_handshakes = Arc::new(AtomicU64::new(0));
+    tokio::spawn(transport::serve(listener, keys, rejected_handshakes.clone(), {
+        let (node, status) = (node.clone(), status.clone());
+        move |req: transport::Request| rpc::handle(node.clone(), status.clone(), req.body)
+    }));
+    tokio::spawn(status::serve(
+        status::bind(&cfg.status_socket)?,
+        status.clone(),
+    ));
+
+    let boot = BootstrapState::load(&cfg.state_dir).context("loading bootstrap state")?;
+    let announced = match node.member_advert() {
+        Some(_) => RaftState::Member,
+        None => match boot.advert() {
+            Advert::Booting { proposal, locked } => advert::encode(proposal.as_deref(), locked),
+            Advert::Member { .. } => RaftState::Member,
+        },
+    };
+    let (discovery, mut events) = Discovery::start(
+        DiscoveryConfig {
+            key: MdnsKey::derive(&cfg.cluster.cluster.secret),
+            interfaces: match &cfg.interface {
+                Some(i) => Interfaces::Only(vec![i.clone()]),
+                None => Interfaces::All,
+            },
+            mdns_port: mdns_sd::MDNS_PORT,
+        },
+        Announcement {
+            cluster: cfg.cluster.cluster.name.clone(),
+            node: cfg.node_id,
+            port: my_addr.port(),
+            state: announced,
+        },
+        vec![IpAddr::V4(cfg.advertise.addr)],
+    )
+    .context("starting mDNS discovery")?;
+
+    let mut agent = Agent {
+        me: member_facts(&cfg),
+        my_addr,
+        token_seed: token_seed(&cfg.cluster),
+        cfg,
+        node,
+        discovery,
+        announced,
+        addrs,
+        status,
+        rejected_handshakes,
+        peers: BTreeMap::new(),
+        boot,
+        phase: None,
+        waiting: None,
+        joining: Arc::new(AtomicBool::new(false)),
+        last_join: None,
+    };
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(PeerEvent::Seen(p)) => { agent.peers.insert(p.id, p); }
+                Some(PeerEvent::Gone(id)) => { agent.peers.remove(&id); }
+                None => anyhow::bail!("discovery stopped"),
+            },
+            _ = tick.tick() => {}
+        }
+        agent.step().await?;
+    }
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    me: Member,
+    my_addr: SocketAddr,
+    token_seed: [u8; 32],
+    node: ConsensusNode,
+    discovery: Discovery,
+    announced: RaftState,
+    addrs: AddrBook,
+    status: status::Shared,
+    rejected_handshakes: Arc<AtomicU64>,
+    peers: BTreeMap<NodeId, Peer>,
+    boot: BootstrapState,
+    phase: Option<Phase>,
+    waiting: Option<String>,
+    joining: Arc<AtomicBool>,
+    last_join: Option<Instant>,
+}
+
+impl Agent {
+    async fn step(&mut self) -> anyhow::Result<()> {
+        self.learn_addresses();
+        let next = match self.node.member_advert() {
+            Some(_) => self.as_member().await,
+            None => self.bootstrap().await?,
+        };
+        phase::report(&mut self.phase, next, self.cfg.node_id);
+        self.publish_status();
+        Ok(())
+    }
+
+    /// Agent addresses from discovery (hints) and from the Raft membership.
+    fn learn_addresses(&self) {
+        for p in self.peers.values() {
+            let ip = p
+                .addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or_else(|| p.addrs.first());
+            if let Some(ip) = ip {
+                self.addrs.set(p.id, SocketAddr::new(*ip, p.port));
+            }
+        }
+        let m = self.node.metrics();
+        for (id, n) in m.membership_config.membership().nodes() {
+            if let Ok(a) = n.addr.parse() {
+                self.addrs.set(*id, a);
+            }
+        }
+    }
+
+    fn announce(&mut self, state: RaftState) {
+        if state == self.announced {
+            return;
+        }
+        let a = Announcement {
+            cluster: self.cfg.cluster.cluster.name.clone(),
+            node: self.cfg.node_id,
+            port: self.my_addr.port(),
+            state,
+        };
+        match self.discovery.update(a) {
+            Ok(()) => self.announced = state,
+            Err(e) => tracing::warn!(error = %e, "mdns update"),
+        }
+    }
+
+    /// Not in a group yet: the bootstrap decision.
+    async fn bootstrap(&mut self) -> anyhow::Result<Phase> {
+        let me = self.cfg.node_id;
+        let expect = self.cfg.cluster.cluster.bootstrap_expect as usize;
+        let peers = self.bootstrap_peers(expect);
+        let decision = bootstrap::decide(me, expect, &self.boot, &peers);
+        let phase = match &decision {
+            Decision::Wait(WaitReason::NotEnoughPeers { seen, expected }) => {
+                self.waiting = Some(format!(
+                    "verified peers: sees {seen} of the {expected} nodes needed to form"
+                ));
+                Phase::Discovering {
+                    seen: *seen,
+                    expected: *expected,
+                }
+            }
+            Decision::Wait(WaitReason::WaitingForLocks { missing }) => {
+                self.waiting = Some(format!("voter-set locks from {}", hex_ids(missing)));
+                Phase::Forming
+            }
+            Decision::Wait(WaitReason::InitializerIs(id)) => {
+                self.waiting = Some(format!("{id:016x} to initialize the group"));
+                Phase::Forming
+            }
+            Decision::Propose { .. } | Decision::Lock { .. } => {
+                if self.boot.record(&decision) {
+                    self.boot
+                        .save(&self.cfg.state_dir)
+                        .context("saving bootstrap state")?;
+                }
+                self.waiting = Some("agreement on the initial voter set".into());
+                Phase::Forming
+            }
+            Decision::Initialize(set) => {
+                let voters: BTreeMap<NodeId, String> = set
+                    .iter()
+                    .filter_map(|id| self.addrs.get(*id).map(|a| (*id, a.to_string())))
+                    .collect();
+                if voters.len() == set.len() {
+                    println!("habuild-agent: initializing the group with {}", hex_ids(set));
+                    if let Err(e) = self.node.initialize(voters).await {
+                        tracing::warn!(error = %e, "raft initialize");
+                    }
+                }
+                self.waiting = Some("the new group to elect a leader".into());
+                Phase::Forming
+            }
+            Decision::JoinExisting { via } => {
+                self.spawn_join(*via);
+                self.waiting = Some(format!("admission through {via:016x}"));
+                Phase::Joining
+            }
+        };
+        if let Advert::Booting { proposal, locked } = self.boot.advert() {
+            self.announce(advert::encode(proposal.as_deref(), locked));
+        }
+        Ok(phase)
+    }
+
+    /// Verified peers as the bootstrap decision sees them.
+    fn bootstrap_peers(&self, expect: usize) -> Vec<bootstrap::Peer> {
+        let leader = self
+            .peers
+            .values()
+            .find(|p| p.state == RaftState::Leader)
+            .map(|p| p.id);
+        let mut view: BTreeSet<NodeId> = self.peers.keys().copied().collect();
+        view.insert(self.cfg.node_id);
+        let candidate: BTreeSet<NodeId> = view.into_iter().take(expect.max(1)).collect();
+        let known: Vec<String> = self
+            .boot
+            .proposed
+            .iter()
+            .chain(self.boot.locked.iter())
+            .chain([&candidate])
+            .map(bootstrap::voter_set_hash)
+            .collect();
+        self.peers
+            .values()
+            .map(|p| bootstrap::Peer {
+                id: p.id,
+                advert: match p.state {
+                    RaftState::Leader => Advert::Member {
+                        leader: Some(p.id),
+                    },
+                    RaftState::Member => Advert::Member { leader },
+                    RaftState::Forming { voters } => advert::decode(voters, &known),
+                },
+            })
+            .collect()
+    }
+
+    /// Asks `via` (following redirects) to add this node with its facts.
+    fn spawn_join(&mut self, via: NodeId) {
+        if self.joining.load(Ordering::Relaxed)
+            || self.last_join.is_some_and(|t| t.elapsed() < JOIN_EVERY)
+        {
+            return;
+        }
+        self.joining.store(true, Ordering::Relaxed);
+        self.last_join = Some(Instant::now());
+        let (node, joining) = (self.node.clone(), self.joining.clone());
+        let (addr, member) = (self.my_addr.to_string(), self.me.clone());
+        tokio::spawn(async move {
+            match node.join_via(via, &addr, Some(member)).await {
+                Ok(r) => tracing::debug!(?r, "join"),
+                Err(e) => tracing::debug!(error = %e, "join"),
+            }
+            joining.store(false, Ordering::Relaxed);
+        });
+    }
+
+    /// In the group: our facts in the state; on the leader, the plan.
+    async fn as_member(&mut self) -> Phase {
+        let m = self.node.metrics();
+        let me = self.cfg.node_id;
+        self.announce(if m.state == ServerState::Leader {
+            RaftState::Leader
+        } else {
+            RaftState::Member
+        });
+        let state = self.node.state();
+        if state.members.get(&me) != Some(&self.me) {
+            if let Some(l) = m.current_leader {
+                self.spawn_join(l);
+            }
+        }
+        self.waiting = None;
+        if m.current_leader.is_none() {
+            self.waiting = Some("a leader to be elected".into());
+        }
+        if m.state == ServerState::Leader {
+            self.plan(&state).await;
+        }
+        let state = self.node.state();
+        match &state.plan {
+            Some(p) => Phase::Planned {
+                role: p.role_of(me),
+                plan: p.version,
+            },
+            None => {
+                if self.waiting.is_none() {
+                    self.waiting = Some(format!(
+                        "the leader to commit the first plan ({} of {} members known)",
+                        state.members.len(),
+                        self.cfg.cluster.cluster.bootstrap_expect
+                    ));
+                }
+                Phase::Member {
+                    leader: m.current_leader,
+                    term: m.current_term,
+                }
+            }
+        }
+    }
+
+    /// Leader: commit a new plan when the planner's answer moved.
+    async fn plan(&mut self, state: &crate::state::ClusterState) {
+        if state.members.len() < self.cfg.cluster.cluster.bootstrap_expect as usize {
+            return;
+        }
+        let prev = state.plan.as_ref();
+        match crate::plan::plan(&state.members, &self.cfg.cluster, prev, &self.token_seed) {
+            Ok(p) if Some(p.version) != prev.map(|p| p.version) => {
+                let v = p.version;
+                match self.node.write(Command::SetPlan(p)).await {
+                    Ok(r) => tracing::info!(version = v, response = ?r, "plan committed"),
+                    Err(e) => tracing::warn!(error = %e, "committing the plan"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => self.waiting = Some(format!("a valid plan: {e}")),
+        }
+    }
+
+    /// The status document (never the secret, keys or bootstrap token).
+    fn publish_status(&self) {
+        let m = self.node.metrics();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        let member = membership.get_node(&self.cfg.node_id).is_some();
+        let state = self.node.state();
+        let plan = state.plan.as_ref().map(|p| {
+            json!({
+                "version": p.version,
+                "control_plane": hex_list(&p.control_plane),
+                "workers": hex_list(&p.workers),
+                "storage": hex_list(&p.storage),
+                "storage_leader": p.storage_leader.map(hex),
+                "vip": p.vip,
+                "metallb": p.metallb,
+                "pod_cidrs": p.pod_cidrs.iter().map(|(k, v)| (hex(*k), v.to_string())).collect::<BTreeMap<_, _>>(),
+            })
+        });
+        let role = state.plan.as_ref().and_then(|p| p.role_of(self.cfg.node_id));
+        let st = self.discovery.stats();
+        let doc = json!({
+            "node_id": hex(self.cfg.node_id),
+            "hostname": self.me.hostname,
+            "address": self.my_addr.to_string(),
+            "phase": self.phase.as_ref().map_or("starting", |p| p.name()),
+            "phase_detail": self.phase,
+            "waiting_for": self.waiting,
+            "role": role,
+            "raft": {
+                "member": member,
+                "state": format!("{:?}", m.state),
+                "term": m.current_term,
+                "leader": m.current_leader.map(hex),
+                "voters": hex_list(&voters),
+                "learners": hex_list(&learners),
+                "last_applied": m.last_applied.map(|l| l.index),
+            },
+            "members": state.members.keys().map(|k| hex(*k)).collect::<Vec<_>>(),
+            "plan": plan,
+            "peers": self.peers.values().map(|p| json!({
+                "id": hex(p.id),
+                "state": p.state.to_string(),
+                "addrs": p.addrs,
+                "port": p.port,
+            })).collect::<Vec<_>>(),
+            "rejected": {
+                "other_cluster": st.rejected.other_cluster,
+                "bad_mac": st.rejected.bad_mac,
+                "malformed": st.rejected.malformed,
+                "transport_handshakes": self.rejected_handshakes.load(Ordering::Relaxed),
+            },
+            "announcements_last_minute": st.announcements_last_minute,
+        });
+        *self.status.write().unwrap_or_else(|e| e.into_inner()) = doc;
+    }
+}
+
+fn hex(id: NodeId) -> String {
+    format!("{id:016x}")
+}
+
+fn hex_list(ids: &[NodeId]) -> Vec<String> {
+    ids.iter().map(|i| hex(*i)).collect()
+}
+
+fn hex_ids<'a>(ids: impl IntoIterator<Item = &'a NodeId>) -> String {
+    ids.into_iter().map(|i| hex(*i)).collect::<Vec<_>>().join(",")
+}
+
+/// The kubeadm token seed: sha256 of a label and the cluster secret.
+fn token_seed(cfg: &ClusterConfig) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(b"habuild plan token seed v1\0")
+        .chain_update(cfg.cluster.secret.0)
+        .finalize()
+        .into()
+}
+
+/// This node's facts as stored in the replicated state.
+fn member_facts(cfg: &AgentConfig) -> Member {
+    let facts = crate::facts::collect(Path::new("/"));
+    Member {
+        id: cfg.node_id,
+        hostname: cfg.hostname.clone(),
+        ip: cfg.advertise.addr,
+        prefix: cfg.advertise.prefix,
+        port: cfg.listen.port(),
+        cpus: facts.cpus as u32,
+        mem_bytes: facts.mem_bytes,
+        spare_disks: Vec::new(),
+        // whole GiB, so the record does not change with every write
+        data_free_bytes: free_bytes(&cfg.state_dir) >> 30 << 30,
+        labels: BTreeMap::new(),
+        healthy: true,
+    }
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Loads the Noise static private key, or makes and persists one (0600).
+fn load_or_make_static_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => return hex::decode(s.trim()).with_context(|| format!("{}", path.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("reading {}", path.display()))
+        }
+        Err(_) => {}
+    }
+    let key = Keys::generate_static().context("generating the static key")?;
+    let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(hex::encode(&key).as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(key)
+}
+
+/// The first non-loopback IPv4 address (on `interface` when given), from `ip -j -4 addr`.
+pub fn detect_ipv4(interface: Option<&str>) -> anyhow::Result<Ipv4Cidr> {
+    let o = std::process::Command::new("ip")
+        .args(["-j", "-4", "addr"])
+        .output()
+        .context("running ip -j -4 addr")?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).context("parsing ip -j output")?;
+    for link in v.as_array().into_iter().flatten() {
+        let name = link["ifname"].as_str().unwrap_or("");
+        if name == "lo" || interface.is_some_and(|i| i != name) {
+            continue;
+        }
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            let ip: Option<Ipv4Addr> = a["local"].as_str().and_then(|s| s.parse().ok());
+            let prefix = a["prefixlen"].as_u64().and_then(|p| u8::try_from(p).ok());
+            if let (Some(addr), Some(prefix)) = (ip, prefix) {
+                if !addr.is_loopback() {
+                    return Ok(Ipv4Cidr { addr, prefix });
+                }
+            }
+        }
+    }
+    anyhow::bail!("no non-loopback IPv4 address found; pass --advertise ADDR/PREFIX")
+}
