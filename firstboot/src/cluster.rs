@@ -416,6 +416,12 @@ impl ClusterConfig {
                 ));
             }
         }
+        if c.secret.0 == [0u8; 32] {
+            return Err(src.error_at(
+                "cluster.secret",
+                "is the example placeholder (all zeros): anyone could join; generate one with `habuild secret new`",
+            ));
+        }
         let s = &self.storage;
         if s.enabled {
             if s.replica == 0 {
@@ -528,6 +534,14 @@ metallb_range = "10.77.0.200-10.77.0.220"
         .unwrap_err();
         assert_eq!(e.line, Some(5));
         assert!(e.message.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn placeholder_secret_is_refused() {
+        let zero = "0".repeat(64);
+        let e = ClusterConfig::from_source(&src(&GOOD.replace("SECRET", &zero))).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("cluster.secret"));
+        assert!(e.message.contains("habuild secret new"), "{e}");
     }
 
     #[test]
