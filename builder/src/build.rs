@@ -18,7 +18,7 @@ use crate::output::Output;
 use crate::profile::{self, LoadedProfile};
 use crate::rootfs::{self, RootfsRequest};
 use crate::stages::Stages;
-use crate::{fsimage, overlay};
+use crate::{fsimage, kube, overlay};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -61,7 +61,15 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
             &profile.overlay_dirs(),
             &opts.agent,
             &staging,
+        )?;
+        kube::stage(
+            exec,
+            &profile.profile.kube,
+            &opts.images,
+            &opts.cache,
+            &staging,
         )
+        .map(|_| ())
     })?;
 
     let backend = rootfs::backend_for(&profile.profile);

@@ -6,6 +6,7 @@ pub mod disk;
 pub mod error;
 pub mod exec;
 pub mod fsimage;
+pub mod kube;
 pub mod manifest;
 pub mod output;
 pub mod overlay;

@@ -134,6 +134,22 @@ impl Packages {
     }
 }
 
+impl Profile {
+    /// Everything the package manager installs: the package sets, plus the
+    /// Kubernetes packages when they come from a repository.
+    pub fn package_list(&self) -> Vec<String> {
+        let mut all = self.packages.all();
+        if let Kube::Repo { packages, .. } = &self.kube {
+            for p in packages {
+                if !all.contains(p) {
+                    all.push(p.clone());
+                }
+            }
+        }
+        all
+    }
+}
+
 /// Where the Kubernetes binaries come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "source", rename_all = "kebab-case", deny_unknown_fields)]

@@ -19,7 +19,7 @@ impl Apt {
             .env("SOURCE_DATE_EPOCH", req.source_date_epoch.to_string())
             .args(["--mode=root", "--format=directory", "--variant=minbase"])
             .arg(format!("--architectures={}", p.distro.arch))
-            .arg(format!("--include={}", p.packages.all().join(",")))
+            .arg(format!("--include={}", p.package_list().join(",")))
             // Keep downloaded .debs in the cache; apt checks every file's
             // checksum against the signed index before it uses it.
             .arg("--skip=essential/unlink")

@@ -160,7 +160,7 @@ impl Dnf {
             .arg("--disablerepo=*")
             .arg(format!("--enablerepo={}", enabled.join(",")))
             .arg("install")
-            .args(p.packages.all())
+            .args(p.package_list())
     }
 
     fn overlay_cmd(req: &RootfsRequest<'_>) -> Cmd {
@@ -413,7 +413,7 @@ impl RootfsBackend for Dnf {
         fs::create_dir_all(&req.cache).at(&req.cache)?;
         let (repo_dir, conf) = write_config(p, &config_dir(&req.target))?;
 
-        let packages = p.packages.all();
+        let packages = p.package_list();
         tracing::info!(
             root = %req.target.display(),
             "dnf: installing {} package(s) from {} repo(s)",
