@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use firstboot::cluster::{ClusterConfig, ESP_CLUSTER_PATH};
 use firstboot::agent::{self, AgentConfig};
 use firstboot::cluster::Ipv4Cidr;
+use firstboot::cluster::{ClusterConfig, ESP_CLUSTER_PATH};
 use firstboot::consensus::ConsensusConfig;
 use firstboot::facts;
 use firstboot::state::{node_id_from_machine_id, NodeId};

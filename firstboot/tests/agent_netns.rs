@@ -179,7 +179,10 @@ impl Lab {
             .args(["--advertise", &node_cidr(i)])
             .args(["--interface", "eth0"])
             .args(["--hostname", &format!("node{i}")])
-            .env("RUST_LOG", std::env::var("AGENT_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("AGENT_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -314,7 +317,10 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
     assert_eq!(voters, ids, "one group with every node a voter");
     assert_eq!(str_set(&plan["control_plane"]).len(), 3, "{plan}");
     for s in lab.statuses(&all).into_iter().flatten() {
-        assert!(!s.to_string().contains(GOOD_SECRET), "status leaks the secret");
+        assert!(
+            !s.to_string().contains(GOOD_SECRET),
+            "status leaks the secret"
+        );
         assert!(s["role"].is_string(), "{s}");
     }
     let inits: usize = all
@@ -336,7 +342,10 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
         let st = lab.statuses(&rest);
         let leaders: BTreeSet<Option<String>> = st
             .iter()
-            .map(|s| s.as_ref().and_then(|s| s["raft"]["leader"].as_str().map(String::from)))
+            .map(|s| {
+                s.as_ref()
+                    .and_then(|s| s["raft"]["leader"].as_str().map(String::from))
+            })
             .collect();
         if let [Some(l)] = &leaders.iter().cloned().collect::<Vec<_>>()[..] {
             if *l != leader {

@@ -96,10 +96,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     let status = status::Shared::default();
     let rejected_handshakes = Arc::new(AtomicU64::new(0));
-    tokio::spawn(transport::serve(listener, keys, rejected_handshakes.clone(), {
-        let (node, status) = (node.clone(), status.clone());
-        move |req: transport::Request| rpc::handle(node.clone(), status.clone(), req.body)
-    }));
+    tokio::spawn(transport::serve(
+        listener,
+        keys,
+        rejected_handshakes.clone(),
+        {
+            let (node, status) = (node.clone(), status.clone());
+            move |req: transport::Request| rpc::handle(node.clone(), status.clone(), req.body)
+        },
+    ));
     tokio::spawn(status::serve(
         status::bind(&cfg.status_socket)?,
         status.clone(),
@@ -270,7 +275,10 @@ impl Agent {
                     .filter_map(|id| self.addrs.get(*id).map(|a| (*id, a.to_string())))
                     .collect();
                 if voters.len() == set.len() {
-                    println!("habuild-agent: initializing the group with {}", hex_ids(set));
+                    println!(
+                        "habuild-agent: initializing the group with {}",
+                        hex_ids(set)
+                    );
                     if let Err(e) = self.node.initialize(voters).await {
                         tracing::warn!(error = %e, "raft initialize");
                     }
@@ -313,9 +321,7 @@ impl Agent {
             .map(|p| bootstrap::Peer {
                 id: p.id,
                 advert: match p.state {
-                    RaftState::Leader => Advert::Member {
-                        leader: Some(p.id),
-                    },
+                    RaftState::Leader => Advert::Member { leader: Some(p.id) },
                     RaftState::Member => Advert::Member { leader },
                     RaftState::Forming { voters } => advert::decode(voters, &known),
                 },
@@ -426,7 +432,10 @@ impl Agent {
                 "pod_cidrs": p.pod_cidrs.iter().map(|(k, v)| (hex(*k), v.to_string())).collect::<BTreeMap<_, _>>(),
             })
         });
-        let role = state.plan.as_ref().and_then(|p| p.role_of(self.cfg.node_id));
+        let role = state
+            .plan
+            .as_ref()
+            .and_then(|p| p.role_of(self.cfg.node_id));
         let st = self.discovery.stats();
         let doc = json!({
             "node_id": hex(self.cfg.node_id),
@@ -474,7 +483,10 @@ fn hex_list(ids: &[NodeId]) -> Vec<String> {
 }
 
 fn hex_ids<'a>(ids: impl IntoIterator<Item = &'a NodeId>) -> String {
-    ids.into_iter().map(|i| hex(*i)).collect::<Vec<_>>().join(",")
+    ids.into_iter()
+        .map(|i| hex(*i))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The kubeadm token seed: sha256 of a label and the cluster secret.

@@ -40,7 +40,11 @@ pub struct AddrBook(Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>);
 
 impl AddrBook {
     pub fn get(&self, id: NodeId) -> Option<SocketAddr> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).get(&id).copied()
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .copied()
     }
 
     pub fn set(&self, id: NodeId, addr: SocketAddr) {
