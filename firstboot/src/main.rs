@@ -44,6 +44,21 @@ enum Cmd {
     },
     /// Print this host's facts as JSON.
     Facts,
+    /// Exit 0 when a TCP connection to ADDR (host:port) opens within 2 s,
+    /// else 1. keepalived's health check of the local haproxy runs this.
+    Probe {
+        #[arg(value_name = "ADDR")]
+        addr: SocketAddr,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ServicesArg {
+    /// systemd units (a booted node)
+    Systemd,
+    /// child processes of the agent (running outside systemd, e.g. in a
+    /// network namespace); logs under <state-dir>/services
+    Supervise,
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +85,13 @@ struct AgentArgs {
     /// Unix socket serving the status JSON.
     #[arg(long, default_value = agent::status::STATUS_SOCKET)]
     status_socket: PathBuf,
+    /// Root directory the converge steps write files under (certificates,
+    /// etcd data, keepalived/haproxy configs).
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// How the steps run etcd, keepalived and haproxy.
+    #[arg(long, value_enum, default_value = "systemd")]
+    services: ServicesArg,
 }
 
 fn parse_node_id(s: &str) -> Result<NodeId, String> {
@@ -105,6 +127,15 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             print!("{}", rt.block_on(agent::status::fetch(&status_socket))?);
             Ok(())
+        }
+        Cmd::Probe { addr } => {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    eprintln!("habuild-agent probe: {addr}: {e}");
+                    std::process::exit(1)
+                }
+            }
         }
         Cmd::Facts => {
             println!(
@@ -151,6 +182,12 @@ fn run(cluster_path: &Path, once: bool, args: AgentArgs) -> anyhow::Result<()> {
         Some(a) => a,
         None => agent::detect_ipv4(args.interface.as_deref())?,
     };
+    let services = match args.services {
+        ServicesArg::Systemd => agent::converge::ServiceMode::Systemd,
+        ServicesArg::Supervise => {
+            agent::converge::ServiceMode::Supervise(args.state_dir.join("services"))
+        }
+    };
     let cfg = AgentConfig {
         cluster,
         state_dir: args.state_dir,
@@ -163,6 +200,8 @@ fn run(cluster_path: &Path, once: bool, args: AgentArgs) -> anyhow::Result<()> {
         interface: args.interface,
         status_socket: args.status_socket,
         consensus: ConsensusConfig::default(),
+        services,
+        root: args.root,
     };
     println!(
         "habuild-agent: node id {:016x} at {}:{} (state in {})",

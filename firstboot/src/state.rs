@@ -114,6 +114,9 @@ pub enum Command {
         name: String,
         ciphertext: Vec<u8>,
     },
+    /// Several secrets at once (the PKI the leader issues); never replaces
+    /// a secret that exists, so two leaders racing cannot swap a CA.
+    PutSecretsIfAbsent(BTreeMap<String, Vec<u8>>),
     RecordStep(StepRecord),
 }
 
@@ -154,6 +157,11 @@ impl ClusterState {
             }
             Command::PutSecret { name, ciphertext } => {
                 self.secrets.insert(name, ciphertext);
+            }
+            Command::PutSecretsIfAbsent(items) => {
+                for (name, ciphertext) in items {
+                    self.secrets.entry(name).or_insert(ciphertext);
+                }
             }
             Command::RecordStep(r) => {
                 self.steps.insert((r.node, r.step.clone()), r);

@@ -12,6 +12,7 @@
 //! prints one human line and one `HABUILD-PHASE {json}` line ([`phase`]).
 
 pub mod advert;
+pub mod converge;
 pub mod phase;
 pub mod rpc;
 pub mod status;
@@ -36,6 +37,7 @@ use crate::consensus::{ConsensusConfig, ConsensusNode};
 use crate::discovery::{
     Announcement, Discovery, DiscoveryConfig, Interfaces, MdnsKey, Peer, PeerEvent, RaftState,
 };
+use crate::secretbox::SecretBox;
 use crate::state::{Command, Member, NodeId};
 use crate::transport::{self, Keys};
 
@@ -64,6 +66,10 @@ pub struct AgentConfig {
     pub interface: Option<String>,
     pub status_socket: PathBuf,
     pub consensus: ConsensusConfig,
+    /// Host root the converge steps write under (`/` on a node).
+    pub root: PathBuf,
+    /// How the steps run services.
+    pub services: converge::ServiceMode,
 }
 
 /// Runs the agent until an unrecoverable error.
@@ -110,6 +116,29 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         status.clone(),
     ));
 
+    let sbox = Arc::new(SecretBox::derive(&cfg.cluster.cluster.secret));
+    let step_views = converge::StepViews::default();
+    let interface = match &cfg.interface {
+        Some(i) => i.clone(),
+        None => interface_of(cfg.advertise.addr)?,
+    };
+    tokio::spawn(converge::run(
+        node.clone(),
+        converge::ConvergeConfig {
+            me: cfg.node_id,
+            cluster: cfg.cluster.clone(),
+            root: cfg.root.clone(),
+            services: cfg.services.clone(),
+            interface,
+            agent_exe: std::env::current_exe()
+                .context("locating the agent's own executable")?
+                .display()
+                .to_string(),
+        },
+        sbox.clone(),
+        step_views.clone(),
+    ));
+
     let boot = BootstrapState::load(&cfg.state_dir).context("loading bootstrap state")?;
     let announced = match node.member_advert() {
         Some(_) => RaftState::Member,
@@ -154,6 +183,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         waiting: None,
         joining: Arc::new(AtomicBool::new(false)),
         last_join: None,
+        sbox,
+        step_views,
+        pki_checked: None,
     };
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -186,6 +218,10 @@ struct Agent {
     waiting: Option<String>,
     joining: Arc<AtomicBool>,
     last_join: Option<Instant>,
+    sbox: Arc<SecretBox>,
+    step_views: converge::StepViews,
+    /// (plan version, secret count) the PKI was last checked against.
+    pki_checked: Option<(u64, usize)>,
 }
 
 impl Agent {
@@ -370,6 +406,7 @@ impl Agent {
         }
         if m.state == ServerState::Leader {
             self.plan(&state).await;
+            self.issue_pki().await;
         }
         let state = self.node.state();
         match &state.plan {
@@ -409,6 +446,30 @@ impl Agent {
             }
             Ok(_) => {}
             Err(e) => self.waiting = Some(format!("a valid plan: {e}")),
+        }
+    }
+
+    /// Leader: issue the PKI items the committed plan still needs.
+    async fn issue_pki(&mut self) {
+        let state = self.node.state();
+        let Some(plan) = &state.plan else { return };
+        let key = (plan.version, state.secrets.len());
+        if self.pki_checked == Some(key) {
+            return;
+        }
+        match converge::issue_pki(&state, &self.cfg.cluster, &self.sbox) {
+            Ok(None) => self.pki_checked = Some(key),
+            Ok(Some(cmd)) => match self.node.write(cmd).await {
+                Ok(_) => println!(
+                    "habuild-agent: issued the cluster PKI for plan v{}",
+                    plan.version
+                ),
+                Err(e) => tracing::warn!(error = %e, "committing the PKI"),
+            },
+            Err(e) => {
+                self.waiting = Some(format!("issuing the PKI: {e}"));
+                tracing::warn!(error = %e, "issuing the PKI");
+            }
         }
     }
 
@@ -461,6 +522,14 @@ impl Agent {
                 "state": p.state.to_string(),
                 "addrs": p.addrs,
                 "port": p.port,
+            })).collect::<Vec<_>>(),
+            "steps": *self.step_views.read().unwrap_or_else(|e| e.into_inner()),
+            "cluster_steps": state.steps.values().map(|r| json!({
+                "node": hex(r.node),
+                "step": r.step,
+                "status": r.status,
+                "detail": r.detail,
+                "attempts": r.attempts,
             })).collect::<Vec<_>>(),
             "rejected": {
                 "other_cluster": st.rejected.other_cluster,
@@ -557,6 +626,25 @@ fn load_or_make_static_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     Ok(key)
+}
+
+/// The interface that carries `addr`, from `ip -j -4 addr`.
+pub fn interface_of(addr: Ipv4Addr) -> anyhow::Result<String> {
+    let o = std::process::Command::new("ip")
+        .args(["-j", "-4", "addr"])
+        .output()
+        .context("running ip -j -4 addr")?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).context("parsing ip -j output")?;
+    for link in v.as_array().into_iter().flatten() {
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            if a["local"].as_str() == Some(&addr.to_string()) {
+                if let Some(name) = link["ifname"].as_str() {
+                    return Ok(name.to_string());
+                }
+            }
+        }
+    }
+    anyhow::bail!("no interface carries {addr}; pass --interface")
 }
 
 /// The first non-loopback IPv4 address (on `interface` when given), from `ip -j -4 addr`.

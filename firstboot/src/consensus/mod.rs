@@ -30,8 +30,8 @@ use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 
 use self::bootstrap::Advert;
 use self::router::{
-    BoxFuture, JoinRequest, JoinResponse, Network, RpcHandler, RpcRequest, RpcResponse,
-    RpcTransport, Unreachable,
+    BoxFuture, JoinRequest, JoinResponse, Network, ProposeResponse, RpcHandler, RpcRequest,
+    RpcResponse, RpcTransport, Unreachable,
 };
 use self::store::StateMachine;
 use self::types::{Raft, RaftMetrics};
@@ -254,6 +254,52 @@ impl ConsensusNode {
             .map_err(|e| ConsensusError::Raft(e.to_string()))
     }
 
+    /// Proposes `cmd` wherever this node is: written directly on the leader,
+    /// forwarded to the leader (following one redirect) elsewhere. Only
+    /// [`Command::RecordStep`] for this node's own steps may be forwarded.
+    pub async fn propose(&self, cmd: Command) -> Result<Response, ConsensusError> {
+        let mut target = self.metrics().current_leader;
+        for _ in 0..3 {
+            let Some(leader) = target else {
+                return Err(ConsensusError::Raft("no leader known".into()));
+            };
+            if leader == self.inner.id {
+                return self.write(cmd).await;
+            }
+            let req = RpcRequest::Propose {
+                from: self.inner.id,
+                command: cmd.clone(),
+            };
+            match self.inner.transport.call(leader, req).await {
+                Ok(RpcResponse::Propose(ProposeResponse::Applied(r))) => return Ok(r),
+                Ok(RpcResponse::Propose(ProposeResponse::NotLeader { leader: l })) => target = l,
+                Ok(RpcResponse::Propose(ProposeResponse::Refused(why))) => {
+                    return Err(ConsensusError::Raft(format!("leader refused: {why}")))
+                }
+                Ok(_) => return Err(ConsensusError::Raft("answer of the wrong kind".into())),
+                Err(e) => return Err(ConsensusError::Raft(e.to_string())),
+            }
+        }
+        Err(ConsensusError::Raft("too many redirects".into()))
+    }
+
+    async fn handle_propose(&self, from: NodeId, command: Command) -> ProposeResponse {
+        match &command {
+            Command::RecordStep(r) if r.node == from => {}
+            _ => return ProposeResponse::Refused("only a node's own step records".into()),
+        }
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return ProposeResponse::NotLeader {
+                leader: m.current_leader.filter(|&l| l != self.inner.id),
+            };
+        }
+        match self.write(command).await {
+            Ok(r) => ProposeResponse::Applied(r),
+            Err(e) => ProposeResponse::Refused(e.to_string()),
+        }
+    }
+
     /// Serves one RPC from another node.
     pub async fn handle_rpc(&self, req: RpcRequest) -> RpcResponse {
         let raft = &self.inner.raft;
@@ -266,6 +312,9 @@ impl ConsensusNode {
                 RpcResponse::InstallSnapshot(raft.install_snapshot(r).await)
             }
             RpcRequest::Join(r) => RpcResponse::Join(self.handle_join(r).await),
+            RpcRequest::Propose { from, command } => {
+                RpcResponse::Propose(self.handle_propose(from, command).await)
+            }
         }
     }
 

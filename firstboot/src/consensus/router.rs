@@ -40,6 +40,12 @@ pub enum RpcRequest {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// Ask the group to add the sender (learner, then voter while there is room).
     Join(JoinRequest),
+    /// A follower's proposal, forwarded to the leader (only
+    /// `Command::RecordStep` for the sender's own steps is accepted).
+    Propose {
+        from: NodeId,
+        command: crate::state::Command,
+    },
 }
 
 /// The answer to an [`RpcRequest`] of the same kind.
@@ -51,6 +57,16 @@ pub enum RpcResponse {
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
     Join(JoinResponse),
+    /// `Ok` with the state machine's answer, `NotLeader` to redirect, or a refusal.
+    Propose(ProposeResponse),
+}
+
+/// The leader's answer to a forwarded proposal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProposeResponse {
+    Applied(crate::state::Response),
+    NotLeader { leader: Option<NodeId> },
+    Refused(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,268 @@
+//! Drives the converge steps on this node and issues the PKI on the leader.
+//!
+//! [`run`] loops: read the replicated state → (nothing to do without a plan)
+//! → decrypt the secret items → one round of [`steps::converge`] on a
+//! blocking thread → print a console line per step whose status changed →
+//! record changed outcomes in the replicated state (forwarded to the
+//! leader) → back off failed steps (5 s doubling to 60 s).
+//!
+//! [`issue_pki`] is the leader's part: once a plan exists, issue whatever
+//! PKI items are missing for it and commit them encrypted, never replacing
+//! one that exists.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cluster::ClusterConfig;
+use crate::consensus::ConsensusNode;
+use crate::host::real::{HostExec, HostNet, RootFiles, Supervisor, Systemd};
+use crate::host::Host;
+use crate::pki::{self, PkiInputs, PkiNode};
+use crate::secretbox::SecretBox;
+use crate::state::{ClusterState, Command, NodeId, StepRecord, StepStatus};
+use crate::steps::{self, Ctx, Outcome};
+
+/// How long-running services are run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceMode {
+    /// systemd units (a booted node).
+    Systemd,
+    /// Child processes of the agent logging under this directory (agents
+    /// run outside systemd, e.g. one per network namespace).
+    Supervise(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct ConvergeConfig {
+    pub me: NodeId,
+    pub cluster: ClusterConfig,
+    pub root: PathBuf,
+    pub services: ServiceMode,
+    pub interface: String,
+    pub agent_exe: String,
+}
+
+/// This node's latest step outcomes, for the status document.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StepView {
+    pub step: String,
+    pub status: String,
+    pub detail: String,
+    pub attempts: u32,
+}
+
+pub type StepViews = Arc<RwLock<Vec<StepView>>>;
+
+const ROUND: Duration = Duration::from_secs(2);
+
+/// The real host for `cfg` (files under the root, systemd or a supervisor).
+pub fn host(cfg: &ConvergeConfig) -> Host {
+    let files = RootFiles {
+        root: cfg.root.clone(),
+    };
+    let services: Box<dyn crate::host::Services> = match &cfg.services {
+        ServiceMode::Systemd => Box::new(Systemd {
+            files: files.clone(),
+            exec: HostExec,
+        }),
+        ServiceMode::Supervise(dir) => Box::new(Supervisor::new(dir)),
+    };
+    Host {
+        files: Box::new(files),
+        exec: Box::new(HostExec),
+        services,
+        net: Box::new(HostNet),
+    }
+}
+
+/// Decrypts every secret item in the state; undecryptable ones are skipped
+/// (and logged): they cannot come from a node with our cluster secret.
+pub fn decrypt_items(state: &ClusterState, sbox: &SecretBox) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, ct) in &state.secrets {
+        match sbox.open(name, ct) {
+            Ok(pt) => {
+                out.insert(name.clone(), String::from_utf8_lossy(&pt).into_owned());
+            }
+            Err(e) => tracing::warn!(secret = %name, error = %e, "undecryptable secret"),
+        }
+    }
+    out
+}
+
+/// Leader: the PKI items the current plan still needs, sealed, as one command.
+pub fn issue_pki(
+    state: &ClusterState,
+    cfg: &ClusterConfig,
+    sbox: &SecretBox,
+) -> Result<Option<Command>, pki::PkiError> {
+    let Some(plan) = &state.plan else {
+        return Ok(None);
+    };
+    let items = decrypt_items(state, sbox);
+    let inputs = PkiInputs {
+        cluster_name: cfg.cluster.name.clone(),
+        vip: plan.vip,
+        service_cidr: cfg.network.service_cidr,
+        dns_domain: "cluster.local".into(),
+        control_plane: plan
+            .control_plane
+            .iter()
+            .filter_map(|id| state.members.get(id))
+            .map(|m| PkiNode {
+                id: m.id,
+                hostname: m.hostname.clone(),
+                ip: m.ip,
+            })
+            .collect(),
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let new = pki::issue(&items, &inputs)?;
+    if new.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Command::PutSecretsIfAbsent(
+        new.iter()
+            .map(|(k, v)| (k.clone(), sbox.seal(k, v.as_bytes())))
+            .collect(),
+    )))
+}
+
+/// Runs the steps forever (until the task is dropped).
+pub async fn run(node: ConsensusNode, cfg: ConvergeConfig, sbox: Arc<SecretBox>, views: StepViews) {
+    let host = Arc::new(host(&cfg));
+    let cfg = Arc::new(cfg);
+    let steps = Arc::new(steps::all());
+    let mut backoff: BTreeMap<String, (Instant, u32)> = BTreeMap::new();
+    let mut shown: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(ROUND).await;
+        let state = node.state();
+        if state.plan.is_none() {
+            continue;
+        }
+        let items = decrypt_items(&state, &sbox);
+        let now = Instant::now();
+        let skip: Vec<String> = backoff
+            .iter()
+            .filter(|(_, (until, _))| *until > now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let (h, c, s, st) = (host.clone(), cfg.clone(), steps.clone(), state.clone());
+        let round = tokio::task::spawn_blocking(move || {
+            let Some(plan) = st.plan.as_ref() else {
+                return Vec::new();
+            };
+            let ctx = Ctx {
+                me: c.me,
+                cfg: &c.cluster,
+                state: &st,
+                plan,
+                items: &items,
+                root: &c.root,
+                interface: &c.interface,
+                agent_exe: &c.agent_exe,
+            };
+            steps::converge(&s, &ctx, &h, &|n| skip.iter().any(|k| k == n))
+        })
+        .await;
+        let outcomes = match round {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "converge round panicked");
+                continue;
+            }
+        };
+        let mut view = Vec::new();
+        for (name, outcome) in outcomes {
+            let attempts = match &outcome {
+                Outcome::Failed(_) => {
+                    let n = backoff.get(name).map_or(0, |(_, n)| *n) + 1;
+                    let wait = Duration::from_secs((5u64 << (n - 1).min(4)).min(60));
+                    backoff.insert(name.to_string(), (Instant::now() + wait, n));
+                    n
+                }
+                Outcome::Skipped => backoff.get(name).map_or(0, |(_, n)| *n),
+                _ => {
+                    backoff.remove(name);
+                    0
+                }
+            };
+            if matches!(outcome, Outcome::Skipped) {
+                if let Some(v) = views
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .find(|v| v.step == name)
+                {
+                    view.push(v.clone());
+                }
+                continue;
+            }
+            let (label, detail) = describe(&outcome);
+            let line = if detail.is_empty() {
+                format!("habuild-agent: step {name} {label}")
+            } else {
+                format!("habuild-agent: step {name} {label}: {detail}")
+            };
+            if shown.get(name).map(|s| s.as_str()) != Some(label) {
+                println!("{line}");
+                shown.insert(name.to_string(), label.to_string());
+            }
+            view.push(StepView {
+                step: name.into(),
+                status: label.into(),
+                detail: detail.clone(),
+                attempts,
+            });
+            record(&node, &state, cfg.me, name, &outcome, attempts).await;
+        }
+        *views.write().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+}
+
+fn describe(o: &Outcome) -> (&'static str, String) {
+    match o {
+        Outcome::NotHere => ("not-here", String::new()),
+        Outcome::Waiting(w) => ("waiting", w.clone()),
+        Outcome::Pending(w) => ("running", w.clone()),
+        Outcome::Done => ("done", String::new()),
+        Outcome::Failed(e) => ("failed", e.clone()),
+        Outcome::Skipped => ("backing-off", String::new()),
+    }
+}
+
+/// Records `outcome` when its status (or a failure's text) differs from the state's record.
+async fn record(
+    node: &ConsensusNode,
+    state: &ClusterState,
+    me: NodeId,
+    name: &str,
+    outcome: &Outcome,
+    attempts: u32,
+) {
+    let Some((status, detail)) = outcome.status() else {
+        return;
+    };
+    let current = state.steps.get(&(me, name.to_string()));
+    let same = current.is_some_and(|r| {
+        r.status == status && (status != StepStatus::Failed || r.detail == detail)
+    });
+    if same {
+        return;
+    }
+    let rec = StepRecord {
+        node: me,
+        step: name.into(),
+        status,
+        detail,
+        attempts,
+    };
+    if let Err(e) = node.propose(Command::RecordStep(rec)).await {
+        tracing::debug!(step = name, error = %e, "recording step outcome");
+    }
+}

@@ -1,0 +1,212 @@
+//! Side effects on the host, behind small traits: files ([`Files`]),
+//! programs ([`Exec`]) and long-running services ([`Services`]).
+//!
+//! Converge steps never touch the host directly: they render what they want
+//! (pure) and apply it through a [`Host`]. The real implementations are in
+//! [`real`]: [`real::RootFiles`] writes under a root directory (`/` on a
+//! node, a per-node directory in the namespace tests), [`real::HostExec`]
+//! runs programs, and services run either as systemd units
+//! ([`real::Systemd`], on a booted node) or as supervised child processes
+//! ([`real::Supervisor`], for agents run outside systemd, e.g. one per
+//! network namespace). [`fake::Recording`] records everything instead, so
+//! step tests assert on exactly what would have been done.
+
+pub mod fake;
+pub mod real;
+
+use std::path::{Path, PathBuf};
+
+/// A side effect failed; the message names the file, command or unit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("`{command}` failed: {message}")]
+    Command { command: String, message: String },
+    #[error("service {name}: {message}")]
+    Service { name: String, message: String },
+}
+
+/// One command line (program and arguments; no shell).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cmd {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Cmd {
+    pub fn new<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Cmd {
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+        }
+    }
+
+    /// A shell-like rendering for logs, goldens and error messages.
+    pub fn display(&self) -> String {
+        self.argv
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Quotes `a` for a shell (and for systemd's ExecStart, which accepts the same quoting).
+pub fn shell_quote(a: &str) -> String {
+    if !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c))
+    {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+/// Output of a command that ran to completion.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+}
+
+/// A file a step wants on the host: path relative to the host root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    pub path: String,
+    pub mode: u32,
+    pub contents: Vec<u8>,
+}
+
+impl FileSpec {
+    pub fn new(path: impl Into<String>, mode: u32, contents: impl Into<Vec<u8>>) -> Self {
+        FileSpec {
+            path: path.into(),
+            mode,
+            contents: contents.into(),
+        }
+    }
+}
+
+/// A long-running service a step wants running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Unit name without `.service`, e.g. `habuild-etcd`.
+    pub name: String,
+    pub description: String,
+    pub argv: Vec<String>,
+    /// Changes whenever the service must restart (its config files' hash).
+    pub fingerprint: String,
+}
+
+pub trait Files: Send + Sync {
+    /// The absolute host path of `rel` (what configs and command lines name).
+    fn abs(&self, rel: &str) -> PathBuf;
+    /// Writes `contents` atomically with `mode` (parents created); returns
+    /// whether the file changed.
+    fn write(&self, file: &FileSpec) -> Result<bool, HostError>;
+    fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, HostError>;
+    fn exists(&self, rel: &str) -> bool;
+}
+
+pub trait Exec: Send + Sync {
+    /// Runs to completion; a non-zero exit is *not* an error (see [`Output::code`]).
+    fn run(&self, cmd: &Cmd) -> Result<Output, HostError>;
+
+    /// Runs and turns a non-zero exit into an error carrying stderr.
+    fn run_ok(&self, cmd: &Cmd) -> Result<Output, HostError> {
+        let o = self.run(cmd)?;
+        if o.success() {
+            Ok(o)
+        } else {
+            let tail = if o.stderr.trim().is_empty() {
+                &o.stdout
+            } else {
+                &o.stderr
+            };
+            Err(HostError::Command {
+                command: cmd.display(),
+                message: format!("exit {}: {}", o.code, last_lines(tail, 6)),
+            })
+        }
+    }
+}
+
+pub trait Services: Send + Sync {
+    /// Makes `svc` run as specified (started if stopped, restarted if its
+    /// fingerprint changed, enabled across reboots where that applies).
+    fn ensure(&self, svc: &ServiceSpec) -> Result<(), HostError>;
+    /// Whether `name` is running now.
+    fn running(&self, name: &str) -> bool;
+    /// Stops `name` (no error if it is not running).
+    fn stop(&self, name: &str) -> Result<(), HostError>;
+}
+
+/// Network probes from this host (its own network namespace).
+pub trait Net: Send + Sync {
+    /// `GET path` over plain HTTP/1.0 with a short timeout: (status, body).
+    fn http_get(&self, addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), HostError>;
+}
+
+/// Everything a step may touch.
+pub struct Host {
+    pub files: Box<dyn Files>,
+    pub exec: Box<dyn Exec>,
+    pub services: Box<dyn Services>,
+    pub net: Box<dyn Net>,
+}
+
+impl Host {
+    /// The absolute path of `rel` under the host root, as a string for configs.
+    pub fn path(&self, rel: &str) -> String {
+        self.files.abs(rel).display().to_string()
+    }
+}
+
+/// `rel` under `root`, refusing to leave it (no `..`, no absolute part).
+pub fn join_root(root: &Path, rel: &str) -> PathBuf {
+    let mut p = root.to_path_buf();
+    for c in Path::new(rel.trim_start_matches('/')).components() {
+        if let std::path::Component::Normal(c) = c {
+            p.push(c);
+        }
+    }
+    p
+}
+
+/// The last `n` non-empty lines of `s`, joined with " | ".
+pub fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_and_paths() {
+        assert_eq!(
+            Cmd::new(["etcd", "--name", "a b", "--x=y"]).display(),
+            "etcd --name 'a b' --x=y"
+        );
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(
+            join_root(Path::new("/tmp/r"), "/etc/../x/y"),
+            PathBuf::from("/tmp/r/etc/x/y")
+        );
+        assert_eq!(last_lines("a\n\nb\nc\n", 2), "b | c");
+    }
+}

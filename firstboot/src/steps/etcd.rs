@@ -1,0 +1,293 @@
+//! The `etcd` step: on the planned control-plane nodes only, etcd from the
+//! distro's package as a static bootstrap of exactly the planned members,
+//! TLS with client-certificate auth on both the peer and the client URLs,
+//! data under `/var/lib/etcd` (the data partition). Done when the local
+//! member answers `etcdctl endpoint health` through TLS, which needs quorum.
+//!
+//! A marker file (`/var/lib/etcd/habuild-cluster`) holds this cluster's
+//! initial-cluster token; etcd data without the marker, or with another
+//! cluster's token, is refused (the step fails and says so) instead of being
+//! joined or overwritten. A rebooted member finds its data and the same flags
+//! and comes back into the same cluster.
+
+use sha2::{Digest, Sha256};
+
+use super::{fingerprint, node_name, Check, Ctx, Gate, Rendered, Step, StepError};
+use crate::host::{last_lines, Cmd, FileSpec, Host, ServiceSpec};
+
+pub struct Etcd;
+
+pub const DATA_DIR: &str = "var/lib/etcd";
+pub const MARKER: &str = "var/lib/etcd/habuild-cluster";
+const PKI: &str = "etc/kubernetes/pki/etcd";
+pub const CLIENT_PORT: u16 = 2379;
+pub const PEER_PORT: u16 = 2380;
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+pub const ETCDCTL_BIN: &str = "/usr/bin/etcdctl";
+
+/// The initial-cluster token: fixed for the life of the cluster, derived
+/// (one-way) from the cluster name and the plan's bootstrap token.
+pub fn cluster_token(ctx: &Ctx) -> String {
+    let h = Sha256::new()
+        .chain_update(b"habuild etcd cluster token v1\0")
+        .chain_update(ctx.cfg.cluster.name.as_bytes())
+        .chain_update([0])
+        .chain_update(ctx.plan.bootstrap_token.as_bytes())
+        .finalize();
+    format!("habuild-{}-{}", ctx.cfg.cluster.name, hex::encode(&h[..8]))
+}
+
+/// `name=https://ip:2380,...` for the planned members, in plan order.
+fn initial_cluster(ctx: &Ctx) -> Result<String, StepError> {
+    ctx.plan
+        .control_plane
+        .iter()
+        .map(|id| {
+            let m = ctx.member(*id).ok_or_else(|| {
+                StepError::Render(format!("control-plane node {id:016x} has no member record"))
+            })?;
+            Ok(format!("{}=https://{}:{PEER_PORT}", node_name(*id), m.ip))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|v| v.join(","))
+}
+
+/// etcdctl against the local member with the health-check client cert.
+pub fn etcdctl(ctx: &Ctx, args: &[&str]) -> Cmd {
+    let mut argv = vec![
+        ETCDCTL_BIN.to_string(),
+        format!("--endpoints=https://127.0.0.1:{CLIENT_PORT}"),
+        format!("--cacert={}", ctx.path(&format!("{PKI}/ca.crt"))),
+        format!(
+            "--cert={}",
+            ctx.path(&format!("{PKI}/healthcheck-client.crt"))
+        ),
+        format!(
+            "--key={}",
+            ctx.path(&format!("{PKI}/healthcheck-client.key"))
+        ),
+        "--dial-timeout=3s".to_string(),
+        "--command-timeout=5s".to_string(),
+    ];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let mut c = Cmd::new(argv);
+    c.env.push(("ETCDCTL_API".into(), "3".into()));
+    c
+}
+
+impl Step for Etcd {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn gate(&self, ctx: &Ctx) -> Gate {
+        if !ctx.is_control_plane() {
+            return Gate::NotHere;
+        }
+        match ctx.my_ip() {
+            Some(_) => Gate::Run,
+            None => Gate::Wait("this node's member record".into()),
+        }
+    }
+
+    fn preflight(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+        let has_data = host.files.exists(&format!("{DATA_DIR}/member"));
+        let marker = host
+            .files
+            .read(MARKER)?
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string());
+        let token = cluster_token(ctx);
+        match marker {
+            Some(m) if m != token => Err(StepError::Refused(format!(
+                "etcd data in {} belongs to another cluster (token {m}, this cluster's is {token}); \
+                 not touching it: move it away to let this node join",
+                ctx.path(DATA_DIR)
+            ))),
+            None if has_data => Err(StepError::Refused(format!(
+                "etcd data in {} was not made by this cluster (no {}); not touching it: move it \
+                 away to let this node join",
+                ctx.path(DATA_DIR),
+                ctx.path(MARKER)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn render(&self, ctx: &Ctx) -> Result<Rendered, StepError> {
+        let ip = ctx
+            .my_ip()
+            .ok_or_else(|| StepError::Render("no member record for this node".into()))?;
+        let token = cluster_token(ctx);
+        let pki = |f: &str| ctx.path(&format!("{PKI}/{f}"));
+        let argv: Vec<String> = vec![
+            ETCD_BIN.into(),
+            format!("--name={}", node_name(ctx.me)),
+            format!("--data-dir={}", ctx.path(DATA_DIR)),
+            format!("--listen-peer-urls=https://{ip}:{PEER_PORT}"),
+            format!("--initial-advertise-peer-urls=https://{ip}:{PEER_PORT}"),
+            format!(
+                "--listen-client-urls=https://{ip}:{CLIENT_PORT},https://127.0.0.1:{CLIENT_PORT}"
+            ),
+            format!("--advertise-client-urls=https://{ip}:{CLIENT_PORT}"),
+            format!("--initial-cluster={}", initial_cluster(ctx)?),
+            "--initial-cluster-state=new".into(),
+            format!("--initial-cluster-token={token}"),
+            format!("--cert-file={}", pki("server.crt")),
+            format!("--key-file={}", pki("server.key")),
+            "--client-cert-auth=true".into(),
+            format!("--trusted-ca-file={}", pki("ca.crt")),
+            format!("--peer-cert-file={}", pki("peer.crt")),
+            format!("--peer-key-file={}", pki("peer.key")),
+            "--peer-client-cert-auth=true".into(),
+            format!("--peer-trusted-ca-file={}", pki("ca.crt")),
+            // Slow hosts (software-emulated VMs) need more than the 100 ms default.
+            "--heartbeat-interval=250".into(),
+            "--election-timeout=2500".into(),
+            "--snapshot-count=10000".into(),
+        ];
+        let marker = FileSpec::new(MARKER, 0o600, format!("{token}\n"));
+        let fp = fingerprint(
+            argv.iter()
+                .map(|a| a.as_bytes())
+                .chain([marker.contents.as_slice()]),
+        );
+        Ok(Rendered {
+            commands: vec![Cmd::new([
+                "install",
+                "-d",
+                "-m",
+                "0700",
+                &ctx.path(DATA_DIR),
+            ])],
+            files: vec![marker],
+            services: vec![ServiceSpec {
+                name: "habuild-etcd".into(),
+                description: "etcd member of the habuild cluster".into(),
+                argv,
+                fingerprint: fp,
+            }],
+        })
+    }
+
+    fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
+        let o = host.exec.run(&etcdctl(ctx, &["endpoint", "health"]))?;
+        if o.success() {
+            Ok(Check::Done)
+        } else {
+            Ok(Check::Pending(format!(
+                "etcd not healthy yet: {}",
+                last_lines(&format!("{}\n{}", o.stdout, o.stderr), 2)
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::host::fake::Recording;
+    use crate::steps::testutil;
+
+    fn with_ctx<R>(me: u64, f: impl FnOnce(&Ctx) -> R) -> R {
+        let state = testutil::state();
+        let cfg = testutil::cfg();
+        let items = BTreeMap::new();
+        let ctx = Ctx {
+            me,
+            cfg: &cfg,
+            state: &state,
+            plan: state.plan.as_ref().unwrap(),
+            items: &items,
+            root: Path::new("/"),
+            interface: "eth0",
+            agent_exe: "/usr/lib/habuild/habuild-agent",
+        };
+        f(&ctx)
+    }
+
+    #[test]
+    fn golden_command_line() {
+        let argv = with_ctx(1, |ctx| {
+            assert_eq!(Etcd.gate(ctx), Gate::Run);
+            Etcd.render(ctx).unwrap().services[0].argv.join("\n")
+        });
+        let token = with_ctx(1, cluster_token);
+        let want = format!(
+            "/usr/bin/etcd
+--name=node-0000000000000001
+--data-dir=/var/lib/etcd
+--listen-peer-urls=https://10.77.0.1:2380
+--initial-advertise-peer-urls=https://10.77.0.1:2380
+--listen-client-urls=https://10.77.0.1:2379,https://127.0.0.1:2379
+--advertise-client-urls=https://10.77.0.1:2379
+--initial-cluster=node-0000000000000001=https://10.77.0.1:2380,node-0000000000000002=https://10.77.0.2:2380,node-0000000000000003=https://10.77.0.3:2380
+--initial-cluster-state=new
+--initial-cluster-token={token}
+--cert-file=/etc/kubernetes/pki/etcd/server.crt
+--key-file=/etc/kubernetes/pki/etcd/server.key
+--client-cert-auth=true
+--trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
+--peer-cert-file=/etc/kubernetes/pki/etcd/peer.crt
+--peer-key-file=/etc/kubernetes/pki/etcd/peer.key
+--peer-client-cert-auth=true
+--peer-trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt
+--heartbeat-interval=250
+--election-timeout=2500
+--snapshot-count=10000"
+        );
+        assert_eq!(argv, want);
+        assert!(token.starts_with("habuild-lab-"), "{token}");
+    }
+
+    #[test]
+    fn workers_never_run_etcd() {
+        with_ctx(4, |ctx| assert_eq!(Etcd.gate(ctx), Gate::NotHere));
+    }
+
+    #[test]
+    fn foreign_data_is_refused_and_own_data_accepted() {
+        with_ctx(1, |ctx| {
+            let rec = Recording::default();
+            let host = rec.host();
+            assert_eq!(Etcd.preflight(ctx, &host), Ok(()), "empty: fine");
+            host.files
+                .write(&FileSpec::new("var/lib/etcd/member/snap/db", 0o600, "x"))
+                .unwrap();
+            let e = Etcd.preflight(ctx, &host).unwrap_err().to_string();
+            assert!(e.contains("was not made by this cluster"), "{e}");
+            host.files
+                .write(&FileSpec::new(MARKER, 0o600, "habuild-other-00\n"))
+                .unwrap();
+            let e = Etcd.preflight(ctx, &host).unwrap_err().to_string();
+            assert!(e.contains("belongs to another cluster"), "{e}");
+            host.files
+                .write(&FileSpec::new(
+                    MARKER,
+                    0o600,
+                    format!("{}\n", cluster_token(ctx)),
+                ))
+                .unwrap();
+            assert_eq!(Etcd.preflight(ctx, &host), Ok(()));
+        });
+    }
+
+    #[test]
+    fn health_comes_from_etcdctl() {
+        with_ctx(2, |ctx| {
+            let rec = Recording::default();
+            let host = rec.host();
+            rec.answer("/usr/bin/etcdctl", 1, "", "context deadline exceeded\n");
+            assert_eq!(
+                Etcd.check(ctx, &host).unwrap(),
+                Check::Pending("etcd not healthy yet: context deadline exceeded".into())
+            );
+            rec.lock().answers.clear();
+            assert_eq!(Etcd.check(ctx, &host).unwrap(), Check::Done);
+            assert!(rec.commands()[0]
+                .contains("--cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt"));
+        });
+    }
+}

@@ -1,0 +1,347 @@
+//! Converge steps: what each node does to its own host once the plan gives
+//! it a role.
+//!
+//! A step is small and idempotent. Every round the runner ([`converge`])
+//! takes the steps in order and, for each:
+//!
+//! 1. [`Step::gate`] (pure, on the replicated state): does this step apply
+//!    to this node, and is what it waits for there (e.g. its certificates)?
+//! 2. [`Step::preflight`]: refuse to act when the host is in a state the step
+//!    must not touch (etcd data of another cluster, a VIP someone else holds).
+//! 3. [`Step::render`] (pure, golden-tested): the files, commands and
+//!    services the step wants.
+//! 4. apply through the [`Host`] traits: write the files that differ, run the
+//!    commands (idempotent by construction), make the services run (restarted
+//!    when their fingerprint — the hash of what they read — changed).
+//! 5. [`Step::check`]: "already done?" — the real health of what it started.
+//!
+//! Nothing is skipped because it was done before: a done step re-renders,
+//! finds nothing changed, and re-checks, so a node heals what it lost (a
+//! killed service, a reboot). The agent records each step's outcome in the
+//! replicated state ([`crate::state::Command::RecordStep`]), which is how
+//! steps on other nodes wait on it and how `habuild cluster status` shows
+//! progress and errors. Failed steps are retried with backoff by the agent.
+
+pub mod etcd;
+pub mod pki;
+pub mod vip;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::cluster::ClusterConfig;
+use crate::host::{Cmd, FileSpec, Host, HostError, ServiceSpec};
+use crate::state::{ClusterState, Member, NodeId, Plan, StepStatus};
+
+/// What a step sees: this node, the site config, the replicated state and
+/// the decrypted secrets, and where this host's root is.
+pub struct Ctx<'a> {
+    pub me: NodeId,
+    pub cfg: &'a ClusterConfig,
+    pub state: &'a ClusterState,
+    pub plan: &'a Plan,
+    /// Decrypted secret items by name (PEM text), see [`crate::pki`].
+    pub items: &'a BTreeMap<String, String>,
+    /// The host root that files are written under (`/` on a node).
+    pub root: &'a Path,
+    /// The NIC that carries this node's cluster address.
+    pub interface: &'a str,
+    /// This agent's own executable (keepalived's health check calls it).
+    pub agent_exe: &'a str,
+}
+
+impl Ctx<'_> {
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        self.state.members.get(&id)
+    }
+
+    pub fn my_ip(&self) -> Option<Ipv4Addr> {
+        self.member(self.me).map(|m| m.ip)
+    }
+
+    pub fn is_control_plane(&self) -> bool {
+        self.plan.control_plane.contains(&self.me)
+    }
+
+    /// Absolute host path of `rel` under the root, for configs and argv.
+    pub fn path(&self, rel: &str) -> String {
+        crate::host::join_root(self.root, rel).display().to_string()
+    }
+
+    /// Whether `step` is recorded done on every node of `nodes`.
+    pub fn done_on(&self, step: &str, nodes: &[NodeId]) -> bool {
+        self.state.step_done_on(step, nodes)
+    }
+}
+
+/// Whether a step runs on this node now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    Run,
+    /// Waiting for something in the replicated state (said in the text).
+    Wait(String),
+    /// Not this node's business (e.g. etcd on a worker).
+    NotHere,
+}
+
+/// What a step wants on the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rendered {
+    pub files: Vec<FileSpec>,
+    /// Run on every round after the files; must be idempotent.
+    pub commands: Vec<Cmd>,
+    pub services: Vec<ServiceSpec>,
+}
+
+/// Result of a step's check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    Done,
+    /// Started, not healthy yet (says what is missing).
+    Pending(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// The step must not act (says why and what the operator can do).
+    #[error("{0}")]
+    Refused(String),
+    /// The step cannot render from the state (e.g. a missing certificate).
+    #[error("{0}")]
+    Render(String),
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+pub trait Step: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn gate(&self, ctx: &Ctx) -> Gate;
+    fn preflight(&self, _ctx: &Ctx, _host: &Host) -> Result<(), StepError> {
+        Ok(())
+    }
+    fn render(&self, ctx: &Ctx) -> Result<Rendered, StepError>;
+    fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError>;
+}
+
+/// The steps in the order they run on a node.
+pub fn all() -> Vec<Box<dyn Step>> {
+    vec![Box::new(pki::Pki), Box::new(etcd::Etcd), Box::new(vip::Vip)]
+}
+
+/// One step's result in one round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    NotHere,
+    Waiting(String),
+    Pending(String),
+    Done,
+    Failed(String),
+    /// Not run this round (backing off after a failure).
+    Skipped,
+}
+
+impl Outcome {
+    /// The record kept in the replicated state, if this outcome is one.
+    pub fn status(&self) -> Option<(StepStatus, String)> {
+        match self {
+            Outcome::Done => Some((StepStatus::Done, String::new())),
+            Outcome::Failed(e) => Some((StepStatus::Failed, e.clone())),
+            Outcome::Pending(w) | Outcome::Waiting(w) => Some((StepStatus::Running, w.clone())),
+            Outcome::NotHere | Outcome::Skipped => None,
+        }
+    }
+}
+
+/// One round over `steps`: each gated, preflighted, rendered, applied and
+/// checked, in order; a step that is not done stops the round for the steps
+/// after it (they build on it). `skip` names steps to leave alone this round
+/// (backing off after a failure).
+pub fn converge(
+    steps: &[Box<dyn Step>],
+    ctx: &Ctx,
+    host: &Host,
+    skip: &dyn Fn(&str) -> bool,
+) -> Vec<(&'static str, Outcome)> {
+    let mut out = Vec::new();
+    let mut blocked = false;
+    for step in steps {
+        let name = step.name();
+        let outcome = if blocked {
+            Outcome::Waiting("an earlier step on this node".into())
+        } else if skip(name) {
+            Outcome::Skipped
+        } else {
+            run_one(step.as_ref(), ctx, host)
+        };
+        blocked |= !matches!(outcome, Outcome::Done | Outcome::NotHere);
+        out.push((name, outcome));
+    }
+    out
+}
+
+fn run_one(step: &dyn Step, ctx: &Ctx, host: &Host) -> Outcome {
+    match step.gate(ctx) {
+        Gate::NotHere => return Outcome::NotHere,
+        Gate::Wait(why) => return Outcome::Waiting(why),
+        Gate::Run => {}
+    }
+    let result = (|| {
+        step.preflight(ctx, host)?;
+        apply(&step.render(ctx)?, host)?;
+        step.check(ctx, host)
+    })();
+    match result {
+        Ok(Check::Done) => Outcome::Done,
+        Ok(Check::Pending(w)) => Outcome::Pending(w),
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// Applies a rendering: files that differ, then commands, then services.
+pub fn apply(r: &Rendered, host: &Host) -> Result<(), StepError> {
+    for f in &r.files {
+        if host.files.write(f)? {
+            tracing::info!(path = %f.path, "wrote");
+        }
+    }
+    for c in &r.commands {
+        host.exec.run_ok(c)?;
+    }
+    for s in &r.services {
+        host.services.ensure(s)?;
+    }
+    Ok(())
+}
+
+/// A fingerprint of the files a service reads (for restart-on-change).
+pub fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// Where supervised services' pid files and sockets go, under the root.
+pub const RUN_DIR: &str = "run/habuild";
+
+/// The etcd member name of a node (stable, unique, DNS-safe).
+pub fn node_name(id: NodeId) -> String {
+    format!("node-{id:016x}")
+}
+
+/// `PathBuf` of `rel` under `root` (for tests and callers outside steps).
+pub fn under(root: &Path, rel: &str) -> PathBuf {
+    crate::host::join_root(root, rel)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+    use crate::cluster::{Auto, Ipv4Range};
+
+    pub fn cfg() -> ClusterConfig {
+        let mut c = crate::plan::testutil::cfg(3);
+        c.cluster.name = "lab".into();
+        c.network.vip = Auto::Value(Ipv4Addr::new(10, 77, 0, 250));
+        c.network.metallb_range =
+            Auto::Value("10.77.0.200-10.77.0.210".parse::<Ipv4Range>().unwrap());
+        c
+    }
+
+    /// Members 1..=4 at 10.77.0.1..=4; control plane 1, 2, 3; worker 4.
+    pub fn state() -> ClusterState {
+        let members = crate::plan::testutil::n_members(4);
+        let plan = crate::plan::plan(&members, &cfg(), None, &crate::plan::testutil::SEED).unwrap();
+        let mut s = ClusterState {
+            members,
+            ..Default::default()
+        };
+        assert_eq!(
+            s.apply(crate::state::Command::SetPlan(plan)),
+            crate::state::Response::Ok
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::{Event, Recording};
+
+    struct Fake(&'static str, Gate, Check);
+    impl Step for Fake {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn gate(&self, _: &Ctx) -> Gate {
+            self.1.clone()
+        }
+        fn render(&self, _: &Ctx) -> Result<Rendered, StepError> {
+            Ok(Rendered {
+                files: vec![FileSpec::new(format!("etc/{}", self.0), 0o644, "x")],
+                commands: vec![Cmd::new(["true", self.0])],
+                services: vec![],
+            })
+        }
+        fn check(&self, _: &Ctx, _: &Host) -> Result<Check, StepError> {
+            Ok(self.2.clone())
+        }
+    }
+
+    #[test]
+    fn rounds_stop_at_the_first_step_not_done_and_reapply_nothing_unchanged() {
+        let state = testutil::state();
+        let cfg = testutil::cfg();
+        let items = BTreeMap::new();
+        let ctx = Ctx {
+            me: 1,
+            cfg: &cfg,
+            state: &state,
+            plan: state.plan.as_ref().unwrap(),
+            items: &items,
+            root: Path::new("/"),
+            interface: "eth0",
+            agent_exe: "/usr/lib/habuild/habuild-agent",
+        };
+        let steps: Vec<Box<dyn Step>> = vec![
+            Box::new(Fake("a", Gate::Run, Check::Done)),
+            Box::new(Fake("b", Gate::NotHere, Check::Done)),
+            Box::new(Fake("c", Gate::Run, Check::Pending("warming".into()))),
+            Box::new(Fake("d", Gate::Run, Check::Done)),
+        ];
+        let rec = Recording::default();
+        let host = rec.host();
+        let out = converge(&steps, &ctx, &host, &|_| false);
+        assert_eq!(
+            out,
+            vec![
+                ("a", Outcome::Done),
+                ("b", Outcome::NotHere),
+                ("c", Outcome::Pending("warming".into())),
+                ("d", Outcome::Waiting("an earlier step on this node".into())),
+            ]
+        );
+        assert_eq!(
+            rec.events(),
+            vec![
+                Event::Wrote("etc/a".into()),
+                Event::Ran("true a".into()),
+                Event::Wrote("etc/c".into()),
+                Event::Ran("true c".into()),
+            ]
+        );
+        converge(&steps, &ctx, &host, &|s| s == "c");
+        assert_eq!(
+            rec.events().len(),
+            5,
+            "second round writes nothing new: {:?}",
+            rec.events()
+        );
+    }
+}
