@@ -46,9 +46,15 @@ enum Cmd {
     Facts,
     /// Exit 0 when a TCP connection to ADDR (host:port) opens within 2 s,
     /// else 1. keepalived's health check of the local haproxy runs this.
+    ///
+    /// With --http PATH: GET PATH, print the body, exit 0 only on status 200
+    /// (e.g. `habuild-agent probe 10.0.0.250:8404 --http /healthz` names the
+    /// node holding the API VIP).
     Probe {
         #[arg(value_name = "ADDR")]
         addr: SocketAddr,
+        #[arg(long, value_name = "PATH")]
+        http: Option<String>,
     },
 }
 
@@ -128,15 +134,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", rt.block_on(agent::status::fetch(&status_socket))?);
             Ok(())
         }
-        Cmd::Probe { addr } => {
-            match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    eprintln!("habuild-agent probe: {addr}: {e}");
-                    std::process::exit(1)
-                }
-            }
-        }
+        Cmd::Probe { addr, http } => probe(addr, http.as_deref()),
         Cmd::Facts => {
             println!(
                 "{}",
@@ -145,6 +143,27 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn probe(addr: SocketAddr, http: Option<&str>) -> anyhow::Result<()> {
+    use firstboot::host::Net;
+    let result = match http {
+        None => std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map(|_| ())
+            .map_err(|e| format!("{addr}: {e}")),
+        Some(path) => match firstboot::host::real::HostNet.http_get(addr, path) {
+            Ok((200, body)) => {
+                println!("{body}");
+                Ok(())
+            }
+            Ok((code, body)) => Err(format!("{addr}{path}: HTTP {code}: {body}")),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    result.map_err(|e| {
+        eprintln!("habuild-agent probe: {e}");
+        std::process::exit(1)
+    })
 }
 
 fn run(cluster_path: &Path, once: bool, args: AgentArgs) -> anyhow::Result<()> {

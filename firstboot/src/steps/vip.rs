@@ -224,7 +224,11 @@ impl Step for Vip {
             1 => Err(StepError::Refused(format!(
                 "the VIP {vip} is already in use on the network ({}); not taking it: free the \
                  address or set network.vip in cluster.toml",
-                crate::host::last_lines(&o.stdout, 2)
+                o.stdout
+                    .lines()
+                    .find(|l| l.contains("reply from"))
+                    .map(str::trim)
+                    .unwrap_or("a host answered ARP for it")
             ))),
             c => Err(StepError::Refused(format!(
                 "cannot probe the VIP {vip} with arping on {} (exit {c}): {}",
