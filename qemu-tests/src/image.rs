@@ -52,10 +52,12 @@ pub fn release_bin(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// The cluster file the test images carry.
-pub fn test_cluster_text(bootstrap_expect: u32) -> String {
+/// The cluster file the test images carry: `bootstrap_expect` nodes form
+/// the group, `control_plane_size` of them run etcd and hold the VIP
+/// (10.77.0.10, outside dnsmasq's range).
+pub fn test_cluster_text(bootstrap_expect: u32, control_plane_size: u32) -> String {
     format!(
-        "[cluster]\nname = \"qemu-test\"\nsecret = \"{TEST_SECRET}\"\nbootstrap_expect = {bootstrap_expect}\ncontrol_plane_size = 1\n\n[network]\nsubnet = \"10.77.0.0/24\"\nvip = \"10.77.0.10\"\nmetallb_range = \"10.77.0.200-10.77.0.220\"\n\n[storage]\nbrick_file_size_gib = 1\n"
+        "[cluster]\nname = \"qemu-test\"\nsecret = \"{TEST_SECRET}\"\nbootstrap_expect = {bootstrap_expect}\ncontrol_plane_size = {control_plane_size}\n\n[network]\nsubnet = \"10.77.0.0/24\"\nvip = \"10.77.0.10\"\nmetallb_range = \"10.77.0.200-10.77.0.220\"\n\n[storage]\nbrick_file_size_gib = 1\n"
     )
 }
 
@@ -162,7 +164,7 @@ fn prune_other_images(key: &str) -> Result<()> {
 /// The cached Debian 12 test image for these inputs, built if missing.
 pub fn debian_image() -> Result<BuiltImage> {
     let ws = workspace();
-    let cluster_text = test_cluster_text(2);
+    let cluster_text = test_cluster_text(3, 3);
     let key = input_key(&ws.join("configs/debian-12.toml"), &cluster_text)?;
     let dir = test_cache().join("images").join(format!("debian-12-{key}"));
     let cluster = test_cache()

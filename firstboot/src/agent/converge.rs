@@ -230,7 +230,7 @@ fn describe(o: &Outcome) -> (&'static str, String) {
         Outcome::NotHere => ("not-here", String::new()),
         Outcome::Waiting(w) => ("waiting", w.clone()),
         Outcome::Pending(w) => ("running", w.clone()),
-        Outcome::Done => ("done", String::new()),
+        Outcome::Done(d) => ("done", d.clone()),
         Outcome::Failed(e) => ("failed", e.clone()),
         Outcome::Skipped => ("backing-off", String::new()),
     }

@@ -169,17 +169,56 @@ impl Step for Etcd {
         })
     }
 
+    /// Done when the local member is healthy through TLS (which needs
+    /// quorum). What it observed goes into the status: this member and
+    /// cluster id, how many members answer, the leader, the revision, and
+    /// whether a write (this node's key under `habuild/agents/`) committed.
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
         let o = host.exec.run(&etcdctl(ctx, &["endpoint", "health"]))?;
-        if o.success() {
-            Ok(Check::Done)
-        } else {
-            Ok(Check::Pending(format!(
+        if !o.success() {
+            return Ok(Check::Pending(format!(
                 "etcd not healthy yet: {}",
                 last_lines(&format!("{}\n{}", o.stdout, o.stderr), 2)
-            )))
+            )));
         }
+        let status = host
+            .exec
+            .run(&etcdctl(ctx, &["endpoint", "status", "-w", "json"]))?;
+        let cluster = host
+            .exec
+            .run(&etcdctl(ctx, &["endpoint", "health", "--cluster"]))?;
+        let write = host.exec.run(&etcdctl(
+            ctx,
+            &[
+                "put",
+                &format!("habuild/agents/{}", node_name(ctx.me)),
+                "alive",
+            ],
+        ))?;
+        Ok(Check::Done(observation(
+            &status.stdout,
+            &format!("{}\n{}", cluster.stdout, cluster.stderr),
+            write.success(),
+        )))
     }
+}
+
+/// "member M of cluster C: H/N members healthy, leader L, revision R, write ok" (pure).
+pub fn observation(status_json: &str, cluster_health: &str, wrote: bool) -> String {
+    let v: serde_json::Value = serde_json::from_str(status_json).unwrap_or_default();
+    let st = &v[0]["Status"];
+    let hex = |x: &serde_json::Value| x.as_u64().map_or("?".to_string(), |n| format!("{n:016x}"));
+    let healthy = cluster_health.matches(" is healthy").count();
+    let unhealthy = cluster_health.matches(" is unhealthy").count();
+    format!(
+        "member {} of cluster {}: {healthy}/{} members healthy, leader {}, revision {}, write {}",
+        hex(&st["header"]["member_id"]),
+        hex(&st["header"]["cluster_id"]),
+        healthy + unhealthy,
+        hex(&st["leader"]),
+        st["header"]["revision"].as_u64().unwrap_or(0),
+        if wrote { "ok" } else { "failed" },
+    )
 }
 
 #[cfg(test)]
@@ -285,7 +324,29 @@ mod tests {
                 Check::Pending("etcd not healthy yet: context deadline exceeded".into())
             );
             rec.lock().answers.clear();
-            assert_eq!(Etcd.check(ctx, &host).unwrap(), Check::Done);
+            rec.answer(
+                "/usr/bin/etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --dial-timeout=3s --command-timeout=5s endpoint status",
+                0,
+                r#"[{"Endpoint":"https://127.0.0.1:2379","Status":{"header":{"cluster_id":17237436991929493444,"member_id":9372538179322589801,"revision":42,"raft_term":2},"leader":9372538179322589801}}]"#,
+                "",
+            );
+            rec.answer(
+                "/usr/bin/etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --dial-timeout=3s --command-timeout=5s endpoint health --cluster",
+                1,
+                "https://10.77.0.1:2379 is healthy: successfully committed proposal: took = 2ms\nhttps://10.77.0.2:2379 is healthy: successfully committed proposal: took = 3ms\n",
+                "https://10.77.0.3:2379 is unhealthy: failed to commit proposal: context deadline exceeded\n",
+            );
+            assert_eq!(
+                Etcd.check(ctx, &host).unwrap(),
+                Check::Done(
+                    "member 8211f1d0f64f3269 of cluster ef37ad9dc622a7c4: 2/3 members healthy, leader 8211f1d0f64f3269, revision 42, write ok".into()
+                )
+            );
+            assert!(rec
+                .commands()
+                .last()
+                .unwrap()
+                .ends_with("put habuild/agents/node-0000000000000002 alive"));
             assert!(rec.commands()[0]
                 .contains("--cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt"));
         });

@@ -99,7 +99,8 @@ pub struct Rendered {
 /// Result of a step's check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
-    Done,
+    /// Done; the text is what the check observed (shown in status), may be empty.
+    Done(String),
     /// Started, not healthy yet (says what is missing).
     Pending(String),
 }
@@ -137,7 +138,8 @@ pub enum Outcome {
     NotHere,
     Waiting(String),
     Pending(String),
-    Done,
+    /// Done, with what the check observed.
+    Done(String),
     Failed(String),
     /// Not run this round (backing off after a failure).
     Skipped,
@@ -147,7 +149,7 @@ impl Outcome {
     /// The record kept in the replicated state, if this outcome is one.
     pub fn status(&self) -> Option<(StepStatus, String)> {
         match self {
-            Outcome::Done => Some((StepStatus::Done, String::new())),
+            Outcome::Done(_) => Some((StepStatus::Done, String::new())),
             Outcome::Failed(e) => Some((StepStatus::Failed, e.clone())),
             Outcome::Pending(w) | Outcome::Waiting(w) => Some((StepStatus::Running, w.clone())),
             Outcome::NotHere | Outcome::Skipped => None,
@@ -176,7 +178,7 @@ pub fn converge(
         } else {
             run_one(step.as_ref(), ctx, host)
         };
-        blocked |= !matches!(outcome, Outcome::Done | Outcome::NotHere);
+        blocked |= !matches!(outcome, Outcome::Done(_) | Outcome::NotHere);
         out.push((name, outcome));
     }
     out
@@ -194,7 +196,7 @@ fn run_one(step: &dyn Step, ctx: &Ctx, host: &Host) -> Outcome {
         step.check(ctx, host)
     })();
     match result {
-        Ok(Check::Done) => Outcome::Done,
+        Ok(Check::Done(d)) => Outcome::Done(d),
         Ok(Check::Pending(w)) => Outcome::Pending(w),
         Err(e) => Outcome::Failed(e.to_string()),
     }
@@ -310,10 +312,10 @@ mod tests {
             agent_exe: "/usr/lib/habuild/habuild-agent",
         };
         let steps: Vec<Box<dyn Step>> = vec![
-            Box::new(Fake("a", Gate::Run, Check::Done)),
-            Box::new(Fake("b", Gate::NotHere, Check::Done)),
+            Box::new(Fake("a", Gate::Run, Check::Done(String::new()))),
+            Box::new(Fake("b", Gate::NotHere, Check::Done(String::new()))),
             Box::new(Fake("c", Gate::Run, Check::Pending("warming".into()))),
-            Box::new(Fake("d", Gate::Run, Check::Done)),
+            Box::new(Fake("d", Gate::Run, Check::Done(String::new()))),
         ];
         let rec = Recording::default();
         let host = rec.host();
@@ -321,7 +323,7 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                ("a", Outcome::Done),
+                ("a", Outcome::Done(String::new())),
                 ("b", Outcome::NotHere),
                 ("c", Outcome::Pending("warming".into())),
                 ("d", Outcome::Waiting("an earlier step on this node".into())),

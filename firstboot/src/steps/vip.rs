@@ -282,7 +282,10 @@ impl Step for Vip {
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
         let addr = SocketAddr::from((vip(ctx), HEALTH_PORT));
         match host.net.http_get(addr, "/healthz") {
-            Ok((200, body)) if body.starts_with("habuild-vip ") => Ok(Check::Done),
+            Ok((200, body)) if body.starts_with("habuild-vip ") => Ok(Check::Done(format!(
+                "{} answers on {addr}",
+                body.trim().trim_start_matches("habuild-vip ")
+            ))),
             Ok((code, body)) => Ok(Check::Pending(format!(
                 "the VIP answers {code} {:?}, not habuild's haproxy",
                 body.chars().take(60).collect::<String>()
@@ -406,7 +409,10 @@ mod tests {
                 "10.77.0.250:8404 /healthz".into(),
                 (200, "habuild-vip node-0000000000000001".into()),
             );
-            assert_eq!(Vip.check(ctx, &host).unwrap(), Check::Done);
+            assert_eq!(
+                Vip.check(ctx, &host).unwrap(),
+                Check::Done("node-0000000000000001 answers on 10.77.0.250:8404".into())
+            );
         });
     }
 }

@@ -1,0 +1,273 @@
+//! Self-assembly I on booted VMs: three copies of the Debian 12 image built
+//! by `habuild image` (cluster.toml: bootstrap_expect = 3, control-plane
+//! size 3), on one L2 inside a network namespace this test creates, with
+//! dnsmasq as the site's DHCP server. Without any per-VM configuration they
+//! form Raft, issue the PKI, start etcd with TLS and bring up the API VIP.
+//!
+//! Checked from inside the namespace only (the test's own host on the
+//! bridge): `habuild cluster status --json` (mDNS + the authenticated agent
+//! channel) shows every node's etcd step done with 3/3 members healthy in
+//! one etcd cluster, and the VIP answers (haproxy's health endpoint names its
+//! holder). Then the VIP holder is powered off (QEMU killed): the VIP answers
+//! from another node (failover measured), the survivors' etcd keeps quorum
+//! and commits writes (re-election measured); the VM boots again: it rejoins
+//! the same etcd cluster as the same member, with its data.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use qemu_harness::image::{debian_image, release_bin};
+use qemu_harness::{qemu_img, vm, Dhcp, TestNet, Vm, VmSpec, Workdir};
+use serde_json::Value;
+
+const DISK_BYTES: u64 = 8 << 30;
+const VIP: &str = "10.77.0.10";
+
+fn start_vm(net: &TestNet, work: &Workdir, base: &std::path::Path, i: u8) -> Result<Vm> {
+    let disk = work.join(format!("node{i}.qcow2"));
+    if !disk.exists() {
+        qemu_img::create_overlay(base, "raw", &disk, Some(DISK_BYTES))?;
+    }
+    let tap = net.add_tap(&format!("tap{i}"))?;
+    let mut spec = VmSpec::new(format!("node{i}"), &disk, vm::mac_address(i), &tap);
+    spec.memory_mib = 1024;
+    Vm::start(net, spec, work.path())
+}
+
+/// `habuild cluster status --json` from the namespace: the agents' status documents.
+fn cluster_status(net: &TestNet, cluster_file: &std::path::Path) -> Result<Vec<Value>> {
+    let habuild = release_bin("habuild")?;
+    let out = net
+        .exec(&habuild)
+        .args(["cluster", "status", "--json", "--timeout", "4", "--cluster"])
+        .arg(cluster_file)
+        .output()
+        .context("running habuild cluster status")?;
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "habuild cluster status --json printed no JSON (exit {}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok(v["agents"].as_array().cloned().unwrap_or_default())
+}
+
+fn step<'a>(agent: &'a Value, name: &str) -> Option<&'a Value> {
+    agent["steps"]
+        .as_array()?
+        .iter()
+        .find(|s| s["step"] == name)
+}
+
+/// (member id, cluster id, healthy, total, revision) from the etcd step's observation.
+fn etcd_view(agent: &Value) -> Option<(String, String, u32, u32, u64)> {
+    let s = step(agent, "etcd")?;
+    if s["status"] != "done" {
+        return None;
+    }
+    let d = s["detail"].as_str()?;
+    let words: Vec<&str> = d.split([' ', ',', ':']).filter(|w| !w.is_empty()).collect();
+    let after = |w: &str| {
+        words
+            .iter()
+            .position(|x| *x == w)
+            .and_then(|i| words.get(i + 1))
+            .map(|s| s.to_string())
+    };
+    let (h, n) = words.iter().find(|w| w.contains('/'))?.split_once('/')?;
+    if !d.contains("write ok") {
+        return None;
+    }
+    Some((
+        after("member")?,
+        after("cluster")?,
+        h.parse().ok()?,
+        n.parse().ok()?,
+        after("revision")?.parse().ok()?,
+    ))
+}
+
+fn vip_holder(net: &TestNet) -> Option<String> {
+    let agent = release_bin("habuild-agent").ok()?;
+    let out = net
+        .exec(&agent)
+        .args(["probe", &format!("{VIP}:8404"), "--http", "/healthz"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if t0.elapsed() > limit {
+            bail!("{what}: not reached within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+fn all(vms: &[Option<Vm>]) -> Vec<&Vm> {
+    vms.iter().flatten().collect()
+}
+
+fn dump(vms: &[&Vm]) -> String {
+    vms.iter()
+        .map(|v| format!("--- {} serial (tail):\n{}\n", v.name(), v.serial().tail(40)))
+        .collect()
+}
+
+#[test]
+fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
+    let img = debian_image()?;
+    let work = Workdir::new("assembly")?;
+    let net = TestNet::create("hba")?;
+    let _dhcp = Dhcp::start(
+        &net,
+        Ipv4Addr::new(10, 77, 0, 50),
+        Ipv4Addr::new(10, 77, 0, 99),
+    )?;
+    let mut vms: Vec<Option<Vm>> = Vec::new();
+    for i in 1..=3u8 {
+        vms.push(Some(start_vm(&net, &work, &img.raw, i)?));
+    }
+
+    // 1. each node reports etcd healthy and the VIP answering on its console
+    let limit = Duration::from_secs(1200);
+    for vm in all(&vms) {
+        let r = vm.wait_for("habuild-agent: step etcd done", limit);
+        if let Err(e) = r {
+            bail!("{e:#}\n{}", dump(&all(&vms)));
+        }
+        let etcd_at = vm.elapsed();
+        vm.wait_for("habuild-agent: step vip done", Duration::from_secs(300))
+            .with_context(|| dump(&[vm]))?;
+        eprintln!(
+            "assembly_qemu: {}: etcd healthy {:.0} s and VIP answering {:.0} s after VM start (accel {})",
+            vm.name(),
+            etcd_at.as_secs_f64(),
+            vm.elapsed().as_secs_f64(),
+            vm.accel()
+        );
+    }
+
+    // 2. from the namespace: 3 agents, one etcd cluster of 3 healthy TLS members, writes ok
+    let views = wait_until(
+        "3/3 etcd members healthy in status",
+        Duration::from_secs(180),
+        || {
+            let agents = cluster_status(&net, &img.cluster).ok()?;
+            let v: Vec<_> = agents.iter().filter_map(etcd_view).collect();
+            (v.len() == 3 && v.iter().all(|x| x.2 == 3 && x.3 == 3)).then_some((agents, v))
+        },
+    )
+    .with_context(|| dump(&all(&vms)))?;
+    let (agents, v) = views;
+    let clusters: std::collections::BTreeSet<_> = v.iter().map(|x| x.1.clone()).collect();
+    let members: std::collections::BTreeSet<_> = v.iter().map(|x| x.0.clone()).collect();
+    ensure!(
+        clusters.len() == 1,
+        "more than one etcd cluster: {clusters:?}"
+    );
+    ensure!(members.len() == 3, "members not distinct: {members:?}");
+    for a in &agents {
+        ensure!(a["role"] == "control-plane", "{a}");
+        ensure!(
+            !a.to_string().contains(qemu_harness::image::TEST_SECRET),
+            "status leaks the secret"
+        );
+    }
+    let holder = vip_holder(&net).context("the VIP does not answer")?;
+    eprintln!("assembly_qemu: etcd cluster {clusters:?} members {members:?}; VIP held by {holder}");
+
+    // 3. power off the VIP holder
+    let node_of = |a: &Value| format!("node-{}", a["node_id"].as_str().unwrap_or(""));
+    let holder_agent = agents
+        .iter()
+        .find(|a| holder.ends_with(&node_of(a)))
+        .context("the VIP holder is one of the agents")?;
+    let holder_id = holder_agent["node_id"].as_str().unwrap_or("").to_string();
+    let (holder_member, _, _, _, _) = etcd_view(holder_agent).context("holder etcd view")?;
+    let idx = (0..3)
+        .find(|i| {
+            vms[*i].as_ref().is_some_and(|vm| {
+                vm.serial_text()
+                    .contains(&format!("node id {holder_id} at "))
+            })
+        })
+        .context("which VM holds the VIP")?;
+    let spec = vms[idx].as_ref().unwrap().spec().clone();
+    vms[idx].as_ref().unwrap().kill()?;
+    let off = Instant::now();
+    vms[idx] = None;
+    let new_holder = wait_until("the VIP to move", Duration::from_secs(120), || {
+        vip_holder(&net).filter(|h| *h != holder)
+    })
+    .with_context(|| dump(&all(&vms)))?;
+    let failover = off.elapsed();
+    let (survivors, rev_before) = wait_until(
+        "the survivors' etcd to commit writes again",
+        Duration::from_secs(180),
+        || {
+            let agents = cluster_status(&net, &img.cluster).ok()?;
+            let v: Vec<_> = agents.iter().filter_map(etcd_view).collect();
+            let ok = v.len() == 2 && v.iter().all(|x| x.2 == 2 && x.3 == 3);
+            ok.then(|| (v.clone(), v.iter().map(|x| x.4).max().unwrap_or(0)))
+        },
+    )
+    .with_context(|| dump(&all(&vms)))?;
+    eprintln!(
+        "assembly_qemu: {holder} powered off: VIP answered from {new_holder} after {:.1} s; \
+         etcd committing writes with 2/3 members after {:.1} s (revision {rev_before})",
+        failover.as_secs_f64(),
+        off.elapsed().as_secs_f64()
+    );
+    ensure!(survivors
+        .iter()
+        .all(|x| x.1 == *clusters.iter().next().unwrap()));
+
+    // 4. boot it again: same member of the same cluster, data caught up
+    let back = Instant::now();
+    let vm = Vm::start(&net, spec, work.path())?;
+    vm.wait_for("habuild-agent: step etcd done", limit)
+        .with_context(|| dump(&[&vm]))?;
+    vms[idx] = Some(vm);
+    let rejoined = wait_until(
+        "the rebooted member back in",
+        Duration::from_secs(240),
+        || {
+            let agents = cluster_status(&net, &img.cluster).ok()?;
+            let v: Vec<_> = agents.iter().filter_map(etcd_view).collect();
+            let me = v.iter().find(|x| x.0 == holder_member)?.clone();
+            (v.len() == 3 && v.iter().all(|x| x.2 == 3)).then_some(me)
+        },
+    )
+    .with_context(|| dump(&all(&vms)))?;
+    ensure!(
+        clusters.contains(&rejoined.1),
+        "rebooted node is in another etcd cluster: {rejoined:?}"
+    );
+    ensure!(
+        rejoined.4 >= rev_before,
+        "rebooted member's data is behind: revision {} < {rev_before}",
+        rejoined.4
+    );
+    ensure!(
+        vip_holder(&net).is_some(),
+        "VIP lost after the node came back"
+    );
+    eprintln!(
+        "assembly_qemu: rebooted node rejoined as member {} of the same cluster after {:.0} s (revision {})",
+        rejoined.0,
+        back.elapsed().as_secs_f64(),
+        rejoined.4
+    );
+    Ok(())
+}
