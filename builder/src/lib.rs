@@ -2,6 +2,7 @@
 //! writer, manifest. The `habuild` binary (main.rs) is a thin CLI over this.
 
 pub mod build;
+pub mod cluster_status;
 pub mod disk;
 pub mod error;
 pub mod exec;

@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use builder::build::{self, BuildOptions};
+use builder::cluster_status;
 use builder::error::BuildError;
 use builder::exec::HostExec;
 use clap::{Parser, Subcommand};
@@ -41,6 +43,9 @@ enum Cmd {
     /// Cluster secrets.
     #[command(subcommand)]
     Secret(SecretCmd),
+    /// Look at a running cluster from any machine on its network.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
 }
 
 #[derive(Debug, clap::Args)]
@@ -98,6 +103,62 @@ enum SecretCmd {
     New,
 }
 
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Show what every agent of a running cluster says: phase, role, Raft, plan.
+    ///
+    /// Listens to mDNS (_habuild._tcp.local.) for --timeout seconds without
+    /// announcing anything and keeps only the announcements whose MAC verifies
+    /// with the cluster file's secret (the others are counted, never trusted).
+    /// Then asks each agent for its status over the encrypted, authenticated
+    /// agent transport (TCP 7946). Run it on the cluster network with the
+    /// cluster file the nodes were built with.
+    ///
+    /// Examples:
+    ///   habuild cluster status --cluster configs/cluster.toml
+    ///   habuild cluster status --cluster cluster.toml --interface eth0 --json | jq .
+    ///
+    /// One row per agent: node id (* marks the Raft leader), hostname,
+    /// address, phase, planned role, Raft state, term and leader, plan
+    /// version, what the agent rejected (mDNS announcements, handshakes) and
+    /// what it is waiting for; then agents that announced themselves but did
+    /// not answer, and a summary: how many answered, the leader, and whether
+    /// all agree on the plan. --json prints one document instead:
+    ///   {"agents": [<status>...], "unreachable": [...], "rejected_announcements": {...}}
+    /// Status documents never contain the secret or keys.
+    ///
+    /// Exit codes: 0 at least one agent answered; 1 none found or none
+    /// answered (the message says whether announcements failed verification,
+    /// i.e. another secret); 2 bad cluster file (file, line and key named).
+    #[command(verbatim_doc_comment)]
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// The cluster file the nodes were built with (its name and secret are used).
+    #[arg(long, value_name = "FILE")]
+    cluster: PathBuf,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to listen for announcements; also how long each agent has to answer.
+    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_secs)]
+    timeout: Duration,
+    /// Run mDNS only on this interface (default: every interface).
+    #[arg(long, value_name = "IFACE")]
+    interface: Option<String>,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "expected seconds, more than 0 and at most 3600, got {s:?}"
+        )),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -105,6 +166,7 @@ fn main() -> ExitCode {
         Cmd::Image(args) => image(args),
         Cmd::Profile(ProfileCmd::Check { files }) => check(&files),
         Cmd::Secret(SecretCmd::New) => secret_new(),
+        Cmd::Cluster(ClusterCmd::Status(args)) => cluster_status(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -216,6 +278,24 @@ fn check(files: &[PathBuf]) -> anyhow::Result<()> {
 fn secret_new() -> anyhow::Result<()> {
     let s = firstboot::cluster::Secret::generate().context("reading /dev/urandom")?;
     println!("{}", s.to_hex());
+    Ok(())
+}
+
+fn cluster_status(args: StatusArgs) -> anyhow::Result<()> {
+    // a bad cluster file is bad input: exit 2, nothing sent on the network
+    let cfg = firstboot::cluster::ClusterConfig::load(&args.cluster).map_err(BuildError::Config)?;
+    let opts = cluster_status::Options::new(args.timeout, args.interface);
+    let report = cluster_status::query(&cfg, &opts).context("asking the cluster's agents")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.render());
+    }
+    anyhow::ensure!(
+        !report.agents.is_empty(),
+        "{}",
+        report.nobody_answered(&cfg.cluster.name, args.timeout)
+    );
     Ok(())
 }
 
