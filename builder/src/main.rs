@@ -105,7 +105,7 @@ enum SecretCmd {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCmd {
-    /// Show what every agent of a running cluster says: phase, role, Raft, plan.
+    /// Show what every agent of a running cluster says: phase, role, Raft, plan
     ///
     /// Listens to mDNS (_habuild._tcp.local.) for --timeout seconds without
     /// announcing anything and keeps only the announcements whose MAC verifies
@@ -115,7 +115,7 @@ enum ClusterCmd {
     /// cluster file the nodes were built with.
     ///
     /// Examples:
-    ///   habuild cluster status --cluster configs/cluster.toml
+    ///   habuild cluster status --cluster cluster.toml
     ///   habuild cluster status --cluster cluster.toml --interface eth0 --json | jq .
     ///
     /// One row per agent: node id (* marks the Raft leader), hostname,

@@ -472,7 +472,10 @@ impl Discovery {
             daemon.enable_interface(kinds)?;
         }
         let shared = Arc::new(Shared::default());
-        daemon.register(service(&config, &addrs, &announcement, true)?)?;
+        // No probing: the instance name carries the node id, so it is ours
+        // alone, and probing raced our own TXT updates into endless
+        // conflict renames (` (N)`) that lost announcements.
+        daemon.register(service(&config, &addrs, &announcement, false)?)?;
         let browse = daemon.browse(SERVICE_TYPE)?;
         let (tx, rx) = mpsc::channel(EVENT_CAPACITY);
         let thread = {
