@@ -229,6 +229,8 @@ impl Lab {
             .args(["--advertise", &node_cidr(i)])
             .args(["--interface", "eth0"])
             .args(["--hostname", &format!("node{i}")])
+            // consensus only: no converge steps on the test host
+            .args(["--services", "none"])
             .env(
                 "RUST_LOG",
                 std::env::var("AGENT_RUST_LOG").unwrap_or_else(|_| "warn".into()),

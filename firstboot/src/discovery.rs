@@ -364,6 +364,11 @@ pub struct DiscoveryStats {
     pub announcements_last_minute: u64,
     /// Peer events dropped because the receiver fell behind.
     pub dropped_events: u64,
+    /// Verified announcements of *this* node's id from an address that is
+    /// not ours: another host has the same id (a cloned disk that kept its
+    /// machine-id). The last such address.
+    pub duplicate_id: u64,
+    pub duplicate_id_addr: Option<IpAddr>,
 }
 
 /// Where mDNS runs.
@@ -400,6 +405,8 @@ struct Shared {
     malformed: AtomicU64,
     announcements: AtomicU64,
     dropped: AtomicU64,
+    duplicate_id: AtomicU64,
+    duplicate_id_addr: Mutex<Option<IpAddr>>,
     recent: Mutex<VecDeque<Instant>>,
     stop: AtomicBool,
 }
@@ -480,9 +487,10 @@ impl Discovery {
         let (tx, rx) = mpsc::channel(EVENT_CAPACITY);
         let thread = {
             let (key, me, shared) = (config.key.clone(), announcement.clone(), shared.clone());
+            let mine = addrs.clone();
             std::thread::Builder::new()
                 .name("habuild-discovery".into())
-                .spawn(move || event_loop(browse, tx, key, me, shared))
+                .spawn(move || event_loop(browse, tx, key, me, &mine, shared))
                 .map_err(DiscoveryError::Thread)?
         };
         Ok((
@@ -532,6 +540,11 @@ impl Discovery {
             announcements_total: s.announcements.load(Ordering::Relaxed),
             announcements_last_minute: last_minute,
             dropped_events: s.dropped.load(Ordering::Relaxed),
+            duplicate_id: s.duplicate_id.load(Ordering::Relaxed),
+            duplicate_id_addr: *s
+                .duplicate_id_addr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
         }
     }
 
@@ -608,6 +621,7 @@ fn event_loop(
     tx: mpsc::Sender<PeerEvent>,
     key: MdnsKey,
     me: Announcement,
+    mine: &[IpAddr],
     shared: Arc<Shared>,
 ) {
     let mut known: HashMap<String, Peer> = HashMap::new();
@@ -645,6 +659,21 @@ fn event_loop(
                     }
                 };
                 if a.node == me.node {
+                    // Our own record, unless it carries an address that is
+                    // not ours: then another host uses our node id.
+                    let foreign = rs
+                        .get_addresses()
+                        .iter()
+                        .map(|a| a.to_ip_addr())
+                        .find(|ip| !mine.is_empty() && !mine.contains(ip));
+                    if let Some(ip) = foreign {
+                        shared.duplicate_id.fetch_add(1, Ordering::Relaxed);
+                        *shared
+                            .duplicate_id_addr
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = Some(ip);
+                        tracing::warn!(%ip, "another host announces this node's id");
+                    }
                     continue;
                 }
                 let mut addrs: Vec<IpAddr> =

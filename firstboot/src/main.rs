@@ -65,6 +65,8 @@ enum ServicesArg {
     /// child processes of the agent (running outside systemd, e.g. in a
     /// network namespace); logs under <state-dir>/services
     Supervise,
+    /// no converge steps: discovery, consensus and the plan only
+    None,
 }
 
 #[derive(Debug, clap::Args)]
@@ -206,6 +208,7 @@ fn run(cluster_path: &Path, once: bool, args: AgentArgs) -> anyhow::Result<()> {
         ServicesArg::Supervise => {
             agent::converge::ServiceMode::Supervise(args.state_dir.join("services"))
         }
+        ServicesArg::None => agent::converge::ServiceMode::Off,
     };
     let cfg = AgentConfig {
         cluster,

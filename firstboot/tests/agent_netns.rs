@@ -157,6 +157,10 @@ impl Lab {
     }
 
     fn start(&mut self, i: usize, cluster_file: &Path) {
+        self.start_as(i, cluster_file, node_id(i));
+    }
+
+    fn start_as(&mut self, i: usize, cluster_file: &Path, id: u64) {
         let dir = self.node_dir(i);
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -175,10 +179,12 @@ impl Lab {
             .arg(dir.join("state"))
             .arg("--status-socket")
             .arg(self.socket(i))
-            .args(["--node-id", &node_id(i).to_string()])
+            .args(["--node-id", &id.to_string()])
             .args(["--advertise", &node_cidr(i)])
             .args(["--interface", "eth0"])
             .args(["--hostname", &format!("node{i}")])
+            // consensus only: this test starts no etcd/keepalived/haproxy
+            .args(["--services", "none"])
             .env(
                 "RUST_LOG",
                 std::env::var("AGENT_RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -280,7 +286,7 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
         children: Vec::new(),
         dir: tempfile::tempdir().unwrap(),
     };
-    if let Err(e) = setup(&mut lab, NODES + 1) {
+    if let Err(e) = setup(&mut lab, NODES + 2) {
         // Never skipped: a test that cannot run fails and says what is missing.
         panic!("cannot create network namespaces: {e} (needs root, iproute2 and veth/bridge support: run scripts/setup as root)");
     }
@@ -420,5 +426,51 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
             .iter()
             .map(|s| s.as_ref().map(|s| s["rejected"]["bad_mac"].clone()))
             .collect::<Vec<_>>()
+    );
+
+    // 5. a clone of node 1's disk (same node id, another address) is refused
+    //    and reported on both sides; the group and the plan are untouched
+    let clone = NODES + 1;
+    lab.start_as(clone, &good, node_id(1));
+    let t = Instant::now();
+    loop {
+        let orig = lab.status(1);
+        let cl = lab.status(clone);
+        let seen = |s: &Option<Value>| {
+            s.as_ref()
+                .is_some_and(|s| s["rejected"]["duplicate_node_id"].as_u64().unwrap_or(0) >= 1)
+        };
+        let clone_told = cl.as_ref().is_some_and(|c| {
+            let w = c["waiting_for"].as_str().unwrap_or("");
+            w.contains("fresh machine-id") || w.contains("duplicate node id")
+        });
+        if seen(&orig) && clone_told {
+            let (orig, cl) = (orig.unwrap(), cl.unwrap());
+            assert!(
+                orig["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("fresh machine-id"),
+                "{orig}"
+            );
+            assert_eq!(cl["raft"]["member"], false, "{cl}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "duplicate node id not reported\n{}",
+            lab.dump(&[1, clone])
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let st = lab.statuses(&all);
+    let (_, v, p) = converged(&st, &ids).expect("group still converged");
+    assert_eq!(v, voters, "same voters");
+    assert_eq!(p, plan, "plan unchanged by the clone");
+    println!(
+        "agent_netns: clone of {} reported as a duplicate node id after {:.1} s and kept out",
+        hex(node_id(1)),
+        t.elapsed().as_secs_f64()
     );
 }

@@ -42,7 +42,10 @@ pub fn test_cache() -> PathBuf {
 
 /// The release binaries the tests drive.
 pub fn release_bin(name: &str) -> Result<PathBuf> {
-    let p = workspace().join("target/release").join(name);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    let p = target.join("release").join(name);
     if !p.is_file() {
         bail!(
             "{} not found: run `cargo build --release --workspace` first (scripts/test does)",

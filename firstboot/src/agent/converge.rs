@@ -34,6 +34,8 @@ pub enum ServiceMode {
     /// Child processes of the agent logging under this directory (agents
     /// run outside systemd, e.g. one per network namespace).
     Supervise(PathBuf),
+    /// No converge steps at all: discovery, consensus and the plan only.
+    Off,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +72,7 @@ pub fn host(cfg: &ConvergeConfig) -> Host {
             exec: HostExec,
         }),
         ServiceMode::Supervise(dir) => Box::new(Supervisor::new(dir)),
+        ServiceMode::Off => Box::new(Supervisor::new(&cfg.root)),
     };
     Host {
         files: Box::new(files),
@@ -134,6 +137,9 @@ pub fn issue_pki(
 
 /// Runs the steps forever (until the task is dropped).
 pub async fn run(node: ConsensusNode, cfg: ConvergeConfig, sbox: Arc<SecretBox>, views: StepViews) {
+    if cfg.services == ServiceMode::Off {
+        return;
+    }
     let host = Arc::new(host(&cfg));
     let cfg = Arc::new(cfg);
     let steps = Arc::new(steps::all());

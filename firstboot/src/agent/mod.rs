@@ -33,6 +33,7 @@ use self::phase::Phase;
 use self::rpc::{AddrBook, TransportRpc};
 use crate::cluster::{ClusterConfig, Ipv4Cidr};
 use crate::consensus::bootstrap::{self, Advert, BootstrapState, Decision, WaitReason};
+use crate::consensus::router::JoinResponse;
 use crate::consensus::{ConsensusConfig, ConsensusNode};
 use crate::discovery::{
     Announcement, Discovery, DiscoveryConfig, Interfaces, MdnsKey, Peer, PeerEvent, RaftState,
@@ -186,6 +187,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         sbox,
         step_views,
         pki_checked: None,
+        error: None,
+        join_refused: Arc::default(),
     };
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -222,11 +225,34 @@ struct Agent {
     step_views: converge::StepViews,
     /// (plan version, secret count) the PKI was last checked against.
     pki_checked: Option<(u64, usize)>,
+    /// A condition the operator must fix (shown in status).
+    error: Option<String>,
+    /// The last reason a join request was refused.
+    join_refused: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Agent {
     async fn step(&mut self) -> anyhow::Result<()> {
         self.learn_addresses();
+        if let Some(ip) = self.discovery.stats().duplicate_id_addr {
+            // Two hosts with one id would corrupt the group: do nothing but say so.
+            let msg = format!(
+                "a fresh machine-id: {ip} announces this node's id {:016x} too (a cloned disk \
+                 that kept /etc/machine-id? empty it on one of them and reboot)",
+                self.cfg.node_id
+            );
+            if self.error.as_deref() != Some(msg.as_str()) {
+                println!("habuild-agent: error: duplicate node id; waiting for {msg}");
+                self.error = Some(msg.clone());
+            }
+            // A member keeps serving its group; a node that is not in one
+            // yet must not bootstrap or join under a shared id.
+            if self.node.member_advert().is_none() {
+                self.waiting = Some(msg);
+                self.publish_status();
+                return Ok(());
+            }
+        }
         let next = match self.node.member_advert() {
             Some(_) => self.as_member().await,
             None => self.bootstrap().await?,
@@ -324,7 +350,15 @@ impl Agent {
             }
             Decision::JoinExisting { via } => {
                 self.spawn_join(*via);
-                self.waiting = Some(format!("admission through {via:016x}"));
+                let refused = self
+                    .join_refused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                self.waiting = Some(match refused {
+                    Some(why) => format!("admission through {via:016x} (last answer: {why})"),
+                    None => format!("admission through {via:016x}"),
+                });
                 Phase::Joining
             }
         };
@@ -376,11 +410,20 @@ impl Agent {
         self.last_join = Some(Instant::now());
         let (node, joining) = (self.node.clone(), self.joining.clone());
         let (addr, member) = (self.my_addr.to_string(), self.me.clone());
+        let refused = self.join_refused.clone();
         tokio::spawn(async move {
-            match node.join_via(via, &addr, Some(member)).await {
-                Ok(r) => tracing::debug!(?r, "join"),
-                Err(e) => tracing::debug!(error = %e, "join"),
-            }
+            let why = match node.join_via(via, &addr, Some(member)).await {
+                Ok(JoinResponse::Retry(why)) => Some(why),
+                Ok(r) => {
+                    tracing::debug!(?r, "join");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "join");
+                    None
+                }
+            };
+            *refused.lock().unwrap_or_else(|e| e.into_inner()) = why;
             joining.store(false, Ordering::Relaxed);
         });
     }
@@ -505,6 +548,7 @@ impl Agent {
             "phase": self.phase.as_ref().map_or("starting", |p| p.name()),
             "phase_detail": self.phase,
             "waiting_for": self.waiting,
+            "error": self.error,
             "role": role,
             "raft": {
                 "member": member,
@@ -536,6 +580,7 @@ impl Agent {
                 "bad_mac": st.rejected.bad_mac,
                 "malformed": st.rejected.malformed,
                 "transport_handshakes": self.rejected_handshakes.load(Ordering::Relaxed),
+                "duplicate_node_id": st.duplicate_id,
             },
             "announcements_last_minute": st.announcements_last_minute,
         });

@@ -335,6 +335,17 @@ impl ConsensusNode {
             }
             _ => None,
         };
+        // A member's id joining from another address: a second host with the
+        // same id (a cloned disk). Never let it overwrite the member.
+        if let Some(n) = m.membership_config.membership().get_node(&req.id) {
+            if n.addr != req.addr {
+                return JoinResponse::Retry(format!(
+                    "node id {:016x} is already the member at {}: duplicate node id (a cloned \
+                     disk that kept /etc/machine-id?)",
+                    req.id, n.addr
+                ));
+            }
+        }
         if m.membership_config.membership().get_node(&req.id).is_none() {
             let add = raft.add_learner(req.id, BasicNode::new(req.addr.clone()), true);
             match tokio::time::timeout(JOIN_TIMEOUT, add).await {
