@@ -4,8 +4,8 @@
 //! with seeded faults (drops, delays, partitions, crash + restart).
 //!
 //! Replay one seed: `HABUILD_RAFT_SEED=<seed> cargo test -p habuild-firstboot
-//! --test consensus_cluster faulty -- --nocapture`. More seeds:
-//! `HABUILD_RAFT_RUNS=200`.
+//! --test consensus_cluster faulty -- --nocapture`. The suite runs 200 seeds;
+//! fewer or more with `HABUILD_RAFT_RUNS=N`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -475,7 +475,7 @@ fn clean_bootstrap_3_5_7() {
 
 #[test]
 fn faulty_bootstrap_seeds() {
-    let runs = env_u64("HABUILD_RAFT_RUNS").unwrap_or(12);
+    let runs = env_u64("HABUILD_RAFT_RUNS").unwrap_or(200);
     let seeds: Vec<u64> = match env_u64("HABUILD_RAFT_SEED") {
         Some(s) => vec![s],
         None => (1000..1000 + runs).collect(),
@@ -499,7 +499,7 @@ fn faulty_bootstrap_seeds() {
 fn larger_clusters() {
     let sizes: Vec<usize> = match std::env::var("HABUILD_RAFT_SIZES") {
         Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
-        Err(_) => vec![31],
+        Err(_) => vec![31, 101],
     };
     for n in sizes {
         run_seed(
