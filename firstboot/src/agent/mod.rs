@@ -189,6 +189,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         pki_checked: None,
         error: None,
         join_refused: Arc::default(),
+        initialized: false,
     };
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -229,6 +230,8 @@ struct Agent {
     error: Option<String>,
     /// The last reason a join request was refused.
     join_refused: Arc<std::sync::Mutex<Option<String>>>,
+    /// This agent initialized the group (it does so at most once).
+    initialized: bool,
 }
 
 impl Agent {
@@ -336,13 +339,16 @@ impl Agent {
                     .iter()
                     .filter_map(|id| self.addrs.get(*id).map(|a| (*id, a.to_string())))
                     .collect();
-                if voters.len() == set.len() {
+                // Once it succeeded, never again: the membership shows up a
+                // moment later, and a second call would only be refused.
+                if voters.len() == set.len() && !self.initialized {
                     println!(
                         "habuild-agent: initializing the group with {}",
                         hex_ids(set)
                     );
-                    if let Err(e) = self.node.initialize(voters).await {
-                        tracing::warn!(error = %e, "raft initialize");
+                    match self.node.initialize(voters).await {
+                        Ok(()) => self.initialized = true,
+                        Err(e) => tracing::warn!(error = %e, "raft initialize"),
                     }
                 }
                 self.waiting = Some("the new group to elect a leader".into());
