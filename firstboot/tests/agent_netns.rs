@@ -6,112 +6,18 @@
 //! Network rule: every packet stays inside the namespaces created here (mDNS
 //! runs only on the namespaces' `eth0`, a veth into the test's bridge).
 //! Without the means to create namespaces the test fails and says why.
+mod common;
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{hex, str_set, Lab};
 use serde_json::Value;
 
-const NS_PREFIX: &str = "hbagent";
 const NODES: usize = 5;
 const GOOD_SECRET: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const BAD_SECRET: &str = "2222222222222222222222222222222222222222222222222222222222222222";
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let o = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {args:?}: {e}"))?;
-    if !o.status.success() {
-        return Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
-/// Namespaces and agent processes of one run; removed on every path (Drop
-/// also runs while unwinding from a failed assertion).
-struct Lab {
-    namespaces: Vec<String>,
-    children: Vec<Option<Child>>,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = ip(&["netns", "del", ns]);
-        }
-    }
-}
-
-/// Removes namespaces left by an earlier run that was killed (SIGKILL skips Drop).
-fn remove_stale_namespaces() {
-    let Ok(o) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&o.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = ip(&["netns", "del", name]);
-        }
-    }
-}
-
-fn setup(lab: &mut Lab, nodes: usize) -> Result<(), String> {
-    let pid = std::process::id();
-    let br = format!("{NS_PREFIX}{pid}-br");
-    ip(&["netns", "add", &br])?;
-    lab.namespaces.push(br.clone());
-    ip(&["-n", &br, "link", "set", "lo", "up"])?;
-    ip(&[
-        "-n",
-        &br,
-        "link",
-        "add",
-        "br0",
-        "type",
-        "bridge",
-        "mcast_snooping",
-        "0",
-    ])?;
-    ip(&["-n", &br, "link", "set", "br0", "up"])?;
-    for i in 0..nodes {
-        let ns = format!("{NS_PREFIX}{pid}-{i}");
-        ip(&["netns", "add", &ns])?;
-        lab.namespaces.push(ns.clone());
-        let v = format!("v{i}");
-        ip(&[
-            "-n", &br, "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ])?;
-        ip(&["-n", &br, "link", "set", &v, "master", "br0"])?;
-        ip(&["-n", &br, "link", "set", &v, "up"])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ns, "addr", "add", &node_cidr(i), "dev", "eth0"])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
-    }
-    Ok(())
-}
-
-fn node_cidr(i: usize) -> String {
-    format!("10.89.0.{}/24", 10 + i)
-}
 
 fn node_id(i: usize) -> u64 {
     0x1000 + i as u64
@@ -143,107 +49,11 @@ mount_path = "/mnt/gluster"
     )
 }
 
-impl Lab {
-    fn node_dir(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("node{i}"))
-    }
-
-    fn socket(&self, i: usize) -> PathBuf {
-        self.node_dir(i).join("status.sock")
-    }
-
-    fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.node_dir(i).join("agent.log")).unwrap_or_default()
-    }
-
-    fn start(&mut self, i: usize, cluster_file: &Path) {
-        self.start_as(i, cluster_file, node_id(i));
-    }
-
-    fn start_as(&mut self, i: usize, cluster_file: &Path, id: u64) {
-        let dir = self.node_dir(i);
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("agent.log"))
-            .unwrap();
-        let ns = &self.namespaces[i + 1];
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(env!("CARGO_BIN_EXE_habuild-agent"))
-            .arg("run")
-            .arg("--cluster")
-            .arg(cluster_file)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--status-socket")
-            .arg(self.socket(i))
-            .args(["--node-id", &id.to_string()])
-            .args(["--advertise", &node_cidr(i)])
-            .args(["--interface", "eth0"])
-            .args(["--hostname", &format!("node{i}")])
-            // consensus only: this test starts no etcd/keepalived/haproxy
-            .args(["--services", "none"])
-            .env(
-                "RUST_LOG",
-                std::env::var("AGENT_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        while self.children.len() <= i {
-            self.children.push(None);
-        }
-        self.children[i] = Some(child);
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.children[i].take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn status(&self, i: usize) -> Option<Value> {
-        let mut s = UnixStream::connect(self.socket(i)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        serde_json::from_str(&out).ok()
-    }
-
-    fn statuses(&self, nodes: &[usize]) -> Vec<Option<Value>> {
-        nodes.iter().map(|i| self.status(*i)).collect()
-    }
-
-    fn dump(&self, nodes: &[usize]) -> String {
-        let mut s = String::new();
-        for &i in nodes {
-            s += &format!(
-                "--- node{i} status:\n{}\n--- node{i} log:\n{}\n",
-                self.status(i)
-                    .map(|v| serde_json::to_string_pretty(&v).unwrap())
-                    .unwrap_or_else(|| "(no status)".into()),
-                self.log(i)
-            );
-        }
-        s
-    }
+/// Consensus only: these agents start no etcd, keepalived or haproxy.
+fn start(lab: &mut Lab, i: usize, file: &Path, id: u64) {
+    lab.start(i, file, id, &["--services".into(), "none".into()]);
 }
 
-fn str_set(v: &Value) -> BTreeSet<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str().map(String::from))
-        .collect()
-}
-
-/// When every node in `nodes` is a member with one leader, one voter set and
-/// one plan (version >= 1) covering all of `expect_in_plan`: (leader, voters, plan).
 fn converged(
     statuses: &[Option<Value>],
     expect_in_plan: &BTreeSet<String>,
@@ -274,22 +84,10 @@ fn converged(
     seen
 }
 
-fn hex(id: u64) -> String {
-    format!("{id:016x}")
-}
-
 #[test]
 fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
-    remove_stale_namespaces();
-    let mut lab = Lab {
-        namespaces: Vec::new(),
-        children: Vec::new(),
-        dir: tempfile::tempdir().unwrap(),
-    };
-    if let Err(e) = setup(&mut lab, NODES + 2) {
-        // Never skipped: a test that cannot run fails and says what is missing.
-        panic!("cannot create network namespaces: {e} (needs root, iproute2 and veth/bridge support: run scripts/setup as root)");
-    }
+    // Never skipped: without namespaces the lab fails and says what is missing.
+    let mut lab = Lab::new("hbagent", "10.89.0", NODES + 2);
     let good = lab.dir.path().join("cluster.toml");
     std::fs::write(&good, cluster_toml(GOOD_SECRET)).unwrap();
     let bad = lab.dir.path().join("cluster-wrong-secret.toml");
@@ -299,7 +97,7 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
     let ids: BTreeSet<String> = all.iter().map(|i| hex(node_id(*i))).collect();
     let t0 = Instant::now();
     for &i in &all {
-        lab.start(i, &good);
+        start(&mut lab, i, &good, node_id(i));
     }
 
     // 1. one group, one plan
@@ -374,7 +172,7 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
     }
 
     // 3. the killed agent restarts with its state and rejoins the same group
-    lab.start(old, &good);
+    start(&mut lab, old, &good, node_id(old));
     let restarted = Instant::now();
     loop {
         if let Some((l, v, p)) = converged(&lab.statuses(&all), &ids) {
@@ -402,7 +200,7 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
 
     // 4. a wrong secret is never admitted
     let intruder = NODES;
-    lab.start(intruder, &bad);
+    start(&mut lab, intruder, &bad, node_id(intruder));
     std::thread::sleep(Duration::from_secs(10));
     let iid = hex(node_id(intruder));
     for (i, s) in all.iter().zip(lab.statuses(&all)) {
@@ -431,7 +229,7 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
     // 5. a clone of node 1's disk (same node id, another address) is refused
     //    and reported on both sides; the group and the plan are untouched
     let clone = NODES + 1;
-    lab.start_as(clone, &good, node_id(1));
+    start(&mut lab, clone, &good, node_id(1));
     let t = Instant::now();
     loop {
         let orig = lab.status(1);
