@@ -252,6 +252,51 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
         !no_cert.status.success(),
         "etcd answered a client without a certificate"
     );
+    // A certificate from another CA (a node that is not ours) is refused too.
+    let alien = lab.dir.path().join("alien");
+    std::fs::create_dir_all(&alien).unwrap();
+    let o = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=alien"])
+        .arg("-keyout")
+        .arg(alien.join("client.key"))
+        .arg("-out")
+        .arg(alien.join("client.crt"))
+        .output()
+        .expect("openssl not found: run scripts/setup");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let wrong = lab.exec_in(
+        lab.ns(1),
+        &[
+            "env",
+            "ETCDCTL_API=3",
+            "etcdctl",
+            &format!("--endpoints=https://{}:2379", lab.node_ip(1)),
+            &format!(
+                "--cacert={}",
+                root(&lab, 1)
+                    .join("etc/kubernetes/pki/etcd/ca.crt")
+                    .display()
+            ),
+            &format!("--cert={}", alien.join("client.crt").display()),
+            &format!("--key={}", alien.join("client.key").display()),
+            "--dial-timeout=2s",
+            "--command-timeout=3s",
+            "get",
+            "x",
+        ],
+    );
+    assert!(
+        !wrong.status.success(),
+        "etcd answered a client whose certificate is from another CA"
+    );
 
     // 3. a write through one member is read through another
     let (ok, out) = etcdctl(
