@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod consensus;
 pub mod discovery;
 pub mod facts;
+pub mod gluster;
 pub mod host;
 pub mod pki;
 pub mod plan;

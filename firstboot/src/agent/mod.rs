@@ -629,12 +629,29 @@ fn member_facts(cfg: &AgentConfig) -> Member {
         port: cfg.listen.port(),
         cpus: facts.cpus as u32,
         mem_bytes: facts.mem_bytes,
-        spare_disks: Vec::new(),
+        spare_disks: spare_disks(),
         // whole GiB, so the record does not change with every write
         data_free_bytes: free_bytes(&cfg.state_dir) >> 30 << 30,
         labels: BTreeMap::new(),
         healthy: true,
     }
+}
+
+/// Empty whole disks (no partitions, signatures or mounts), from lsblk.
+fn spare_disks() -> Vec<String> {
+    std::process::Command::new("lsblk")
+        .args([
+            "-J",
+            "-b",
+            "-o",
+            "NAME,PATH,TYPE,SIZE,FSTYPE,RO,MOUNTPOINT,PTTYPE",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| crate::gluster::parse_lsblk(&String::from_utf8_lossy(&o.stdout)).ok())
+        .map(|ds| crate::gluster::spare_disks(&ds))
+        .unwrap_or_default()
 }
 
 fn free_bytes(dir: &Path) -> u64 {
