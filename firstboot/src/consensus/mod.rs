@@ -148,6 +148,7 @@ impl ConsensusNode {
             )
             .await
             .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        tokio::spawn(finish_joint_changes(raft.clone()));
         Ok(ConsensusNode {
             inner: Arc::new(NodeInner {
                 id,
@@ -397,6 +398,31 @@ impl ConsensusNode {
     pub async fn shutdown(&self) {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// A leader that finds the membership in a joint configuration completes
+/// the change to its target (the last config). openraft leaves a joint
+/// configuration in place when the leader that started the change is gone;
+/// without this, a group can stay joint forever (seed 1091 of the fault
+/// suite: a promotion cut short by a crash). Ends when Raft stops.
+async fn finish_joint_changes(raft: Raft) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let m = raft.metrics().borrow().clone();
+        if m.running_state.is_err() {
+            return;
+        }
+        let configs = m.membership_config.membership().get_joint_config();
+        if m.state != ServerState::Leader || configs.len() < 2 {
+            continue;
+        }
+        let target = configs.last().cloned().unwrap_or_default();
+        tracing::info!(voters = ?target, "completing a joint membership change");
+        let change = raft.change_membership(ChangeMembers::ReplaceAllVoters(target), true);
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), change).await {
+            tracing::debug!(error = %e, "completing a joint membership change");
         }
     }
 }
