@@ -469,15 +469,7 @@ impl Discovery {
         announcement: Announcement,
         addrs: Vec<IpAddr>,
     ) -> Result<(Self, mpsc::Receiver<PeerEvent>), DiscoveryError> {
-        let daemon = mdns_sd::ServiceDaemon::new_with_port(config.mdns_port)?;
-        if let Interfaces::Only(names) = &config.interfaces {
-            daemon.disable_interface(mdns_sd::IfKind::All)?;
-            let kinds: Vec<mdns_sd::IfKind> = names
-                .iter()
-                .map(|n| mdns_sd::IfKind::Name(n.clone()))
-                .collect();
-            daemon.enable_interface(kinds)?;
-        }
+        let daemon = daemon_for(&config)?;
         let shared = Arc::new(Shared::default());
         // No probing: the instance name carries the node id, so it is ours
         // alone, and probing raced our own TXT updates into endless
@@ -588,6 +580,26 @@ impl Drop for Discovery {
             self.stop();
         }
     }
+}
+
+/// An mdns-sd daemon on the configured port, limited to the configured
+/// interfaces (shut down again if that fails).
+fn daemon_for(cfg: &DiscoveryConfig) -> Result<mdns_sd::ServiceDaemon, DiscoveryError> {
+    let daemon = mdns_sd::ServiceDaemon::new_with_port(cfg.mdns_port)?;
+    if let Interfaces::Only(names) = &cfg.interfaces {
+        let kinds: Vec<mdns_sd::IfKind> = names
+            .iter()
+            .map(|n| mdns_sd::IfKind::Name(n.clone()))
+            .collect();
+        let limited = daemon
+            .disable_interface(mdns_sd::IfKind::All)
+            .and_then(|_| daemon.enable_interface(kinds));
+        if let Err(e) = limited {
+            let _ = daemon.shutdown();
+            return Err(e.into());
+        }
+    }
+    Ok(daemon)
 }
 
 fn service(
@@ -729,15 +741,7 @@ pub fn browse(
             }
         }
     }
-    let daemon = Daemon(mdns_sd::ServiceDaemon::new_with_port(cfg.mdns_port)?);
-    if let Interfaces::Only(names) = &cfg.interfaces {
-        daemon.0.disable_interface(mdns_sd::IfKind::All)?;
-        let kinds: Vec<mdns_sd::IfKind> = names
-            .iter()
-            .map(|n| mdns_sd::IfKind::Name(n.clone()))
-            .collect();
-        daemon.0.enable_interface(kinds)?;
-    }
+    let daemon = Daemon(daemon_for(cfg)?);
     let events = daemon.0.browse(SERVICE_TYPE)?;
     let mut seen = Browsed::default();
     let deadline = Instant::now() + wait;

@@ -223,29 +223,9 @@ pub fn observation(status_json: &str, cluster_health: &str, wrote: bool) -> Stri
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::path::Path;
-
     use super::*;
     use crate::host::fake::Recording;
-    use crate::steps::testutil;
-
-    fn with_ctx<R>(me: u64, f: impl FnOnce(&Ctx) -> R) -> R {
-        let state = testutil::state();
-        let cfg = testutil::cfg();
-        let items = BTreeMap::new();
-        let ctx = Ctx {
-            me,
-            cfg: &cfg,
-            state: &state,
-            plan: state.plan.as_ref().unwrap(),
-            items: &items,
-            root: Path::new("/"),
-            interface: "eth0",
-            agent_exe: "/usr/lib/habuild/habuild-agent",
-        };
-        f(&ctx)
-    }
+    use crate::steps::testutil::with_ctx;
 
     #[test]
     fn golden_command_line() {

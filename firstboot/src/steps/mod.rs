@@ -269,6 +269,24 @@ pub(crate) mod testutil {
         );
         s
     }
+
+    /// Runs `f` with node `me`'s context over [`state`] (root `/`, eth0).
+    pub fn with_ctx<R>(me: NodeId, f: impl FnOnce(&Ctx) -> R) -> R {
+        let state = state();
+        let cfg = cfg();
+        let items = BTreeMap::new();
+        let ctx = Ctx {
+            me,
+            cfg: &cfg,
+            state: &state,
+            plan: state.plan.as_ref().unwrap(),
+            items: &items,
+            root: Path::new("/"),
+            interface: "eth0",
+            agent_exe: "/usr/lib/habuild/habuild-agent",
+        };
+        f(&ctx)
+    }
 }
 
 #[cfg(test)]
@@ -298,52 +316,41 @@ mod tests {
 
     #[test]
     fn rounds_stop_at_the_first_step_not_done_and_reapply_nothing_unchanged() {
-        let state = testutil::state();
-        let cfg = testutil::cfg();
-        let items = BTreeMap::new();
-        let ctx = Ctx {
-            me: 1,
-            cfg: &cfg,
-            state: &state,
-            plan: state.plan.as_ref().unwrap(),
-            items: &items,
-            root: Path::new("/"),
-            interface: "eth0",
-            agent_exe: "/usr/lib/habuild/habuild-agent",
-        };
-        let steps: Vec<Box<dyn Step>> = vec![
-            Box::new(Fake("a", Gate::Run, Check::Done(String::new()))),
-            Box::new(Fake("b", Gate::NotHere, Check::Done(String::new()))),
-            Box::new(Fake("c", Gate::Run, Check::Pending("warming".into()))),
-            Box::new(Fake("d", Gate::Run, Check::Done(String::new()))),
-        ];
-        let rec = Recording::default();
-        let host = rec.host();
-        let out = converge(&steps, &ctx, &host, &|_| false);
-        assert_eq!(
-            out,
-            vec![
-                ("a", Outcome::Done(String::new())),
-                ("b", Outcome::NotHere),
-                ("c", Outcome::Pending("warming".into())),
-                ("d", Outcome::Waiting("an earlier step on this node".into())),
-            ]
-        );
-        assert_eq!(
-            rec.events(),
-            vec![
-                Event::Wrote("etc/a".into()),
-                Event::Ran("true a".into()),
-                Event::Wrote("etc/c".into()),
-                Event::Ran("true c".into()),
-            ]
-        );
-        converge(&steps, &ctx, &host, &|s| s == "c");
-        assert_eq!(
-            rec.events().len(),
-            5,
-            "second round writes nothing new: {:?}",
-            rec.events()
-        );
+        testutil::with_ctx(1, |ctx| {
+            let steps: Vec<Box<dyn Step>> = vec![
+                Box::new(Fake("a", Gate::Run, Check::Done(String::new()))),
+                Box::new(Fake("b", Gate::NotHere, Check::Done(String::new()))),
+                Box::new(Fake("c", Gate::Run, Check::Pending("warming".into()))),
+                Box::new(Fake("d", Gate::Run, Check::Done(String::new()))),
+            ];
+            let rec = Recording::default();
+            let host = rec.host();
+            let out = converge(&steps, ctx, &host, &|_| false);
+            assert_eq!(
+                out,
+                vec![
+                    ("a", Outcome::Done(String::new())),
+                    ("b", Outcome::NotHere),
+                    ("c", Outcome::Pending("warming".into())),
+                    ("d", Outcome::Waiting("an earlier step on this node".into())),
+                ]
+            );
+            assert_eq!(
+                rec.events(),
+                vec![
+                    Event::Wrote("etc/a".into()),
+                    Event::Ran("true a".into()),
+                    Event::Wrote("etc/c".into()),
+                    Event::Ran("true c".into()),
+                ]
+            );
+            converge(&steps, ctx, &host, &|s| s == "c");
+            assert_eq!(
+                rec.events().len(),
+                5,
+                "second round writes nothing new: {:?}",
+                rec.events()
+            );
+        });
     }
 }
