@@ -236,6 +236,77 @@ impl Report {
         out
     }
 
+    /// The storage section (`--gluster`) from the agent with the newest plan
+    /// (the Raft leader among equals), with every node's gluster step records:
+    /// `{"gluster": {volume, type, replica, bricks, waiting, leader,
+    /// mount_path, topology}, "steps": [{node, step, status, detail}...]}`.
+    pub fn gluster(&self) -> Option<Value> {
+        let best = self
+            .agents
+            .iter()
+            .filter(|d| d["gluster"].is_object())
+            .max_by_key(|d| (plan_version(d), is_leader(d)))?;
+        let steps: Vec<&Value> = best["cluster_steps"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|r| {
+                        r["step"]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with("gluster-"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(json!({ "gluster": best["gluster"], "steps": steps }))
+    }
+
+    /// The human output of `--gluster`: the volume, each node's storage
+    /// steps, then topology.json as heketi loads it.
+    pub fn render_gluster(&self) -> String {
+        let Some(g) = self.gluster() else {
+            return "no agent reported a plan yet; storage is not known\n".into();
+        };
+        let v = &g["gluster"];
+        if v["enabled"] != true {
+            return "storage is disabled in the cluster file (storage.enabled = false)\n".into();
+        }
+        let list = |p: &str| -> String {
+            v[p].as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default()
+        };
+        let mut out = format!(
+            "volume {} ({}, replica {}), mounted at {} on every node\nbricks: {}\n",
+            text(v, "/volume"),
+            text(v, "/type"),
+            v["replica"],
+            text(v, "/mount_path"),
+            list("bricks"),
+        );
+        if !list("waiting").is_empty() {
+            out += &format!("waiting for a whole replica set: {}\n", list("waiting"));
+        }
+        for r in g["steps"].as_array().into_iter().flatten() {
+            out += &format!(
+                "  {} {:<15} {:<8} {}\n",
+                text(r, "/node"),
+                text(r, "/step"),
+                text(r, "/status"),
+                clip(&text(r, "/detail"), 100)
+            );
+        }
+        out += "topology.json:\n";
+        out += &serde_json::to_string_pretty(&v["topology"]).unwrap_or_default();
+        out.push('\n');
+        out
+    }
+
     /// Why nobody answered, for the error message when [`Report::agents`] is empty.
     pub fn nobody_answered(&self, cluster: &str, wait: Duration) -> String {
         let mut msg = format!(
@@ -532,6 +603,51 @@ mod tests {
             },
             "announcements_last_minute": 12,
         })
+    }
+
+    #[test]
+    fn gluster_view_comes_from_the_newest_plan() {
+        let mut leader = doc(0, 0, Some(2));
+        leader["gluster"] = json!({
+            "enabled": true, "volume": "habuild", "type": "Replicate", "replica": 3,
+            "bricks": ["10.90.0.10:/b/habuild", "10.90.0.11:/b/habuild", "10.90.0.12:/b/habuild"],
+            "waiting": [], "leader": hex(0x1000), "mount_path": "/mnt/gluster",
+            "topology": {"clusters": [{"nodes": [{"node": {"hostnames": {"manage": ["node0"], "storage": ["10.90.0.10"]}, "zone": 1}, "devices": ["/dev/habuild/gluster-brick"]}]}]},
+        });
+        leader["cluster_steps"] = json!([
+            {"node": hex(0x1000), "step": "etcd", "status": "done", "detail": ""},
+            {"node": hex(0x1000), "step": "gluster-volume", "status": "done", "detail": ""},
+            {"node": hex(0x1001), "step": "gluster-brick", "status": "failed", "detail": "storage device /dev/vdb: holds a ext4 signature; it is never touched"},
+        ]);
+        let mut stale = doc(1, 0, Some(1));
+        stale["gluster"] = json!({"enabled": true, "volume": "old"});
+        let r = Report {
+            agents: vec![stale, leader],
+            unreachable: vec![],
+            rejected: Rejected::default(),
+        };
+        let g = r.gluster().unwrap();
+        assert_eq!(g["gluster"]["volume"], "habuild");
+        assert_eq!(
+            g["steps"].as_array().unwrap().len(),
+            2,
+            "only gluster steps"
+        );
+        let text = r.render_gluster();
+        assert!(text.starts_with("volume habuild (Replicate, replica 3), mounted at /mnt/gluster on every node\nbricks: 10.90.0.10:/b/habuild "), "{text}");
+        assert!(
+            text.contains("gluster-brick   failed   storage device /dev/vdb: holds a ext4"),
+            "{text}"
+        );
+        assert!(text.contains("\"devices\": [\n"), "{text}");
+        let none = Report {
+            agents: vec![doc(0, 0, None)],
+            unreachable: vec![],
+            rejected: Rejected::default(),
+        };
+        assert!(none
+            .render_gluster()
+            .starts_with("no agent reported a plan yet"));
     }
 
     #[test]

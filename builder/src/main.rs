@@ -127,6 +127,11 @@ enum ClusterCmd {
     ///   {"agents": [<status>...], "unreachable": [...], "rejected_announcements": {...}}
     /// Status documents never contain the secret or keys.
     ///
+    /// --gluster shows the storage instead: the volume (type, replica,
+    /// bricks), each node's gluster steps, and the heketi topology.json
+    /// (with --json: {"gluster": {...,"topology": ...}, "steps": [...]}).
+    ///   habuild cluster status --cluster cluster.toml --gluster --json | jq .gluster.topology
+    ///
     /// Exit codes: 0 at least one agent answered; 1 none found or none
     /// answered (the message says whether announcements failed verification,
     /// i.e. another secret); 2 bad cluster file (file, line and key named).
@@ -148,6 +153,9 @@ struct StatusArgs {
     /// Run mDNS only on this interface (default: every interface).
     #[arg(long, value_name = "IFACE")]
     interface: Option<String>,
+    /// Show the Gluster volume, the storage steps and topology.json.
+    #[arg(long)]
+    gluster: bool,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -286,10 +294,14 @@ fn cluster_status(args: StatusArgs) -> anyhow::Result<()> {
     let cfg = firstboot::cluster::ClusterConfig::load(&args.cluster).map_err(BuildError::Config)?;
     let opts = cluster_status::Options::new(args.timeout, args.interface);
     let report = cluster_status::query(&cfg, &opts).context("asking the cluster's agents")?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
-    } else {
-        print!("{}", report.render());
+    match (args.gluster, args.json) {
+        (false, true) => println!("{}", serde_json::to_string_pretty(&report.to_json())?),
+        (false, false) => print!("{}", report.render()),
+        (true, true) => println!(
+            "{}",
+            serde_json::to_string_pretty(&report.gluster().unwrap_or(serde_json::Value::Null))?
+        ),
+        (true, false) => print!("{}", report.render_gluster()),
     }
     anyhow::ensure!(
         !report.agents.is_empty(),

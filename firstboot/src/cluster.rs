@@ -103,6 +103,11 @@ pub struct StorageSection {
     /// Replica count of the volume (3 recommended).
     #[serde(default = "default_replica")]
     pub replica: u32,
+    /// How many nodes carry a brick (default: `replica`). More than
+    /// `replica` makes the volume distributed-replicated, in whole replica
+    /// sets (a node beyond the last whole set waits for a partner).
+    #[serde(default)]
+    pub nodes: Option<u32>,
     /// Where every node mounts the volume.
     #[serde(default = "default_mount")]
     pub mount_path: String,
@@ -115,6 +120,7 @@ impl Default for StorageSection {
             brick_file_size_gib: default_brick_gib(),
             devices: Vec::new(),
             replica: default_replica(),
+            nodes: None,
             mount_path: default_mount(),
         }
     }
@@ -426,6 +432,14 @@ impl ClusterConfig {
         if s.enabled {
             if s.replica == 0 {
                 return Err(src.error_at("storage.replica", "expected at least 1, got 0"));
+            }
+            if let Some(n) = s.nodes {
+                if n < s.replica {
+                    return Err(src.error_at(
+                        "storage.nodes",
+                        format!("expected at least storage.replica ({}), got {n}", s.replica),
+                    ));
+                }
             }
             if s.devices.is_empty() && s.brick_file_size_gib == 0 {
                 return Err(src.error_at(

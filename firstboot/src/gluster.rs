@@ -1,10 +1,9 @@
 //! Gluster storage, the pure part: which device a storage node may use,
 //! the LVM/XFS commands that make its brick, how the volume is laid out over
-//! the storage nodes, and the heketi `topology.json` operators consume.
-//!
-//! Not wired into the converge steps yet (issue 5): the step that applies
-//! these (and glusterd, peer probe, volume create/start, the FUSE mount) is
-//! the next piece. Everything here is a pure function, tested on fixtures.
+//! the storage nodes and grown, the mount units, the parsing of the gluster
+//! CLI's answers, and the heketi `topology.json` operators consume. The
+//! converge steps that apply these are in [`crate::steps::gluster`].
+//! Everything here is a pure function, tested on fixtures.
 //!
 //! Policies:
 //! - A device is used only when it is empty: no partitions, no filesystem
@@ -34,6 +33,15 @@ pub const LV: &str = "brick0";
 /// Where a node's brick filesystem is mounted; the brick directory is below it.
 pub const BRICK_MOUNT: &str = "/var/lib/habuild/bricks/brick0";
 pub const VOLUME: &str = "habuild";
+/// The brick device of a node without a disk: a loop device over a file on
+/// the data partition, attached at boot by `habuild-gluster-loop.service`,
+/// which keeps this stable name pointing at it.
+pub const LOOP_DEVICE: &str = "/dev/habuild/gluster-brick";
+/// The backing file of [`LOOP_DEVICE`] and the unit's config.
+pub const BACKING_FILE: &str = "/var/lib/habuild/gluster/brick.img";
+pub const LOOP_CONF: &str = "var/lib/habuild/gluster/loop.conf";
+/// Written on storage nodes for heketi or a CSI driver.
+pub const TOPOLOGY_FILE: &str = "var/lib/habuild/gluster/topology.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GlusterError {
@@ -136,18 +144,42 @@ pub fn check_configured(devices: &[BlockDevice], device: &str) -> Result<(), Glu
     }
 }
 
-/// The commands that turn an empty `device` into a mounted thin-LV XFS brick
-/// of `size_gib` (thin pool over the whole PV, one thin LV). Each command is
-/// guarded by the caller's "already done" checks (`vgs`, `lvs`, `blkid`,
-/// `findmnt`); listed here in order.
-pub fn brick_commands(device: &str, size_gib: u64) -> Vec<Cmd> {
+/// What a storage node has of its brick so far (from `vgs`, `lvs`, `blkid`, `findmnt`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrickObs {
+    pub vg: bool,
+    pub pool: bool,
+    pub lv: bool,
+    /// Filesystem type on the thin LV (`blkid`), if any.
+    pub fs: Option<String>,
+    pub mounted: bool,
+}
+
+/// The brick LV's device path.
+pub fn lv_device() -> String {
+    format!("/dev/{VG}/{LV}")
+}
+
+/// The commands that take a storage node from `obs` to a mounted thin-LV XFS
+/// brick of `size_gib` on `device` (thin pool over the whole PV, one thin
+/// LV, XFS with 512-byte inodes as Gluster wants): only the missing pieces,
+/// in order, so running them again after a reboot or a half-done attempt
+/// does nothing twice. A filesystem on the LV that is not XFS is refused
+/// (it is not ours).
+pub fn brick_actions(
+    obs: &BrickObs,
+    device: &str,
+    size_gib: u64,
+) -> Result<Vec<Cmd>, GlusterError> {
     let thin = format!("{VG}/{POOL}");
-    let lv_dev = format!("/dev/{VG}/{LV}");
-    vec![
-        Cmd::new(["modprobe", "dm_thin_pool"]),
-        Cmd::new(["pvcreate", "--yes", device]),
-        Cmd::new(["vgcreate", "--yes", VG, device]),
-        Cmd::new([
+    let lv_dev = lv_device();
+    let mut out = vec![Cmd::new(["modprobe", "dm_thin_pool"])];
+    if !obs.vg {
+        out.push(Cmd::new(["pvcreate", "--yes", device]));
+        out.push(Cmd::new(["vgcreate", "--yes", VG, device]));
+    }
+    if !obs.pool {
+        out.push(Cmd::new([
             "lvcreate",
             "--yes",
             "--type",
@@ -157,8 +189,10 @@ pub fn brick_commands(device: &str, size_gib: u64) -> Vec<Cmd> {
             "--name",
             POOL,
             VG,
-        ]),
-        Cmd::new([
+        ]));
+    }
+    if !obs.lv {
+        out.push(Cmd::new([
             "lvcreate",
             "--yes",
             "--type",
@@ -169,11 +203,106 @@ pub fn brick_commands(device: &str, size_gib: u64) -> Vec<Cmd> {
             &thin,
             "--name",
             LV,
-        ]),
-        Cmd::new(["mkfs.xfs", "-i", "size=512", "-L", "habuild-brick", &lv_dev]),
-        Cmd::new(["mkdir", "-p", BRICK_MOUNT]),
-        Cmd::new(["mount", "-o", "noatime,inode64", &lv_dev, BRICK_MOUNT]),
-    ]
+        ]));
+    }
+    out.push(Cmd::new(["vgchange", "--activate", "y", VG]));
+    match obs.fs.as_deref() {
+        None => out.push(Cmd::new([
+            "mkfs.xfs",
+            "-i",
+            "size=512",
+            "-L",
+            "habuild-brick",
+            &lv_dev,
+        ])),
+        Some("xfs") => {}
+        Some(other) => {
+            return Err(GlusterError::DeviceNotUsable {
+                device: lv_dev,
+                why: format!("holds a {other} filesystem, not the XFS brick habuild makes"),
+            })
+        }
+    }
+    if !obs.mounted {
+        let unit = mount_unit_name(BRICK_MOUNT);
+        out.push(Cmd::new(["mkdir", "-p", BRICK_MOUNT]));
+        out.push(Cmd::new(["systemctl", "daemon-reload"]));
+        out.push(Cmd::new(["systemctl", "enable", "--now", unit.as_str()]));
+    }
+    Ok(out)
+}
+
+/// The systemd mount unit for the brick: after the loop device, before glusterd,
+/// so bricks are never served from the empty directory underneath.
+pub fn brick_mount_unit() -> String {
+    format!(
+        "# Written by habuild-agent: the Gluster brick (thin LV, XFS).\n\
+         [Unit]\n\
+         Description=habuild Gluster brick {LV}\n\
+         After=habuild-gluster-loop.service\n\
+         Before=habuild-glusterd.service\n\
+         \n\
+         [Mount]\n\
+         What={dev}\n\
+         Where={BRICK_MOUNT}\n\
+         Type=xfs\n\
+         Options=noatime,inode64\n\
+         \n\
+         [Install]\n\
+         WantedBy=local-fs.target\n",
+        dev = lv_device(),
+    )
+}
+
+/// The FUSE mount of the volume at `path`: from `server`, falling back to
+/// `backups` for the volume file (the client then talks to every brick).
+pub fn fuse_mount_unit(server: Ipv4Addr, backups: &[Ipv4Addr], path: &str) -> String {
+    let mut opts = vec!["_netdev".to_string()];
+    if !backups.is_empty() {
+        let b: Vec<String> = backups.iter().map(|ip| ip.to_string()).collect();
+        opts.push(format!("backup-volfile-servers={}", b.join(":")));
+    }
+    opts.push("log-file=/var/log/glusterfs/habuild-mount.log".into());
+    format!(
+        "# Written by habuild-agent: the Gluster volume {VOLUME} (FUSE client).\n\
+         [Unit]\n\
+         Description=habuild Gluster volume {VOLUME}\n\
+         Wants=network-online.target\n\
+         After=network-online.target habuild-glusterd.service\n\
+         \n\
+         [Mount]\n\
+         What={server}:/{VOLUME}\n\
+         Where={path}\n\
+         Type=glusterfs\n\
+         Options={opts}\n\
+         \n\
+         [Install]\n\
+         WantedBy=remote-fs.target\n",
+        opts = opts.join(","),
+    )
+}
+
+/// `systemd-escape --path --suffix=mount PATH`.
+pub fn mount_unit_name(path: &str) -> String {
+    let trimmed = path.trim_matches('/');
+    if trimmed.is_empty() {
+        return "-.mount".into();
+    }
+    let mut out = String::new();
+    for (i, part) in trimmed.split('/').filter(|p| !p.is_empty()).enumerate() {
+        if i > 0 {
+            out.push('-');
+        }
+        for (j, b) in part.bytes().enumerate() {
+            let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b':' || (b == b'.' && j > 0);
+            if plain {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+    }
+    out + ".mount"
 }
 
 /// How the volume spans the storage nodes.
@@ -197,25 +326,124 @@ pub fn layout(storage: &[NodeId], replica: u32) -> Layout {
     }
 }
 
-/// `gluster volume create` for `layout` (bricks at each node's storage IP).
-pub fn volume_create(layout: &Layout, ip_of: &dyn Fn(NodeId) -> Option<Ipv4Addr>) -> Option<Cmd> {
-    let mut argv = vec![
-        "gluster".to_string(),
-        "--mode=script".into(),
-        "volume".into(),
-        "create".into(),
-        VOLUME.into(),
-    ];
-    if layout.replica > 1 {
-        argv.extend(["replica".into(), layout.replica.to_string()]);
+/// The brick of `ip` in the volume.
+pub fn brick_of(ip: Ipv4Addr) -> String {
+    format!("{ip}:{BRICK_MOUNT}/{VOLUME}")
+}
+
+/// What `gluster volume info VOLUME` says of the volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    /// Bricks per replica set (1 for a plain distributed volume).
+    pub replica: u32,
+    pub bricks: Vec<String>,
+}
+
+/// Parses `gluster volume info NAME` (None when it names no volume).
+pub fn parse_volume_info(text: &str) -> Option<VolumeInfo> {
+    let mut v = VolumeInfo {
+        id: String::new(),
+        kind: String::new(),
+        status: String::new(),
+        replica: 1,
+        bricks: Vec::new(),
+    };
+    let mut named = false;
+    for line in text.lines() {
+        let Some((k, val)) = line.split_once(':') else {
+            continue;
+        };
+        let val = val.trim();
+        match k.trim() {
+            "Volume Name" => named = true,
+            "Volume ID" => v.id = val.into(),
+            "Type" => v.kind = val.into(),
+            "Status" => v.status = val.into(),
+            // "1 x 3 = 3" (replicated) or "3" (distributed).
+            "Number of Bricks" => {
+                if let Some((_, rest)) = val.split_once(" x ") {
+                    v.replica = rest
+                        .split_whitespace()
+                        .next()
+                        .and_then(|r| r.parse().ok())
+                        .unwrap_or(1);
+                }
+            }
+            k if k.starts_with("Brick")
+                && k[5..].chars().all(|c| c.is_ascii_digit())
+                && k.len() > 5 =>
+            {
+                v.bricks.push(val.to_string())
+            }
+            _ => {}
+        }
     }
-    if layout.in_volume.is_empty() {
-        return None;
+    named.then_some(v)
+}
+
+/// Hostnames/addresses `gluster pool list` shows as connected (without localhost).
+pub fn connected_peers(pool_list: &str) -> Vec<String> {
+    pool_list
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && f[2] == "Connected" && f[1] != "localhost").then(|| f[1].to_string())
+        })
+        .collect()
+}
+
+/// The commands that take the volume from `current` to `layout` (bricks
+/// `want`, in plan order): create and start it; later, add the bricks of
+/// nodes that joined. Growth policy: a replica count that grew (1 → 2 → 3
+/// storage nodes) adds the new bricks with `add-brick replica N`, and
+/// self-heal copies the data onto them; whole new replica sets (more storage
+/// nodes than the replica count) are added as a new distribute subvolume and
+/// `rebalance start` spreads existing files onto it. Bricks are never removed
+/// automatically: a brick the plan no longer lists is reported, not dropped.
+pub fn volume_actions(current: Option<&VolumeInfo>, layout: &Layout, want: &[String]) -> Vec<Cmd> {
+    let gl = |args: &[&str]| {
+        let mut argv = vec!["gluster", "--mode=script", "volume"];
+        argv.extend_from_slice(args);
+        Cmd::new(argv)
+    };
+    let Some(cur) = current else {
+        if want.is_empty() {
+            return Vec::new();
+        }
+        let mut argv = vec!["create", VOLUME];
+        let r = layout.replica.to_string();
+        if layout.replica > 1 {
+            argv.extend(["replica", r.as_str()]);
+        }
+        argv.extend(want.iter().map(String::as_str));
+        return vec![gl(&argv), gl(&["start", VOLUME])];
+    };
+    let mut out = Vec::new();
+    let new: Vec<&str> = want
+        .iter()
+        .filter(|b| !cur.bricks.contains(b))
+        .map(String::as_str)
+        .collect();
+    if !new.is_empty() {
+        let r = layout.replica.to_string();
+        let mut argv = vec!["add-brick", VOLUME];
+        if layout.replica != cur.replica {
+            argv.extend(["replica", r.as_str()]);
+        }
+        argv.extend(new.iter().copied());
+        out.push(gl(&argv));
+        if layout.replica == cur.replica {
+            out.push(gl(&["rebalance", VOLUME, "start"]));
+        }
     }
-    for id in &layout.in_volume {
-        argv.push(format!("{}:{BRICK_MOUNT}/{VOLUME}", ip_of(*id)?));
+    if cur.status != "Started" {
+        out.push(gl(&["start", VOLUME]));
     }
-    Some(Cmd::new(argv))
+    out
 }
 
 /// heketi's `topology.json` for the storage nodes (the shape operators load
@@ -243,6 +471,48 @@ pub fn topology(storage: &[&Member], device_of: &dyn Fn(&Member) -> String) -> V
         })
         .collect();
     serde_json::json!({ "clusters": [ { "nodes": nodes } ] })
+}
+
+/// The storage section of the status document (`habuild cluster status
+/// --gluster`): the volume as planned, where it is mounted, and the heketi
+/// topology.
+pub fn summary(
+    plan: &crate::state::Plan,
+    members: &std::collections::BTreeMap<NodeId, Member>,
+    cfg: &crate::cluster::StorageSection,
+) -> Value {
+    if !cfg.enabled || plan.storage.is_empty() {
+        return serde_json::json!({ "enabled": cfg.enabled });
+    }
+    let l = layout(&plan.storage, cfg.replica);
+    let ip = |id: &NodeId| members.get(id).map(|m| m.ip);
+    let storage: Vec<&Member> = plan
+        .storage
+        .iter()
+        .filter_map(|id| members.get(id))
+        .collect();
+    let device_of = |m: &Member| {
+        plan.storage_devices
+            .get(&m.id)
+            .cloned()
+            .unwrap_or_else(|| LOOP_DEVICE.into())
+    };
+    let kind = match (l.replica, l.in_volume.len() as u32 / l.replica.max(1)) {
+        (1, _) => "Distribute",
+        (_, 1) => "Replicate",
+        _ => "Distributed-Replicate",
+    };
+    serde_json::json!({
+        "enabled": true,
+        "volume": VOLUME,
+        "type": kind,
+        "replica": l.replica,
+        "bricks": l.in_volume.iter().filter_map(ip).map(brick_of).collect::<Vec<_>>(),
+        "waiting": l.waiting.iter().map(|id| format!("{id:016x}")).collect::<Vec<_>>(),
+        "leader": plan.storage_leader.map(|id| format!("{id:016x}")),
+        "mount_path": cfg.mount_path,
+        "topology": topology(&storage, &device_of),
+    })
 }
 
 #[cfg(test)]
@@ -286,8 +556,9 @@ mod tests {
     }
 
     #[test]
-    fn golden_brick_commands() {
-        let got: Vec<String> = brick_commands("/dev/loop0", 2)
+    fn golden_brick_commands_from_nothing_and_after_a_reboot() {
+        let got: Vec<String> = brick_actions(&BrickObs::default(), "/dev/habuild/gluster-brick", 2)
+            .unwrap()
             .iter()
             .map(Cmd::display)
             .collect();
@@ -295,15 +566,70 @@ mod tests {
             got,
             vec![
                 "modprobe dm_thin_pool",
-                "pvcreate --yes /dev/loop0",
-                "vgcreate --yes habuild_gluster /dev/loop0",
+                "pvcreate --yes /dev/habuild/gluster-brick",
+                "vgcreate --yes habuild_gluster /dev/habuild/gluster-brick",
                 "lvcreate --yes --type thin-pool --extents 95%FREE --name thinpool habuild_gluster",
                 "lvcreate --yes --type thin --virtualsize 2G --thinpool habuild_gluster/thinpool --name brick0",
+                "vgchange --activate y habuild_gluster",
                 "mkfs.xfs -i size=512 -L habuild-brick /dev/habuild_gluster/brick0",
                 "mkdir -p /var/lib/habuild/bricks/brick0",
-                "mount -o noatime,inode64 /dev/habuild_gluster/brick0 /var/lib/habuild/bricks/brick0",
+                "systemctl daemon-reload",
+                "systemctl enable --now var-lib-habuild-bricks-brick0.mount",
             ]
         );
+        // After a reboot everything exists but the mount: no LVM or mkfs again.
+        let obs = BrickObs {
+            vg: true,
+            pool: true,
+            lv: true,
+            fs: Some("xfs".into()),
+            mounted: false,
+        };
+        let got: Vec<String> = brick_actions(&obs, "/dev/vdb", 2)
+            .unwrap()
+            .iter()
+            .map(Cmd::display)
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "modprobe dm_thin_pool",
+                "vgchange --activate y habuild_gluster",
+                "mkdir -p /var/lib/habuild/bricks/brick0",
+                "systemctl daemon-reload",
+                "systemctl enable --now var-lib-habuild-bricks-brick0.mount",
+            ]
+        );
+        let foreign = BrickObs {
+            fs: Some("ext4".into()),
+            ..obs
+        };
+        let e = brick_actions(&foreign, "/dev/vdb", 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds a ext4 filesystem"), "{e}");
+    }
+
+    #[test]
+    fn mount_units() {
+        assert_eq!(mount_unit_name("/mnt/gluster"), "mnt-gluster.mount");
+        assert_eq!(mount_unit_name("/srv/my-data/"), "srv-my\\x2ddata.mount");
+        assert_eq!(mount_unit_name("/"), "-.mount");
+        let u = fuse_mount_unit(
+            Ipv4Addr::new(10, 0, 0, 1),
+            &[Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)],
+            "/mnt/gluster",
+        );
+        assert!(u.contains("What=10.0.0.1:/habuild\n"), "{u}");
+        assert!(u.contains("Where=/mnt/gluster\n"), "{u}");
+        assert!(u.contains("Type=glusterfs\n"), "{u}");
+        assert!(
+            u.contains("Options=_netdev,backup-volfile-servers=10.0.0.2:10.0.0.3,"),
+            "{u}"
+        );
+        let b = brick_mount_unit();
+        assert!(b.contains("What=/dev/habuild_gluster/brick0\n") && b.contains("Type=xfs\n"));
+        assert!(b.contains("Before=habuild-glusterd.service"));
     }
 
     #[test]
@@ -316,17 +642,90 @@ mod tests {
         assert_eq!(l.in_volume, vec![1, 2, 3, 4, 5, 6]);
         assert_eq!(l.waiting, vec![7]);
         assert_eq!(layout(&[], 3).in_volume, Vec::<NodeId>::new());
-        let ip = |id: NodeId| Some(Ipv4Addr::new(10, 0, 0, id as u8));
+    }
+
+    fn bricks(ids: &[u8]) -> Vec<String> {
+        ids.iter()
+            .map(|i| brick_of(Ipv4Addr::new(10, 0, 0, *i)))
+            .collect()
+    }
+
+    fn show(cmds: Vec<Cmd>) -> Vec<String> {
+        cmds.iter().map(Cmd::display).collect()
+    }
+
+    #[test]
+    fn volume_is_created_started_and_grown() {
+        let l3 = layout(&[1, 2, 3], 3);
         assert_eq!(
-            volume_create(&layout(&[1, 2, 3], 3), &ip)
-                .unwrap()
-                .display(),
-            "gluster --mode=script volume create habuild replica 3 \
-             10.0.0.1:/var/lib/habuild/bricks/brick0/habuild \
-             10.0.0.2:/var/lib/habuild/bricks/brick0/habuild \
-             10.0.0.3:/var/lib/habuild/bricks/brick0/habuild"
+            show(volume_actions(None, &l3, &bricks(&[1, 2, 3]))),
+            vec![
+                "gluster --mode=script volume create habuild replica 3 \
+                 10.0.0.1:/var/lib/habuild/bricks/brick0/habuild \
+                 10.0.0.2:/var/lib/habuild/bricks/brick0/habuild \
+                 10.0.0.3:/var/lib/habuild/bricks/brick0/habuild",
+                "gluster --mode=script volume start habuild",
+            ]
         );
-        assert!(volume_create(&layout(&[], 3), &ip).is_none());
+        let one = layout(&[1], 3);
+        assert_eq!(
+            show(volume_actions(None, &one, &bricks(&[1])))[0],
+            "gluster --mode=script volume create habuild 10.0.0.1:/var/lib/habuild/bricks/brick0/habuild"
+        );
+        let started = |replica, ids: &[u8]| VolumeInfo {
+            id: "x".into(),
+            kind: "Replicate".into(),
+            status: "Started".into(),
+            replica,
+            bricks: bricks(ids),
+        };
+        // Nothing to do when it matches.
+        assert!(volume_actions(Some(&started(3, &[1, 2, 3])), &l3, &bricks(&[1, 2, 3])).is_empty());
+        // 2 -> 3 nodes: the replica count grows.
+        assert_eq!(
+            show(volume_actions(Some(&started(2, &[1, 2])), &l3, &bricks(&[1, 2, 3]))),
+            vec!["gluster --mode=script volume add-brick habuild replica 3 10.0.0.3:/var/lib/habuild/bricks/brick0/habuild"]
+        );
+        // A second replica set: distributed-replicated, then rebalance.
+        let l6 = layout(&[1, 2, 3, 4, 5, 6], 3);
+        let got = show(volume_actions(
+            Some(&started(3, &[1, 2, 3])),
+            &l6,
+            &bricks(&[1, 2, 3, 4, 5, 6]),
+        ));
+        assert_eq!(got.len(), 2);
+        assert!(got[0].starts_with("gluster --mode=script volume add-brick habuild 10.0.0.4:"));
+        assert_eq!(
+            got[1],
+            "gluster --mode=script volume rebalance habuild start"
+        );
+        // Created but not started (a failed start is retried).
+        let mut created = started(3, &[1, 2, 3]);
+        created.status = "Created".into();
+        assert_eq!(
+            show(volume_actions(Some(&created), &l3, &bricks(&[1, 2, 3]))),
+            vec!["gluster --mode=script volume start habuild"]
+        );
+    }
+
+    #[test]
+    fn gluster_cli_output_is_parsed() {
+        let info = "\nVolume Name: habuild\nType: Replicate\nVolume ID: 5d0c2f3e-aaaa\nStatus: Started\nSnapshot Count: 0\nNumber of Bricks: 1 x 3 = 3\nTransport-type: tcp\nBricks:\nBrick1: 10.0.0.1:/var/lib/habuild/bricks/brick0/habuild\nBrick2: 10.0.0.2:/var/lib/habuild/bricks/brick0/habuild\nBrick3: 10.0.0.3:/var/lib/habuild/bricks/brick0/habuild\nOptions Reconfigured:\ncluster.granular-entry-heal: on\n";
+        let v = parse_volume_info(info).unwrap();
+        assert_eq!(
+            (v.replica, v.status.as_str(), v.kind.as_str()),
+            (3, "Started", "Replicate")
+        );
+        assert_eq!(v.bricks, bricks(&[1, 2, 3]));
+        assert_eq!(v.id, "5d0c2f3e-aaaa");
+        let d = parse_volume_info("Volume Name: habuild\nType: Distribute\nStatus: Created\nNumber of Bricks: 1\nBrick1: 10.0.0.1:/b\n").unwrap();
+        assert_eq!((d.replica, d.bricks.len()), (1, 1));
+        assert!(parse_volume_info("Volume habuild does not exist\n").is_none());
+        let pool = "UUID\t\t\t\t\tHostname \tState\n\
+                    1e2f\t10.0.0.2\tConnected \n\
+                    3a4b\t10.0.0.3\tDisconnected \n\
+                    5c6d\tlocalhost\tConnected \n";
+        assert_eq!(connected_peers(pool), vec!["10.0.0.2".to_string()]);
     }
 
     #[test]

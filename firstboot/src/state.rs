@@ -60,6 +60,11 @@ pub struct Plan {
     /// Nodes carrying Gluster bricks, and the one that forms the pool.
     pub storage: Vec<NodeId>,
     pub storage_leader: Option<NodeId>,
+    /// The brick device of each storage node: a disk, or
+    /// [`crate::gluster::LOOP_DEVICE`] for the backing file on the data
+    /// partition. Fixed once chosen (the disk stops looking spare once used).
+    #[serde(default)]
+    pub storage_devices: BTreeMap<NodeId, String>,
     pub vip: Ipv4Addr,
     pub metallb: Ipv4Range,
     pub pod_cidrs: BTreeMap<NodeId, Ipv4Cidr>,
@@ -193,6 +198,7 @@ mod tests {
             workers: vec![],
             storage: vec![],
             storage_leader: None,
+            storage_devices: BTreeMap::new(),
             vip: Ipv4Addr::new(10, 0, 0, 5),
             metallb: "10.0.0.200-10.0.0.210".parse::<Ipv4Range>().unwrap(),
             pod_cidrs: BTreeMap::new(),

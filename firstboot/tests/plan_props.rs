@@ -235,6 +235,11 @@ fn check(members: &BTreeMap<NodeId, Member>, cfg: &ClusterConfig, p: &Plan, fres
             .iter()
             .all(|id| storage_eligible(&members[id], &cfg.storage)));
         assert_eq!(p.storage_leader, p.storage.first().copied());
+        assert_eq!(
+            p.storage_devices.keys().copied().collect::<BTreeSet<_>>(),
+            st,
+            "every storage node has a brick device"
+        );
         let eligible = members
             .values()
             .filter(|m| m.healthy && storage_eligible(m, &cfg.storage))

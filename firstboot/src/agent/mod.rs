@@ -574,6 +574,7 @@ impl Agent {
                 "port": p.port,
             })).collect::<Vec<_>>(),
             "steps": *self.step_views.read().unwrap_or_else(|e| e.into_inner()),
+            "gluster": state.plan.as_ref().map(|p| crate::gluster::summary(p, &state.members, &self.cfg.cluster.storage)),
             "cluster_steps": state.steps.values().map(|r| json!({
                 "node": hex(r.node),
                 "step": r.step,

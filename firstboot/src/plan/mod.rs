@@ -162,6 +162,7 @@ pub fn plan(
         .filter(|id| !control_plane.contains(id))
         .collect();
     let (storage, storage_leader) = roles::storage(members, &cfg.storage, previous)?;
+    let storage_devices = roles::storage_devices(members, &storage, &cfg.storage, previous);
     let (vip, metallb) = addresses::choose(members, &cfg.network, &control_plane, previous)?;
     let pod_cidrs = pods::assign(members, cfg.network.pod_cidr, previous)?;
     let bootstrap_token = match previous {
@@ -175,6 +176,7 @@ pub fn plan(
         workers,
         storage,
         storage_leader,
+        storage_devices,
         vip,
         metallb,
         pod_cidrs,

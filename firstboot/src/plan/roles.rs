@@ -177,10 +177,10 @@ fn prefer_for_storage(a: &Member, b: &Member) -> Ordering {
 /// - Previous storage nodes that are still members stay, in order, healthy or
 ///   not (their bricks hold data).
 /// - Then healthy [`storage_eligible`] members are added until there are
-///   `storage.replica` nodes: by the spread rule, then spare disks first, then
+///   `storage.nodes` (default `storage.replica`) nodes: by the spread rule, then spare disks first, then
 ///   more free space, then lower id. With fewer eligible members all of them
 ///   are used (the volume's replica count follows the storage nodes), and the
-///   set grows up to `replica` as eligible nodes join. It never grows beyond.
+///   set grows up to that count as eligible nodes join. It never grows beyond.
 /// - The leader is the first storage node, so it stays the same as long as it
 ///   is a member.
 /// - Enabled storage with no storage node at all is an error.
@@ -205,7 +205,8 @@ pub fn storage(
         .values()
         .filter(|m| m.healthy && !kept.contains(&m.id) && storage_eligible(m, cfg))
         .collect();
-    let add = (cfg.replica as usize).saturating_sub(kept.len());
+    let target = cfg.nodes.unwrap_or(cfg.replica) as usize;
+    let add = target.saturating_sub(kept.len());
     let chosen: Vec<&Member> = kept.iter().map(|id| &members[id]).collect();
     let picked = spread_pick(&chosen, pool, add, prefer_for_storage);
     let nodes: Vec<NodeId> = kept
@@ -228,6 +229,39 @@ pub fn storage(
     }
     let leader = nodes.first().copied();
     Ok((nodes, leader))
+}
+
+/// The brick device of each storage node: the previous plan's choice if
+/// there was one; else the first of `storage.devices` the node reports as a
+/// spare disk; else (no devices configured) its first spare disk; else the
+/// loop device over the backing file ([`crate::gluster::LOOP_DEVICE`]).
+pub fn storage_devices(
+    members: &BTreeMap<NodeId, Member>,
+    storage: &[NodeId],
+    cfg: &StorageSection,
+    previous: Option<&Plan>,
+) -> BTreeMap<NodeId, String> {
+    storage
+        .iter()
+        .filter_map(|id| {
+            let old = previous.and_then(|p| p.storage_devices.get(id)).cloned();
+            let m = members.get(id)?;
+            let pick = || {
+                if cfg.devices.is_empty() {
+                    m.spare_disks.first().cloned()
+                } else {
+                    cfg.devices
+                        .iter()
+                        .find(|d| m.spare_disks.contains(d))
+                        .cloned()
+                }
+            };
+            let dev = old
+                .or_else(pick)
+                .unwrap_or_else(|| crate::gluster::LOOP_DEVICE.to_string());
+            Some((*id, dev))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -428,6 +462,30 @@ mod tests {
         );
         c.enabled = false;
         assert_eq!(storage(&ms, &c, None).unwrap(), (vec![], None));
+    }
+
+    #[test]
+    fn brick_devices_are_chosen_once_and_kept() {
+        let mut ms = n_members(4);
+        ms.get_mut(&2).unwrap().spare_disks = vec!["/dev/vdb".into(), "/dev/vdc".into()];
+        let mut c = cfg(3).storage;
+        c.nodes = Some(4);
+        let (nodes, _) = storage(&ms, &c, None).unwrap();
+        assert_eq!(nodes.len(), 4, "storage.nodes above replica adds nodes");
+        let devs = storage_devices(&ms, &nodes, &c, None);
+        assert_eq!(devs[&2], "/dev/vdb");
+        assert_eq!(devs[&1], crate::gluster::LOOP_DEVICE);
+        c.devices = vec!["/dev/vdc".into()];
+        assert_eq!(storage_devices(&ms, &[2], &c, None)[&2], "/dev/vdc");
+        // Once used the disk is no longer spare: the plan keeps it.
+        let mut p = plan(&ms, &cfg(3), None, &SEED).unwrap();
+        p.storage_devices = devs;
+        ms.get_mut(&2).unwrap().spare_disks.clear();
+        assert_eq!(
+            storage_devices(&ms, &[2], &c, Some(&p))[&2],
+            "/dev/vdb",
+            "a chosen device never changes"
+        );
     }
 
     #[test]

@@ -13,7 +13,16 @@
 //! 4. apply through the [`Host`] traits: write the files that differ, run the
 //!    commands (idempotent by construction), make the services run (restarted
 //!    when their fingerprint — the hash of what they read — changed).
-//! 5. [`Step::check`]: "already done?" — the real health of what it started.
+//! 5. [`Step::act`]: for steps whose commands depend on what the host
+//!    already has (LVM, a Gluster volume): observe, decide (pure), run only
+//!    what is missing.
+//! 6. [`Step::check`]: "already done?" — the real health of what it started.
+//!
+//! Steps whose apply is costly (LVM, the gluster CLI) set
+//! [`Step::check_first`]: when the check already passes, the round stops
+//! there. Steps belong to a [`Step::chain`]: a step that is not done holds
+//! back the later steps of its own chain only (storage does not wait for the
+//! control plane, nor the other way round).
 //!
 //! Nothing is skipped because it was done before: a done step re-renders,
 //! finds nothing changed, and re-checks, so a node heals what it lost (a
@@ -23,6 +32,7 @@
 //! progress and errors. Failed steps are retried with backoff by the agent.
 
 pub mod etcd;
+pub mod gluster;
 pub mod pki;
 pub mod vip;
 
@@ -124,12 +134,32 @@ pub trait Step: Send + Sync {
         Ok(())
     }
     fn render(&self, ctx: &Ctx) -> Result<Rendered, StepError>;
+    /// Observe-decide-act, after the rendering is applied (default: nothing).
+    fn act(&self, _ctx: &Ctx, _host: &Host) -> Result<(), StepError> {
+        Ok(())
+    }
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError>;
+    /// Check before applying, and stop there when done.
+    fn check_first(&self) -> bool {
+        false
+    }
+    /// The steps a not-done step holds back are the later ones of its chain.
+    fn chain(&self) -> &'static str {
+        "control-plane"
+    }
 }
 
 /// The steps in the order they run on a node.
 pub fn all() -> Vec<Box<dyn Step>> {
-    vec![Box::new(pki::Pki), Box::new(etcd::Etcd), Box::new(vip::Vip)]
+    vec![
+        Box::new(pki::Pki),
+        Box::new(etcd::Etcd),
+        Box::new(vip::Vip),
+        Box::new(gluster::Brick),
+        Box::new(gluster::Pool),
+        Box::new(gluster::Volume),
+        Box::new(gluster::Mount),
+    ]
 }
 
 /// One step's result in one round.
@@ -159,7 +189,7 @@ impl Outcome {
 
 /// One round over `steps`: each gated, preflighted, rendered, applied and
 /// checked, in order; a step that is not done stops the round for the steps
-/// after it (they build on it). `skip` names steps to leave alone this round
+/// after it in its chain (they build on it). `skip` names steps to leave alone this round
 /// (backing off after a failure).
 pub fn converge(
     steps: &[Box<dyn Step>],
@@ -168,17 +198,19 @@ pub fn converge(
     skip: &dyn Fn(&str) -> bool,
 ) -> Vec<(&'static str, Outcome)> {
     let mut out = Vec::new();
-    let mut blocked = false;
+    let mut blocked: Vec<&'static str> = Vec::new();
     for step in steps {
         let name = step.name();
-        let outcome = if blocked {
+        let outcome = if blocked.contains(&step.chain()) {
             Outcome::Waiting("an earlier step on this node".into())
         } else if skip(name) {
             Outcome::Skipped
         } else {
             run_one(step.as_ref(), ctx, host)
         };
-        blocked |= !matches!(outcome, Outcome::Done(_) | Outcome::NotHere);
+        if !matches!(outcome, Outcome::Done(_) | Outcome::NotHere) {
+            blocked.push(step.chain());
+        }
         out.push((name, outcome));
     }
     out
@@ -191,8 +223,14 @@ fn run_one(step: &dyn Step, ctx: &Ctx, host: &Host) -> Outcome {
         Gate::Run => {}
     }
     let result = (|| {
+        if step.check_first() {
+            if let Ok(Check::Done(d)) = step.check(ctx, host) {
+                return Ok(Check::Done(d));
+            }
+        }
         step.preflight(ctx, host)?;
         apply(&step.render(ctx)?, host)?;
+        step.act(ctx, host)?;
         step.check(ctx, host)
     })();
     match result {

@@ -1,0 +1,798 @@
+//! The Gluster steps (the "storage" chain; see [`crate::gluster`] for the
+//! pure parts and the policies):
+//!
+//! - `gluster-brick`, on each planned storage node: the device (the planned
+//!   disk, or the loop device over a backing file on the data partition,
+//!   attached by the image's `habuild-gluster-loop.service`), LVM thin pool +
+//!   thin LV + XFS, the brick mounted by a mount unit ordered before
+//!   glusterd, and glusterd from the distro's package running as
+//!   `habuild-glusterd`. Done = brick mounted, dm_thin_pool loaded, glusterd up.
+//! - `gluster-pool`, on the storage leader once every storage node in the
+//!   volume has its brick done: `peer probe` each; done when all connected.
+//! - `gluster-volume`, on the storage leader: create + start the volume, or
+//!   grow it with the bricks of nodes that joined; done when it is started
+//!   with every planned brick.
+//! - `gluster-mount`, on every node once the volume is done: the FUSE mount
+//!   unit (backup volfile servers = the other storage nodes), and heketi's
+//!   topology.json on storage nodes.
+//!
+//! These steps need the host itself (block devices, LVM, systemd): an agent
+//! running under another `--root` refuses them with a message saying so.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use super::{Check, Ctx, Gate, Rendered, Step, StepError};
+use crate::gluster::{
+    self, brick_actions, brick_of, connected_peers, parse_volume_info, volume_actions, BrickObs,
+    Layout, BACKING_FILE, BRICK_MOUNT, LOOP_CONF, LOOP_DEVICE, LV, POOL, TOPOLOGY_FILE, VG, VOLUME,
+};
+use crate::host::{Cmd, FileSpec, Host, ServiceSpec};
+use crate::state::{NodeId, StepStatus};
+
+pub struct Brick;
+pub struct Pool;
+pub struct Volume;
+pub struct Mount;
+
+const CHAIN: &str = "storage";
+pub const GLUSTERD: &str = "habuild-glusterd";
+const LOOP_SCRIPT: &str = "/usr/lib/habuild/gluster-loop";
+
+fn host_root_only(ctx: &Ctx) -> Result<(), StepError> {
+    if ctx.root == Path::new("/") {
+        Ok(())
+    } else {
+        Err(StepError::Refused(format!(
+            "Gluster needs this host's block devices, LVM and systemd, but the agent runs with --root {}: storage is built only by the agent of a booted node (or set storage.enabled = false)",
+            ctx.root.display()
+        )))
+    }
+}
+
+fn storage_node(ctx: &Ctx) -> bool {
+    ctx.cfg.storage.enabled && ctx.plan.storage.contains(&ctx.me)
+}
+
+fn storage_leader(ctx: &Ctx) -> bool {
+    ctx.cfg.storage.enabled && ctx.plan.storage_leader == Some(ctx.me)
+}
+
+fn device(ctx: &Ctx) -> String {
+    ctx.plan
+        .storage_devices
+        .get(&ctx.me)
+        .cloned()
+        .unwrap_or_else(|| LOOP_DEVICE.into())
+}
+
+fn layout(ctx: &Ctx) -> Layout {
+    gluster::layout(&ctx.plan.storage, ctx.cfg.storage.replica)
+}
+
+fn ip_of(ctx: &Ctx, id: NodeId) -> Result<Ipv4Addr, StepError> {
+    ctx.member(id)
+        .map(|m| m.ip)
+        .ok_or_else(|| StepError::Render(format!("storage node {id:016x} has no member record")))
+}
+
+fn want_bricks(ctx: &Ctx, l: &Layout) -> Result<Vec<String>, StepError> {
+    l.in_volume
+        .iter()
+        .map(|id| ip_of(ctx, *id).map(brick_of))
+        .collect()
+}
+
+fn gluster_cmd(args: &[&str]) -> Cmd {
+    let mut argv = vec!["gluster", "--mode=script"];
+    argv.extend_from_slice(args);
+    Cmd::new(argv)
+}
+
+/// `gluster volume info` of our volume: None when it does not exist.
+fn volume_info(host: &Host) -> Result<Option<gluster::VolumeInfo>, StepError> {
+    let o = host.exec.run(&gluster_cmd(&["volume", "info", VOLUME]))?;
+    if o.success() {
+        Ok(parse_volume_info(&o.stdout))
+    } else if format!("{}{}", o.stdout, o.stderr).contains("does not exist") {
+        Ok(None)
+    } else {
+        Err(StepError::Host(crate::host::HostError::Command {
+            command: format!("gluster volume info {VOLUME}"),
+            message: format!(
+                "exit {}: {}",
+                o.code,
+                crate::host::last_lines(&format!("{}{}", o.stdout, o.stderr), 4)
+            ),
+        }))
+    }
+}
+
+/// The filesystem type mounted at `path`, if anything is.
+fn mounted_fs(host: &Host, path: &str) -> Option<String> {
+    let o = host
+        .exec
+        .run(&Cmd::new([
+            "findmnt",
+            "-n",
+            "-o",
+            "FSTYPE",
+            "--mountpoint",
+            path,
+        ]))
+        .ok()?;
+    let fs = o.stdout.trim();
+    (o.success() && !fs.is_empty()).then(|| fs.to_string())
+}
+
+fn glusterd_service() -> ServiceSpec {
+    ServiceSpec {
+        name: GLUSTERD.into(),
+        description: "GlusterFS management daemon (habuild)".into(),
+        argv: vec![
+            "/usr/sbin/glusterd".into(),
+            "--no-daemon".into(),
+            "--log-level".into(),
+            "INFO".into(),
+        ],
+        fingerprint: "glusterd-v1".into(),
+    }
+}
+
+impl Step for Brick {
+    fn name(&self) -> &'static str {
+        "gluster-brick"
+    }
+    fn chain(&self) -> &'static str {
+        CHAIN
+    }
+    fn check_first(&self) -> bool {
+        true
+    }
+
+    fn gate(&self, ctx: &Ctx) -> Gate {
+        if storage_node(ctx) {
+            Gate::Run
+        } else {
+            Gate::NotHere
+        }
+    }
+
+    /// Nothing is touched when the brick device is not ours to use: a disk
+    /// that holds data, a device that does not exist, or no room for the
+    /// backing file. Once the volume group exists these checks are past.
+    fn preflight(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+        host_root_only(ctx)?;
+        if host.exec.run(&Cmd::new(["vgs", VG]))?.success() {
+            return Ok(());
+        }
+        let dev = device(ctx);
+        if dev == LOOP_DEVICE {
+            if host.files.exists(BACKING_FILE) {
+                return Ok(());
+            }
+            let need = u64::from(ctx.cfg.storage.brick_file_size_gib) << 30;
+            let dir = Path::new(BACKING_FILE)
+                .parent()
+                .and_then(|p| p.parent())
+                .map_or("/var".to_string(), |p| p.display().to_string());
+            let o = host
+                .exec
+                .run_ok(&Cmd::new(["df", "-B1", "--output=avail", dir.as_str()]))?;
+            let free: u64 = o
+                .stdout
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or(0);
+            if free <= need {
+                return Err(StepError::Refused(format!(
+                    "not enough free space for the Gluster backing file {BACKING_FILE}: storage.brick_file_size_gib = {} needs {} GiB, {:.1} GiB free on {dir}; free space or lower storage.brick_file_size_gib",
+                    ctx.cfg.storage.brick_file_size_gib,
+                    ctx.cfg.storage.brick_file_size_gib,
+                    free as f64 / (1u64 << 30) as f64
+                )));
+            }
+            return Ok(());
+        }
+        let o = host.exec.run_ok(&Cmd::new([
+            "lsblk",
+            "-J",
+            "-b",
+            "-o",
+            "NAME,PATH,TYPE,SIZE,FSTYPE,RO,MOUNTPOINT,PTTYPE",
+        ]))?;
+        let devices =
+            gluster::parse_lsblk(&o.stdout).map_err(|e| StepError::Refused(e.to_string()))?;
+        gluster::check_configured(&devices, &dev).map_err(|e| StepError::Refused(e.to_string()))
+    }
+
+    fn render(&self, ctx: &Ctx) -> Result<Rendered, StepError> {
+        let mut r = Rendered::default();
+        if device(ctx) == LOOP_DEVICE {
+            r.files.push(FileSpec::new(
+                LOOP_CONF,
+                0o644,
+                format!(
+                    "# Written by habuild-agent: the Gluster brick's backing file.\nBACKING={BACKING_FILE}\nSIZE_GIB={}\n",
+                    ctx.cfg.storage.brick_file_size_gib
+                ),
+            ));
+            r.commands.push(Cmd::new([LOOP_SCRIPT, "attach"]));
+        }
+        r.files.push(FileSpec::new(
+            format!(
+                "etc/systemd/system/{}",
+                gluster::mount_unit_name(BRICK_MOUNT)
+            ),
+            0o644,
+            gluster::brick_mount_unit(),
+        ));
+        r.commands.push(Cmd::new([
+            "mkdir",
+            "-p",
+            "/var/log/glusterfs",
+            "/var/lib/glusterd",
+        ]));
+        r.services.push(glusterd_service());
+        Ok(r)
+    }
+
+    fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+        let mut obs = BrickObs {
+            vg: host.exec.run(&Cmd::new(["vgs", VG]))?.success(),
+            ..BrickObs::default()
+        };
+        if obs.vg {
+            host.exec
+                .run_ok(&Cmd::new(["vgchange", "--activate", "y", VG]))?;
+            let lvs = host
+                .exec
+                .run(&Cmd::new(["lvs", "--noheadings", "-o", "lv_name", VG]))?;
+            let names: Vec<&str> = lvs.stdout.split_whitespace().collect();
+            obs.pool = names.contains(&POOL);
+            obs.lv = names.contains(&LV);
+        }
+        if obs.lv {
+            let b = host.exec.run(&Cmd::new([
+                "blkid",
+                "-o",
+                "value",
+                "-s",
+                "TYPE",
+                &gluster::lv_device(),
+            ]))?;
+            let fs = b.stdout.trim();
+            obs.fs = (!fs.is_empty()).then(|| fs.to_string());
+        }
+        obs.mounted = mounted_fs(host, BRICK_MOUNT).as_deref() == Some("xfs");
+        let size = u64::from(ctx.cfg.storage.brick_file_size_gib.max(1));
+        let cmds = brick_actions(&obs, &device(ctx), size)
+            .map_err(|e| StepError::Refused(e.to_string()))?;
+        for c in &cmds {
+            host.exec.run_ok(c)?;
+        }
+        // The brick was not mounted when glusterd started (e.g. the LV came
+        // up late after a reboot): glusterd gave up on it; start it now.
+        if !obs.mounted {
+            if let Ok(Some(_)) = volume_info(host) {
+                host.exec
+                    .run_ok(&gluster_cmd(&["volume", "start", VOLUME, "force"]))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
+        let mut missing = Vec::new();
+        if mounted_fs(host, BRICK_MOUNT).as_deref() != Some("xfs") {
+            missing.push(format!("{BRICK_MOUNT} is not mounted"));
+        }
+        if !host.files.exists("sys/module/dm_thin_pool") {
+            missing.push("dm_thin_pool is not loaded".into());
+        }
+        if !host.services.running(GLUSTERD) {
+            missing.push(format!("{GLUSTERD} is not running"));
+        }
+        if missing.is_empty() {
+            Ok(Check::Done(format!(
+                "brick {BRICK_MOUNT}: xfs on thin LV {VG}/{LV} over {}",
+                device(ctx)
+            )))
+        } else {
+            Ok(Check::Pending(missing.join("; ")))
+        }
+    }
+}
+
+/// Why the storage leader is still waiting for `nodes`' bricks, or None.
+fn bricks_not_ready(ctx: &Ctx, nodes: &[NodeId]) -> Option<String> {
+    let waiting: Vec<String> = nodes
+        .iter()
+        .filter(|id| !ctx.done_on("gluster-brick", &[**id]))
+        .map(|id| {
+            let rec = ctx.state.steps.get(&(*id, "gluster-brick".to_string()));
+            match rec {
+                Some(r) if r.status == StepStatus::Failed => {
+                    format!("node {id:016x} (failed: {})", r.detail)
+                }
+                Some(r) if !r.detail.is_empty() => format!("node {id:016x} ({})", r.detail),
+                _ => format!("node {id:016x}"),
+            }
+        })
+        .collect();
+    (!waiting.is_empty()).then(|| format!("bricks not ready on {}", waiting.join(", ")))
+}
+
+/// The storage nodes other than this one whose bricks are ready, by address.
+fn ready_peers(ctx: &Ctx) -> Result<Vec<Ipv4Addr>, StepError> {
+    ctx.plan
+        .storage
+        .iter()
+        .filter(|id| **id != ctx.me && ctx.done_on("gluster-brick", &[**id]))
+        .map(|id| ip_of(ctx, *id))
+        .collect()
+}
+
+impl Step for Pool {
+    fn name(&self) -> &'static str {
+        "gluster-pool"
+    }
+    fn chain(&self) -> &'static str {
+        CHAIN
+    }
+    fn check_first(&self) -> bool {
+        true
+    }
+
+    fn gate(&self, ctx: &Ctx) -> Gate {
+        if !storage_leader(ctx) {
+            return Gate::NotHere;
+        }
+        match bricks_not_ready(ctx, &layout(ctx).in_volume) {
+            Some(why) => Gate::Wait(why),
+            None => Gate::Run,
+        }
+    }
+
+    fn preflight(&self, ctx: &Ctx, _host: &Host) -> Result<(), StepError> {
+        host_root_only(ctx)
+    }
+
+    fn render(&self, _ctx: &Ctx) -> Result<Rendered, StepError> {
+        Ok(Rendered::default())
+    }
+
+    fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+        let pool = host.exec.run_ok(&gluster_cmd(&["pool", "list"]))?;
+        let connected = connected_peers(&pool.stdout);
+        for ip in ready_peers(ctx)? {
+            if !connected.contains(&ip.to_string()) {
+                host.exec
+                    .run_ok(&gluster_cmd(&["peer", "probe", &ip.to_string()]))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
+        let pool = host.exec.run_ok(&gluster_cmd(&["pool", "list"]))?;
+        let connected = connected_peers(&pool.stdout);
+        let peers = ready_peers(ctx)?;
+        let missing: Vec<String> = peers
+            .iter()
+            .map(|ip| ip.to_string())
+            .filter(|ip| !connected.contains(ip))
+            .collect();
+        if missing.is_empty() {
+            Ok(Check::Done(format!(
+                "trusted pool of {} storage nodes",
+                peers.len() + 1
+            )))
+        } else {
+            Ok(Check::Pending(format!(
+                "waiting for {} to be connected in the trusted pool",
+                missing.join(", ")
+            )))
+        }
+    }
+}
+
+impl Step for Volume {
+    fn name(&self) -> &'static str {
+        "gluster-volume"
+    }
+    fn chain(&self) -> &'static str {
+        CHAIN
+    }
+    fn check_first(&self) -> bool {
+        true
+    }
+
+    fn gate(&self, ctx: &Ctx) -> Gate {
+        if storage_leader(ctx) {
+            Gate::Run
+        } else {
+            Gate::NotHere
+        }
+    }
+
+    /// A brick directory that exists while the volume does not belongs to
+    /// another (or a deleted) volume: refused, never reused.
+    fn preflight(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+        host_root_only(ctx)?;
+        let own = format!("{BRICK_MOUNT}/{VOLUME}/.glusterfs");
+        if volume_info(host)?.is_none() && host.files.exists(&own) {
+            return Err(StepError::Refused(format!(
+                "brick path {BRICK_MOUNT}/{VOLUME} already holds another volume's brick (it has .glusterfs) but volume {VOLUME} does not exist; move it away to let habuild create the volume"
+            )));
+        }
+        Ok(())
+    }
+
+    fn render(&self, _ctx: &Ctx) -> Result<Rendered, StepError> {
+        Ok(Rendered::default())
+    }
+
+    fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+        let l = layout(ctx);
+        let want = want_bricks(ctx, &l)?;
+        let info = volume_info(host)?;
+        for c in volume_actions(info.as_ref(), &l, &want) {
+            host.exec.run_ok(&c)?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
+        let l = layout(ctx);
+        let want = want_bricks(ctx, &l)?;
+        let Some(info) = volume_info(host)? else {
+            return Ok(Check::Pending(format!("volume {VOLUME} not created yet")));
+        };
+        let missing: Vec<&String> = want.iter().filter(|b| !info.bricks.contains(b)).collect();
+        if info.status == "Started" && missing.is_empty() {
+            let waiting = if l.waiting.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} storage node(s) wait for a whole replica set",
+                    l.waiting.len()
+                )
+            };
+            Ok(Check::Done(format!(
+                "volume {VOLUME} ({}, replica {}, {} bricks) started{waiting}",
+                info.kind,
+                info.replica,
+                info.bricks.len()
+            )))
+        } else {
+            Ok(Check::Pending(format!(
+                "volume {VOLUME} is {} with {} of {} bricks",
+                info.status,
+                want.len() - missing.len(),
+                want.len()
+            )))
+        }
+    }
+}
+
+/// The volfile server for this node (itself if it holds a brick) and the backups.
+fn mount_servers(ctx: &Ctx) -> Result<(Ipv4Addr, Vec<Ipv4Addr>), StepError> {
+    let l = layout(ctx);
+    let mut ips: Vec<Ipv4Addr> = l
+        .in_volume
+        .iter()
+        .map(|id| ip_of(ctx, *id))
+        .collect::<Result<_, _>>()?;
+    if let Some(me) = ctx.my_ip() {
+        if let Some(pos) = ips.iter().position(|ip| *ip == me) {
+            ips.remove(pos);
+            ips.insert(0, me);
+        }
+    }
+    match ips.split_first() {
+        Some((first, rest)) => Ok((*first, rest.to_vec())),
+        None => Err(StepError::Render("the volume has no bricks yet".into())),
+    }
+}
+
+impl Step for Mount {
+    fn name(&self) -> &'static str {
+        "gluster-mount"
+    }
+    fn chain(&self) -> &'static str {
+        CHAIN
+    }
+
+    fn gate(&self, ctx: &Ctx) -> Gate {
+        if !ctx.cfg.storage.enabled {
+            return Gate::NotHere;
+        }
+        let Some(leader) = ctx.plan.storage_leader else {
+            return Gate::NotHere;
+        };
+        if ctx.done_on("gluster-volume", &[leader]) {
+            Gate::Run
+        } else {
+            Gate::Wait(format!(
+                "volume {VOLUME} (created by the storage leader {leader:016x})"
+            ))
+        }
+    }
+
+    fn preflight(&self, ctx: &Ctx, _host: &Host) -> Result<(), StepError> {
+        host_root_only(ctx)
+    }
+
+    fn render(&self, ctx: &Ctx) -> Result<Rendered, StepError> {
+        let (server, backups) = mount_servers(ctx)?;
+        let path = &ctx.cfg.storage.mount_path;
+        let mut r = Rendered::default();
+        r.files.push(FileSpec::new(
+            format!("etc/systemd/system/{}", gluster::mount_unit_name(path)),
+            0o644,
+            gluster::fuse_mount_unit(server, &backups, path),
+        ));
+        if storage_node(ctx) {
+            let summary = gluster::summary(ctx.plan, &ctx.state.members, &ctx.cfg.storage);
+            let mut text = serde_json::to_string_pretty(&summary["topology"])
+                .map_err(|e| StepError::Render(e.to_string()))?;
+            text.push('\n');
+            r.files.push(FileSpec::new(TOPOLOGY_FILE, 0o644, text));
+        }
+        Ok(r)
+    }
+
+    fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+        let path = &ctx.cfg.storage.mount_path;
+        if mounted_fs(host, path).is_some_and(|fs| fs.contains("glusterfs")) {
+            return Ok(());
+        }
+        let unit = gluster::mount_unit_name(path);
+        for c in [
+            Cmd::new(["mkdir", "-p", path.as_str(), "/var/log/glusterfs"]),
+            Cmd::new(["systemctl", "daemon-reload"]),
+            Cmd::new(["systemctl", "enable", unit.as_str()]),
+            Cmd::new(["systemctl", "restart", unit.as_str()]),
+        ] {
+            host.exec.run_ok(&c)?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
+        let path = &ctx.cfg.storage.mount_path;
+        match mounted_fs(host, path) {
+            Some(fs) if fs.contains("glusterfs") => {
+                let (server, _) = mount_servers(ctx)?;
+                Ok(Check::Done(format!("{server}:/{VOLUME} on {path}")))
+            }
+            _ => Ok(Check::Pending(format!("{path} is not mounted yet"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::with_ctx;
+    use super::super::{converge, Outcome};
+    use super::*;
+    use crate::host::fake::Recording;
+    use crate::state::{Command, StepRecord};
+
+    fn storage_steps() -> Vec<Box<dyn Step>> {
+        vec![
+            Box::new(Brick),
+            Box::new(Pool),
+            Box::new(Volume),
+            Box::new(Mount),
+        ]
+    }
+
+    #[test]
+    fn the_plan_gives_bricks_to_storage_nodes_and_the_mount_to_all() {
+        with_ctx(1, |ctx| {
+            assert_eq!(ctx.plan.storage.len(), 3);
+            let leader = ctx.plan.storage_leader.unwrap();
+            let non_storage = *ctx
+                .state
+                .members
+                .keys()
+                .find(|id| !ctx.plan.storage.contains(id))
+                .unwrap();
+            for (id, brick) in [(leader, Gate::Run), (non_storage, Gate::NotHere)] {
+                let c = Ctx { me: id, ..*ctx };
+                assert_eq!(Brick.gate(&c), brick);
+                assert!(matches!(Mount.gate(&c), Gate::Wait(_)));
+            }
+            let c = Ctx { me: leader, ..*ctx };
+            let Gate::Wait(why) = Pool.gate(&c) else {
+                panic!("the pool waits for the bricks")
+            };
+            assert!(why.starts_with("bricks not ready on node"), "{why}");
+        });
+    }
+
+    #[test]
+    fn agents_under_another_root_refuse_storage() {
+        with_ctx(1, |ctx| {
+            let leader = ctx.plan.storage_leader.unwrap();
+            let c = Ctx {
+                me: leader,
+                root: Path::new("/tmp/node1"),
+                ..*ctx
+            };
+            let rec = Recording::default();
+            let out = converge(&storage_steps(), &c, &rec.host(), &|_| false);
+            let Outcome::Failed(e) = &out[0].1 else {
+                panic!("{out:?}")
+            };
+            assert!(e.contains("--root /tmp/node1"), "{e}");
+            assert!(rec.commands().iter().all(|c| !c.starts_with("pvcreate")));
+        });
+    }
+
+    #[test]
+    fn a_brick_from_nothing_on_the_loop_device() {
+        with_ctx(1, |ctx| {
+            let leader = ctx.plan.storage_leader.unwrap();
+            let c = Ctx { me: leader, ..*ctx };
+            let rec = Recording::default();
+            rec.answer("vgs habuild_gluster", 5, "", "Volume group not found");
+            rec.answer("findmnt", 1, "", "");
+            rec.answer("df -B1", 0, "Avail\n99999999999\n", "");
+            let out = Brick.preflight(&c, &rec.host());
+            assert_eq!(out, Ok(()));
+            super::super::apply(&Brick.render(&c).unwrap(), &rec.host()).unwrap();
+            Brick.act(&c, &rec.host()).unwrap();
+            let cmds = rec.commands();
+            let pos = |p: &str| {
+                cmds.iter()
+                    .position(|c| c.starts_with(p))
+                    .unwrap_or_else(|| panic!("{p} not run: {cmds:?}"))
+            };
+            assert!(
+                pos("/usr/lib/habuild/gluster-loop attach")
+                    < pos("pvcreate --yes /dev/habuild/gluster-brick")
+            );
+            assert!(pos("pvcreate") < pos("mkfs.xfs -i size=512"));
+            assert!(
+                pos("mkfs.xfs") < pos("systemctl enable --now var-lib-habuild-bricks-brick0.mount")
+            );
+            assert!(rec
+                .file("var/lib/habuild/gluster/loop.conf")
+                .unwrap()
+                .contains("SIZE_GIB=10"));
+            assert!(rec.lock().services.contains_key(GLUSTERD));
+        });
+    }
+
+    #[test]
+    fn no_room_for_the_backing_file_or_a_disk_with_data_is_refused() {
+        with_ctx(1, |ctx| {
+            let leader = ctx.plan.storage_leader.unwrap();
+            let c = Ctx { me: leader, ..*ctx };
+            let rec = Recording::default();
+            rec.answer("vgs", 5, "", "");
+            rec.answer("df -B1", 0, "Avail\n1073741824\n", "");
+            let e = Brick.preflight(&c, &rec.host()).unwrap_err().to_string();
+            assert!(
+                e.starts_with("not enough free space for the Gluster backing file /var/lib/habuild/gluster/brick.img: storage.brick_file_size_gib = 10 needs 10 GiB, 1.0 GiB free"),
+                "{e}"
+            );
+
+            let mut plan = ctx.plan.clone();
+            plan.storage_devices.insert(leader, "/dev/vdb".into());
+            let c = Ctx {
+                me: leader,
+                plan: &plan,
+                ..*ctx
+            };
+            let rec = Recording::default();
+            rec.answer("vgs", 5, "", "");
+            rec.answer(
+                "lsblk",
+                0,
+                r#"{"blockdevices":[{"name":"vdb","path":"/dev/vdb","type":"disk","size":1073741824,"fstype":"ext4","ro":false,"mountpoint":null,"pttype":null}]}"#,
+                "",
+            );
+            let e = Brick.preflight(&c, &rec.host()).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                "storage device /dev/vdb: holds a ext4 signature; it is never touched"
+            );
+        });
+    }
+
+    #[test]
+    fn the_leader_probes_creates_and_starts_once_bricks_are_ready() {
+        let mut state = super::super::testutil::state();
+        let plan = state.plan.clone().unwrap();
+        for id in &plan.storage {
+            state.apply(Command::RecordStep(StepRecord {
+                node: *id,
+                step: "gluster-brick".into(),
+                status: StepStatus::Done,
+                detail: String::new(),
+                attempts: 0,
+            }));
+        }
+        with_ctx(1, |ctx| {
+            let leader = plan.storage_leader.unwrap();
+            let c = Ctx {
+                me: leader,
+                state: &state,
+                ..*ctx
+            };
+            assert_eq!(Pool.gate(&c), Gate::Run);
+            let rec = Recording::default();
+            rec.answer(
+                "gluster --mode=script pool list",
+                0,
+                "UUID Hostname State\n",
+                "",
+            );
+            Pool.act(&c, &rec.host()).unwrap();
+            let probes: Vec<String> = rec
+                .commands()
+                .into_iter()
+                .filter(|c| c.contains("peer probe"))
+                .collect();
+            assert_eq!(probes.len(), 2, "{probes:?}");
+
+            let rec = Recording::default();
+            rec.answer(
+                "gluster --mode=script volume info",
+                1,
+                "",
+                "Volume habuild does not exist",
+            );
+            Volume.act(&c, &rec.host()).unwrap();
+            let cmds = rec.commands();
+            assert!(cmds
+                .iter()
+                .any(|c| c.starts_with("gluster --mode=script volume create habuild replica 3 ")));
+            assert!(cmds
+                .last()
+                .is_some_and(|c| c == "gluster --mode=script volume start habuild"));
+        });
+    }
+
+    #[test]
+    fn every_node_mounts_with_backup_servers_and_storage_nodes_get_the_topology() {
+        let mut state = super::super::testutil::state();
+        let plan = state.plan.clone().unwrap();
+        let leader = plan.storage_leader.unwrap();
+        state.apply(Command::RecordStep(StepRecord {
+            node: leader,
+            step: "gluster-volume".into(),
+            status: StepStatus::Done,
+            detail: String::new(),
+            attempts: 0,
+        }));
+        with_ctx(1, |ctx| {
+            for me in state.members.keys().copied() {
+                let c = Ctx {
+                    me,
+                    state: &state,
+                    ..*ctx
+                };
+                assert_eq!(Mount.gate(&c), Gate::Run);
+                let r = Mount.render(&c).unwrap();
+                let unit = String::from_utf8(r.files[0].contents.clone()).unwrap();
+                assert_eq!(r.files[0].path, "etc/systemd/system/mnt-gluster.mount");
+                assert!(unit.contains("backup-volfile-servers="), "{unit}");
+                let my_ip = c.my_ip().unwrap().to_string();
+                if plan.storage.contains(&me) {
+                    assert!(unit.contains(&format!("What={my_ip}:/habuild")), "{unit}");
+                    let topo: serde_json::Value =
+                        serde_json::from_slice(&r.files[1].contents).unwrap();
+                    assert_eq!(topo["clusters"][0]["nodes"].as_array().unwrap().len(), 3);
+                } else {
+                    assert_eq!(r.files.len(), 1, "topology only on storage nodes");
+                }
+            }
+        });
+    }
+}
