@@ -267,8 +267,22 @@ impl Step for Brick {
         }
         obs.mounted = mounted_fs(host, BRICK_MOUNT).as_deref() == Some("xfs");
         let size = u64::from(ctx.cfg.storage.brick_file_size_gib.max(1));
-        let cmds = brick_actions(&obs, &device(ctx), size)
-            .map_err(|e| StepError::Refused(e.to_string()))?;
+        let mut dev = device(ctx);
+        if !obs.vg && dev == LOOP_DEVICE {
+            // LVM is given the loop device itself, not our stable symlink.
+            let o = host
+                .exec
+                .run_ok(&Cmd::new(["readlink", "-f", LOOP_DEVICE]))?;
+            let real = o.stdout.trim();
+            if !real.starts_with("/dev/loop") {
+                return Err(StepError::Refused(format!(
+                    "{LOOP_DEVICE} does not point at a loop device ({real:?}); see habuild-gluster-loop.service"
+                )));
+            }
+            dev = real.to_string();
+        }
+        let cmds =
+            brick_actions(&obs, &dev, size).map_err(|e| StepError::Refused(e.to_string()))?;
         for c in &cmds {
             host.exec.run_ok(c)?;
         }
@@ -642,6 +656,12 @@ mod tests {
             rec.answer("vgs habuild_gluster", 5, "", "Volume group not found");
             rec.answer("findmnt", 1, "", "");
             rec.answer("df -B1", 0, "Avail\n99999999999\n", "");
+            rec.answer(
+                "readlink -f /dev/habuild/gluster-brick",
+                0,
+                "/dev/loop3\n",
+                "",
+            );
             let out = Brick.preflight(&c, &rec.host());
             assert_eq!(out, Ok(()));
             super::super::apply(&Brick.render(&c).unwrap(), &rec.host()).unwrap();
@@ -652,10 +672,7 @@ mod tests {
                     .position(|c| c.starts_with(p))
                     .unwrap_or_else(|| panic!("{p} not run: {cmds:?}"))
             };
-            assert!(
-                pos("/usr/lib/habuild/gluster-loop attach")
-                    < pos("pvcreate --yes /dev/habuild/gluster-brick")
-            );
+            assert!(pos("/usr/lib/habuild/gluster-loop attach") < pos("pvcreate --yes /dev/loop3"));
             assert!(pos("pvcreate") < pos("mkfs.xfs -i size=512"));
             assert!(
                 pos("mkfs.xfs") < pos("systemctl enable --now var-lib-habuild-bricks-brick0.mount")
