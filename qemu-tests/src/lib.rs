@@ -34,8 +34,10 @@
 //! vm.wait_for("login:", Duration::from_secs(300))?;
 //! let line = vm.wait_for_line_with_prefix("HABUILD-PHASE=", Duration::from_secs(120))?;
 //! let lease = dhcp.wait_for_lease(&mac, Duration::from_secs(60))?;
+//! vm.guest().wait_ready(Duration::from_secs(120))?; // qemu-ga over virtio-serial
+//! let kernel = vm.guest().sh("uname -r", Duration::from_secs(30))?.stdout;
 //! net.run("ping", &["-c1", "-W2", &lease.ip.to_string()])?; // from inside the namespace
-//! println!("{line} at {:.1?}", vm.elapsed());
+//! println!("{line} at {:.1?}, kernel {}", vm.elapsed(), kernel.trim());
 //!
 //! let mark = vm.serial_len(); // only look at output from now on
 //! vm.powerdown()?;
@@ -47,10 +49,12 @@
 //! // (processes inside killed, namespace deleted), work (removed).
 //! ```
 
+pub mod cluster;
 pub mod dnsmasq;
 pub mod image;
 pub mod netns;
 pub mod qemu_img;
+pub mod qga;
 pub mod serial;
 pub mod tools;
 pub mod vm;
@@ -58,6 +62,7 @@ pub mod workdir;
 
 pub use dnsmasq::{Dhcp, Lease};
 pub use netns::{sweep_stale, TestNet};
+pub use qga::{ExecOutput, Guest};
 pub use serial::SerialLog;
 pub use vm::{Vm, VmSpec};
 pub use workdir::Workdir;

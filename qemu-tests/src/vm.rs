@@ -1,5 +1,6 @@
 //! One QEMU virtual machine (q35, UEFI, virtio disk and NIC) inside a
-//! [`TestNet`], with its serial console in a file.
+//! [`TestNet`], with its serial console in a file and a guest-agent channel
+//! ([`Vm::guest`]).
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::netns::TestNet;
+use crate::qga::Guest;
 use crate::serial::{clean_line, SerialLog, Wanted};
 use crate::tools;
 
@@ -68,14 +70,17 @@ pub fn mac_address(index: u8) -> String {
 ///
 /// Files in the workdir: `NAME.serial.log` (the console; an older one is
 /// renamed `NAME.serial.log.N`), `NAME.qemu.log` (QEMU's stderr),
-/// `NAME.mon` (HMP monitor socket), `NAME.OVMF_VARS.fd` (EFI variables;
-/// reused if present, so a VM restarted under the same name keeps them).
+/// `NAME.mon` (HMP monitor socket), `NAME.qga.sock` (the guest agent's
+/// virtio-serial port, see [`crate::qga`]), `NAME.OVMF_VARS.fd` (EFI
+/// variables; reused if present, so a VM restarted under the same name
+/// keeps them).
 #[derive(Debug)]
 pub struct Vm {
     spec: VmSpec,
     child: Mutex<Child>,
     serial: SerialLog,
     monitor: PathBuf,
+    guest: Guest,
     qemu_log: PathBuf,
     accel: &'static str,
     started: Instant,
@@ -116,16 +121,19 @@ impl Vm {
         let serial_path = workdir.join(format!("{name}.serial.log"));
         rotate(&serial_path)?;
         let monitor = workdir.join(format!("{name}.mon"));
-        if monitor.as_os_str().len() > MAX_SOCKET_PATH {
-            bail!(
-                "monitor socket path {} is longer than {MAX_SOCKET_PATH} bytes: use a shorter workdir",
-                monitor.display()
-            );
-        }
-        match std::fs::remove_file(&monitor) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", monitor.display())),
+        let qga = workdir.join(format!("{name}.qga.sock"));
+        for socket in [&monitor, &qga] {
+            if socket.as_os_str().len() > MAX_SOCKET_PATH {
+                bail!(
+                    "socket path {} is longer than {MAX_SOCKET_PATH} bytes: use a shorter workdir",
+                    socket.display()
+                );
+            }
+            match std::fs::remove_file(socket) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", socket.display())),
+            }
         }
         let qemu_log = workdir.join(format!("{name}.qemu.log"));
         let stderr = File::create(&qemu_log)
@@ -169,6 +177,17 @@ impl Vm {
             format!("unix:{},server,nowait", qemu_path(&monitor)?),
             "-device".into(),
             "virtio-rng-pci".into(),
+            // The guest agent's channel (crate::qga); qemu-ga in the guest
+            // starts when this port appears.
+            "-device".into(),
+            "virtio-serial-pci,id=vser0".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=qga0,path={},server=on,wait=off",
+                qemu_path(&qga)?
+            ),
+            "-device".into(),
+            "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0".into(),
         ];
         let mut cmd = net.exec(&qemu);
         cmd.args(&args)
@@ -184,11 +203,13 @@ impl Vm {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {cmd:?}"))?;
+        let guest = Guest::new(qga, format!("vm {name}"));
         Ok(Vm {
             serial: SerialLog::with_label(&serial_path, format!("vm {name}")),
             spec,
             child: Mutex::new(child),
             monitor,
+            guest,
             qemu_log,
             accel,
             started,
@@ -224,6 +245,17 @@ impl Vm {
     /// Time since QEMU was spawned.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// The guest agent, for running commands in the VM once it is up
+    /// ([`Guest::wait_ready`], [`Guest::exec`], [`Guest::sh`]).
+    pub fn guest(&self) -> &Guest {
+        &self.guest
+    }
+
+    /// The Unix socket of the guest agent's channel.
+    pub fn qga_socket(&self) -> &Path {
+        self.guest.socket()
     }
 
     /// The serial console log.

@@ -17,48 +17,15 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use qemu_harness::cluster::{agents, dump, running, start_node, step, wait_until};
 use qemu_harness::image::{debian_image, release_bin};
-use qemu_harness::{qemu_img, vm, Dhcp, TestNet, Vm, VmSpec, Workdir};
+use qemu_harness::{Dhcp, TestNet, Vm, Workdir};
 use serde_json::Value;
 
-const DISK_BYTES: u64 = 8 << 30;
 const VIP: &str = "10.77.0.10";
 
-fn start_vm(net: &TestNet, work: &Workdir, base: &std::path::Path, i: u8) -> Result<Vm> {
-    let disk = work.join(format!("node{i}.qcow2"));
-    if !disk.exists() {
-        qemu_img::create_overlay(base, "raw", &disk, Some(DISK_BYTES))?;
-    }
-    let tap = net.add_tap(&format!("tap{i}"))?;
-    let mut spec = VmSpec::new(format!("node{i}"), &disk, vm::mac_address(i), &tap);
-    spec.memory_mib = 1024;
-    Vm::start(net, spec, work.path())
-}
-
-/// `habuild cluster status --json` from the namespace: the agents' status documents.
 fn cluster_status(net: &TestNet, cluster_file: &std::path::Path) -> Result<Vec<Value>> {
-    let habuild = release_bin("habuild")?;
-    let out = net
-        .exec(&habuild)
-        .args(["cluster", "status", "--json", "--timeout", "4", "--cluster"])
-        .arg(cluster_file)
-        .output()
-        .context("running habuild cluster status")?;
-    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "habuild cluster status --json printed no JSON (exit {}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    Ok(v["agents"].as_array().cloned().unwrap_or_default())
-}
-
-fn step<'a>(agent: &'a Value, name: &str) -> Option<&'a Value> {
-    agent["steps"]
-        .as_array()?
-        .iter()
-        .find(|s| s["step"] == name)
+    agents(net, cluster_file)
 }
 
 /// (member id, cluster id, healthy, total, revision) from the etcd step's observation.
@@ -101,29 +68,6 @@ fn vip_holder(net: &TestNet) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if t0.elapsed() > limit {
-            bail!("{what}: not reached within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
-fn all(vms: &[Option<Vm>]) -> Vec<&Vm> {
-    vms.iter().flatten().collect()
-}
-
-fn dump(vms: &[&Vm]) -> String {
-    vms.iter()
-        .map(|v| format!("--- {} serial (tail):\n{}\n", v.name(), v.serial().tail(40)))
-        .collect()
-}
-
 #[test]
 fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
     let img = debian_image()?;
@@ -136,15 +80,15 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
     )?;
     let mut vms: Vec<Option<Vm>> = Vec::new();
     for i in 1..=3u8 {
-        vms.push(Some(start_vm(&net, &work, &img.raw, i)?));
+        vms.push(Some(start_node(&net, &work, &img.raw, i)?));
     }
 
     // 1. each node reports etcd healthy and the VIP answering on its console
     let limit = Duration::from_secs(1200);
-    for vm in all(&vms) {
+    for vm in running(&vms) {
         let r = vm.wait_for("habuild-agent: step etcd done", limit);
         if let Err(e) = r {
-            bail!("{e:#}\n{}", dump(&all(&vms)));
+            bail!("{e:#}\n{}", dump(&running(&vms)));
         }
         let etcd_at = vm.elapsed();
         vm.wait_for("habuild-agent: step vip done", Duration::from_secs(300))
@@ -168,7 +112,7 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
             (v.len() == 3 && v.iter().all(|x| x.2 == 3 && x.3 == 3)).then_some((agents, v))
         },
     )
-    .with_context(|| dump(&all(&vms)))?;
+    .with_context(|| dump(&running(&vms)))?;
     let (agents, v) = views;
     let clusters: std::collections::BTreeSet<_> = v.iter().map(|x| x.1.clone()).collect();
     let members: std::collections::BTreeSet<_> = v.iter().map(|x| x.0.clone()).collect();
@@ -210,7 +154,7 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
     let new_holder = wait_until("the VIP to move", Duration::from_secs(120), || {
         vip_holder(&net).filter(|h| *h != holder)
     })
-    .with_context(|| dump(&all(&vms)))?;
+    .with_context(|| dump(&running(&vms)))?;
     let failover = off.elapsed();
     let (survivors, rev_before) = wait_until(
         "the survivors' etcd to commit writes again",
@@ -222,7 +166,7 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
             ok.then(|| (v.clone(), v.iter().map(|x| x.4).max().unwrap_or(0)))
         },
     )
-    .with_context(|| dump(&all(&vms)))?;
+    .with_context(|| dump(&running(&vms)))?;
     eprintln!(
         "assembly_qemu: {holder} powered off: VIP answered from {new_holder} after {:.1} s; \
          etcd committing writes with 2/3 members after {:.1} s (revision {rev_before})",
@@ -249,7 +193,7 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
             (v.len() == 3 && v.iter().all(|x| x.2 == 3)).then_some(me)
         },
     )
-    .with_context(|| dump(&all(&vms)))?;
+    .with_context(|| dump(&running(&vms)))?;
     ensure!(
         clusters.contains(&rejoined.1),
         "rebooted node is in another etcd cluster: {rejoined:?}"

@@ -3,7 +3,8 @@
 //! DHCP server. Proves: boots to multi-user; root is read-only erofs; /var is
 //! the data partition grown to the disk; the ESP's habuild/cluster.toml is read
 //! by the OS; two fresh copies get different machine-ids; a reboot keeps the
-//! machine-id and does not re-format /var.
+//! machine-id and does not re-format /var; the QEMU guest agent answers and
+//! runs commands in each VM (guest-exec over virtio-serial).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const BOOT: Duration = Duration::from_secs(600);
+const EXEC: Duration = Duration::from_secs(60);
 const DISK_BYTES: u64 = 8 << 30;
 
 struct Booted {
@@ -47,6 +49,34 @@ fn boot_and_read(vm: &Vm, since: u64) -> Result<Booted> {
         login,
         agent_line,
     })
+}
+
+/// Through the guest agent: the machine-id the agent reported, a kernel
+/// release, and exit code and stderr of a failing command.
+fn check_guest(vm: &Vm, id: &str) -> Result<()> {
+    let guest = vm.guest();
+    let waited = guest.wait_ready(Duration::from_secs(180))?;
+    let ready = vm.elapsed();
+    let qid = guest.sh("cat /etc/machine-id", EXEC)?.stdout;
+    ensure!(
+        qid.trim() == id,
+        "guest-exec machine-id {qid:?} != reported {id}"
+    );
+    let kernel = guest
+        .exec(&["uname", "-r"], EXEC)?
+        .check("uname -r")?
+        .stdout;
+    ensure!(!kernel.trim().is_empty(), "empty uname -r");
+    let fail = guest.exec(&["/bin/sh", "-c", "echo oops >&2; exit 3"], EXEC)?;
+    ensure!(fail.code == 3 && fail.stderr == "oops\n", "{fail:?}");
+    eprintln!(
+        "{}: guest agent answered {:.1}s after QEMU start (waited {:.1}s); kernel {}",
+        vm.name(),
+        ready.as_secs_f64(),
+        waited.as_secs_f64(),
+        kernel.trim()
+    );
+    Ok(())
 }
 
 fn check_node(b: &Booted, img: &BuiltImage) -> Result<String> {
@@ -126,6 +156,7 @@ fn debian_image_boots_read_only_with_grown_var_and_distinct_identities() -> Resu
                 .contains("first boot: formatting /dev/vda4"),
             "first boot did not format the data partition"
         );
+        check_guest(vm, &id)?;
         ids.push(id);
     }
     ensure!(
@@ -157,6 +188,7 @@ fn debian_image_boots_read_only_with_grown_var_and_distinct_identities() -> Resu
     let _ = mark;
     let b = boot_and_read(&vm1, 0)?;
     let id = check_node(&b, &img)?;
+    check_guest(&vm1, &id)?;
     ensure!(
         id == ids[0],
         "machine-id changed across reboot: {} -> {id}",

@@ -1,0 +1,93 @@
+//! What the multi-VM scenarios share: booting node `i` of a test cluster
+//! from the test image, asking the agents for their status from the
+//! namespace (`habuild cluster status --json`), waiting with a deadline, and
+//! the serial tails to print when something is not reached.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::image::release_bin;
+use crate::{qemu_img, vm, TestNet, Vm, VmSpec, Workdir};
+
+/// Each node's disk: the image grown to this size (the data partition grows
+/// into it on first boot).
+pub const DISK_BYTES: u64 = 8 << 30;
+
+/// Boots node `i` (MAC and tap derived from `i`) from an overlay of `base`
+/// in `work`; the overlay is reused when it exists, so booting the same `i`
+/// again is a reboot of the same machine.
+pub fn start_node(net: &TestNet, work: &Workdir, base: &Path, i: u8) -> Result<Vm> {
+    let disk = work.join(format!("node{i}.qcow2"));
+    if !disk.exists() {
+        qemu_img::create_overlay(base, "raw", &disk, Some(DISK_BYTES))?;
+    }
+    let tap = net.add_tap(&format!("tap{i}"))?;
+    let mut spec = VmSpec::new(format!("node{i}"), &disk, vm::mac_address(i), &tap);
+    spec.memory_mib = 1024;
+    Vm::start(net, spec, work.path())
+}
+
+/// Runs `habuild cluster status --json [extra]` in the namespace and parses it.
+pub fn status_json(net: &TestNet, cluster_file: &Path, extra: &[&str]) -> Result<Value> {
+    let habuild = release_bin("habuild")?;
+    let out = net
+        .exec(&habuild)
+        .args(["cluster", "status", "--json", "--timeout", "4"])
+        .args(extra)
+        .arg("--cluster")
+        .arg(cluster_file)
+        .output()
+        .context("running habuild cluster status")?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "habuild cluster status --json printed no JSON (exit {}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The agents' status documents.
+pub fn agents(net: &TestNet, cluster_file: &Path) -> Result<Vec<Value>> {
+    Ok(status_json(net, cluster_file, &[])?["agents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// This agent's own view of step `name` (`{step, status, detail, attempts}`).
+pub fn step<'a>(agent: &'a Value, name: &str) -> Option<&'a Value> {
+    agent["steps"]
+        .as_array()?
+        .iter()
+        .find(|s| s["step"] == name)
+}
+
+/// Polls `f` every 2 s until it gives a value or `limit` passes.
+pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if t0.elapsed() > limit {
+            bail!("{what}: not reached within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// The running VMs of a scenario where some may be powered off.
+pub fn running(vms: &[Option<Vm>]) -> Vec<&Vm> {
+    vms.iter().flatten().collect()
+}
+
+/// The last 40 serial lines of each VM, for error messages.
+pub fn dump(vms: &[&Vm]) -> String {
+    vms.iter()
+        .map(|v| format!("--- {} serial (tail):\n{}\n", v.name(), v.serial().tail(40)))
+        .collect()
+}
