@@ -212,7 +212,7 @@ pub fn brick_actions(
             "-i",
             "size=512",
             "-L",
-            "habuild-brick",
+            "habuild-gl",
             &lv_dev,
         ])),
         Some("xfs") => {}
@@ -571,7 +571,7 @@ mod tests {
                 "lvcreate --yes --type thin-pool --extents 95%FREE --name thinpool habuild_gluster",
                 "lvcreate --yes --type thin --virtualsize 2G --thinpool habuild_gluster/thinpool --name brick0",
                 "vgchange --activate y habuild_gluster",
-                "mkfs.xfs -i size=512 -L habuild-brick /dev/habuild_gluster/brick0",
+                "mkfs.xfs -i size=512 -L habuild-gl /dev/habuild_gluster/brick0",
                 "mkdir -p /var/lib/habuild/bricks/brick0",
                 "systemctl daemon-reload",
                 "systemctl enable --now var-lib-habuild-bricks-brick0.mount",

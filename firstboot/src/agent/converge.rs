@@ -1,6 +1,6 @@
 //! Drives the converge steps on this node and issues the PKI on the leader.
 //!
-//! [`run`] loops: read the replicated state → (nothing to do without a plan)
+//! [`run`] loops, one loop per chain of steps: read the replicated state → (nothing to do without a plan)
 //! → decrypt the secret items → one round of [`steps::converge`] on a
 //! blocking thread → print a console line per step whose status changed →
 //! record changed outcomes in the replicated state (forwarded to the
@@ -135,14 +135,54 @@ pub fn issue_pki(
     )))
 }
 
-/// Runs the steps forever (until the task is dropped).
+/// Runs the steps forever (until the task is dropped): one loop per chain
+/// of steps, so a chain's slow round (LVM, mkfs under a slow hypervisor)
+/// never delays another chain's progress or its records.
 pub async fn run(node: ConsensusNode, cfg: ConvergeConfig, sbox: Arc<SecretBox>, views: StepViews) {
     if cfg.services == ServiceMode::Off {
         return;
     }
     let host = Arc::new(host(&cfg));
     let cfg = Arc::new(cfg);
-    let steps = Arc::new(steps::all());
+    let order: Vec<&'static str> = steps::all().iter().map(|s| s.name()).collect();
+    let mut chains: Vec<&'static str> = Vec::new();
+    for s in steps::all() {
+        if !chains.contains(&s.chain()) {
+            chains.push(s.chain());
+        }
+    }
+    let loops: Vec<_> = chains
+        .into_iter()
+        .map(|chain| {
+            let steps: Vec<Box<dyn steps::Step>> = steps::all()
+                .into_iter()
+                .filter(|s| s.chain() == chain)
+                .collect();
+            tokio::spawn(run_chain(
+                node.clone(),
+                cfg.clone(),
+                host.clone(),
+                sbox.clone(),
+                views.clone(),
+                Arc::new(steps),
+                order.clone(),
+            ))
+        })
+        .collect();
+    for l in loops {
+        let _ = l.await;
+    }
+}
+
+async fn run_chain(
+    node: ConsensusNode,
+    cfg: Arc<ConvergeConfig>,
+    host: Arc<Host>,
+    sbox: Arc<SecretBox>,
+    views: StepViews,
+    steps: Arc<Vec<Box<dyn steps::Step>>>,
+    order: Vec<&'static str>,
+) {
     let mut backoff: BTreeMap<String, (Instant, u32)> = BTreeMap::new();
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
     loop {
@@ -227,7 +267,10 @@ pub async fn run(node: ConsensusNode, cfg: ConvergeConfig, sbox: Arc<SecretBox>,
             });
             record(&node, &state, cfg.me, name, &outcome, attempts).await;
         }
-        *views.write().unwrap_or_else(|e| e.into_inner()) = view;
+        let mut all = views.write().unwrap_or_else(|e| e.into_inner());
+        all.retain(|v| !steps.iter().any(|s| s.name() == v.step));
+        all.extend(view);
+        all.sort_by_key(|v| order.iter().position(|n| *n == v.step));
     }
 }
 

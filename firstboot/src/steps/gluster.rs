@@ -777,6 +777,44 @@ mod tests {
     }
 
     #[test]
+    fn a_brick_path_of_another_volume_is_refused_and_nothing_is_created() {
+        with_ctx(1, |ctx| {
+            let leader = ctx.plan.storage_leader.unwrap();
+            let c = Ctx { me: leader, ..*ctx };
+            let rec = Recording::default();
+            rec.answer(
+                "gluster --mode=script volume info",
+                1,
+                "",
+                "Volume habuild does not exist",
+            );
+            rec.lock().files.insert(
+                "var/lib/habuild/bricks/brick0/habuild/.glusterfs".into(),
+                FileSpec::new(
+                    "var/lib/habuild/bricks/brick0/habuild/.glusterfs",
+                    0o755,
+                    "",
+                ),
+            );
+            let out = converge(
+                &[Box::new(Volume) as Box<dyn Step>],
+                &c,
+                &rec.host(),
+                &|_| false,
+            );
+            let Outcome::Failed(e) = &out[0].1 else {
+                panic!("{out:?}")
+            };
+            assert!(e.contains("already holds another volume's brick"), "{e}");
+            assert!(
+                rec.commands().iter().all(|c| !c.contains("volume create")),
+                "{:?}",
+                rec.commands()
+            );
+        });
+    }
+
+    #[test]
     fn every_node_mounts_with_backup_servers_and_storage_nodes_get_the_topology() {
         let mut state = super::super::testutil::state();
         let plan = state.plan.clone().unwrap();

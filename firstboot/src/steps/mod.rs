@@ -195,23 +195,51 @@ pub fn converge(
     steps: &[Box<dyn Step>],
     ctx: &Ctx,
     host: &Host,
-    skip: &dyn Fn(&str) -> bool,
+    skip: &(dyn Fn(&str) -> bool + Sync),
 ) -> Vec<(&'static str, Outcome)> {
+    let mut chains: Vec<&'static str> = Vec::new();
+    for s in steps {
+        if !chains.contains(&s.chain()) {
+            chains.push(s.chain());
+        }
+    }
+    // Chains run side by side: minutes of LVM on a slow host must not hold
+    // back etcd, nor the other way round.
+    let mut out: Vec<(usize, &'static str, Outcome)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = chains
+            .iter()
+            .map(|chain| sc.spawn(move || run_chain(steps, chain, ctx, host, skip)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    out.sort_by_key(|(i, _, _)| *i);
+    out.into_iter().map(|(_, n, o)| (n, o)).collect()
+}
+
+/// The steps of one chain, in order, each held back by a not-done one before it.
+fn run_chain(
+    steps: &[Box<dyn Step>],
+    chain: &str,
+    ctx: &Ctx,
+    host: &Host,
+    skip: &(dyn Fn(&str) -> bool + Sync),
+) -> Vec<(usize, &'static str, Outcome)> {
     let mut out = Vec::new();
-    let mut blocked: Vec<&'static str> = Vec::new();
-    for step in steps {
+    let mut blocked = false;
+    for (i, step) in steps.iter().enumerate().filter(|(_, s)| s.chain() == chain) {
         let name = step.name();
-        let outcome = if blocked.contains(&step.chain()) {
+        let outcome = if blocked {
             Outcome::Waiting("an earlier step on this node".into())
         } else if skip(name) {
             Outcome::Skipped
         } else {
             run_one(step.as_ref(), ctx, host)
         };
-        if !matches!(outcome, Outcome::Done(_) | Outcome::NotHere) {
-            blocked.push(step.chain());
-        }
-        out.push((name, outcome));
+        blocked |= !matches!(outcome, Outcome::Done(_) | Outcome::NotHere);
+        out.push((i, name, outcome));
     }
     out
 }
