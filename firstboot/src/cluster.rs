@@ -126,6 +126,18 @@ impl Default for StorageSection {
     }
 }
 
+/// Is `path` somewhere a node can create its mount point: below `/mnt` or
+/// `/var` (the writable trees of the read-only image), without `..`?
+fn mount_path_is_writable(path: &str) -> bool {
+    let p = std::path::Path::new(path);
+    let under = |root: &str| p.starts_with(root) && p != std::path::Path::new(root);
+    p.is_absolute()
+        && (under("/mnt") || under("/var"))
+        && !p
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
 fn yes() -> bool {
     true
 }
@@ -447,10 +459,14 @@ impl ClusterConfig {
                     "expected at least 1 GiB when no storage.devices are given",
                 ));
             }
-            if !s.mount_path.starts_with('/') {
+            if !mount_path_is_writable(&s.mount_path) {
                 return Err(src.error_at(
                     "storage.mount_path",
-                    format!("expected an absolute path, got {:?}", s.mount_path),
+                    format!(
+                        "expected a directory under /mnt/ or /var/ (the root filesystem is \
+                         read-only; /mnt is /var/mnt bound in place), got {:?}",
+                        s.mount_path
+                    ),
                 ));
             }
             for d in &s.devices {
@@ -556,6 +572,34 @@ metallb_range = "10.77.0.200-10.77.0.220"
         let e = ClusterConfig::from_source(&src(&GOOD.replace("SECRET", &zero))).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("cluster.secret"));
         assert!(e.message.contains("habuild secret new"), "{e}");
+    }
+
+    #[test]
+    fn mount_path_must_be_on_a_writable_tree() {
+        for bad in [
+            "gluster",
+            "/srv/gluster",
+            "/mnt",
+            "/var",
+            "/mnt/../etc",
+            "/opt/x",
+        ] {
+            let text = format!("{GOOD}\n[storage]\nmount_path = \"{bad}\"\n");
+            let e = ClusterConfig::from_source(&src(&text)).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("storage.mount_path"), "{bad}");
+            let line = text
+                .lines()
+                .position(|l| l.starts_with("mount_path"))
+                .unwrap()
+                + 1;
+            assert_eq!(e.line, Some(line), "{bad}");
+            assert!(e.message.contains("read-only"), "{e}");
+        }
+        for good in ["/mnt/gluster", "/var/lib/volumes/habuild"] {
+            let text = format!("{GOOD}\n[storage]\nmount_path = \"{good}\"\n");
+            let c = ClusterConfig::from_source(&src(&text)).unwrap();
+            assert_eq!(c.storage.mount_path, good);
+        }
     }
 
     #[test]
