@@ -95,6 +95,43 @@ fn dd_rate(vm: &Vm, path: &str) -> Result<(f64, String)> {
     Ok((64.0 * 1.048_576 / secs, line))
 }
 
+/// `gluster volume heal VOL statistics heal-count` reports 0 pending entries
+/// on each of the 3 bricks.
+fn heal_done(out: &str) -> bool {
+    let counts: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("Number of entries: "))
+        .collect();
+    counts.len() == 3 && counts.iter().all(|c| c.trim() == "0")
+}
+
+/// Bricks reported online by `gluster volume status VOL detail` (one block
+/// per brick with "Online               : Y").
+fn bricks_online(detail: &str) -> usize {
+    detail
+        .lines()
+        .filter(|l| l.starts_with("Online") && l.trim_end().ends_with(": Y"))
+        .count()
+}
+
+/// What gluster says on each running node, for a failed wait.
+fn diagnose(vms: &[Option<Vm>]) -> String {
+    let script = "gluster volume status habuild; gluster peer status; \
+                  systemctl --no-pager status habuild-glusterd var-lib-habuild-bricks-brick0.mount mnt-gluster.mount | head -40; \
+                  tail -n 15 /var/log/glusterfs/glustershd.log";
+    running(vms)
+        .iter()
+        .map(|v| {
+            let out = v
+                .guest()
+                .exec(&["/bin/sh", "-c", script], Duration::from_secs(120))
+                .map(|o| format!("{}{}", o.stdout, o.stderr))
+                .unwrap_or_else(|e| format!("(guest agent: {e:#})"));
+            format!("--- {} gluster:\n{out}\n", v.name())
+        })
+        .collect()
+}
+
 #[test]
 fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> {
     let img = debian_image()?;
@@ -201,12 +238,10 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
         "gluster volume status habuild detail",
         Duration::from_secs(60),
     )?;
-    // one block per brick: "Online               : Y"
-    let online = status
-        .lines()
-        .filter(|l| l.starts_with("Online") && l.trim_end().ends_with(": Y"))
-        .count();
-    ensure!(online == 3, "3 bricks online expected:\n{status}");
+    ensure!(
+        bricks_online(&status) == 3,
+        "3 bricks online expected:\n{status}"
+    );
     let expected_topo = serde_json::to_string_pretty(topo)?;
     for i in [0, 2] {
         let on_node = sh(
@@ -289,21 +324,56 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
         .with_context(|| dump(&running(&vms)))?;
     vm(1, &vms)?.guest().wait_ready(Duration::from_secs(120))?;
     let mounted_after = back.elapsed();
-    let healed = wait_until("self-heal to complete", Duration::from_secs(600), || {
-        let out = sh(
+    // `heal-count` asks each node's self-heal daemon for its brick's pending
+    // entries: cheap, unlike `heal info` (a full client per call).
+    let mut last = String::new();
+    let healed = wait_until("self-heal to complete", Duration::from_secs(900), || {
+        std::thread::sleep(Duration::from_secs(8));
+        let out = match sh(
             vm(0, &vms).ok()?,
-            "gluster volume heal habuild info",
+            "gluster volume heal habuild statistics heal-count",
             Duration::from_secs(120),
-        )
-        .ok()?;
-        let counts: Vec<&str> = out
-            .lines()
-            .filter_map(|l| l.strip_prefix("Number of entries: "))
-            .collect();
-        (counts.len() == 3 && counts.iter().all(|c| c.trim() == "0")).then_some(out)
+        ) {
+            Ok(out) => out,
+            Err(e) => {
+                last = format!("{e:#}");
+                return None;
+            }
+        };
+        last = out.clone();
+        heal_done(&out).then_some(out)
     })
-    .with_context(|| dump(&running(&vms)))?;
-    ensure!(healed.contains("Status: Connected"), "{healed}");
+    .with_context(|| {
+        format!(
+            "last heal-count:\n{last}\n{}\n{}",
+            diagnose(&vms),
+            dump(&running(&vms))
+        )
+    })?;
+    let detail = sh(
+        vm(1, &vms)?,
+        "gluster volume status habuild detail",
+        Duration::from_secs(120),
+    )?;
+    let shd = sh(
+        vm(1, &vms)?,
+        "gluster volume status habuild shd",
+        Duration::from_secs(120),
+    )?;
+    ensure!(
+        bricks_online(&detail) == 3,
+        "3 bricks online expected after node2's return:\n{detail}"
+    );
+    let shd_online = shd
+        .lines()
+        .filter(|l| {
+            l.starts_with("Self-heal Daemon on ") && l.split_whitespace().rev().nth(1) == Some("Y")
+        })
+        .count();
+    ensure!(
+        shd_online == 3,
+        "3 self-heal daemons online expected after node2's return:\n{shd}\n{healed}"
+    );
     eprintln!(
         "gluster_qemu: node2 back: volume mounted {:.0} s after boot, self-heal complete {:.0} s after boot",
         mounted_after.as_secs_f64(),

@@ -564,11 +564,13 @@ impl Step for Mount {
             return Ok(());
         }
         let unit = gluster::mount_unit_name(path);
+        // `start`, not `restart`: at boot systemd may be mounting it already
+        // (remote-fs.target); start joins that job instead of failing it.
         for c in [
             Cmd::new(["mkdir", "-p", path.as_str(), "/var/log/glusterfs"]),
             Cmd::new(["systemctl", "daemon-reload"]),
             Cmd::new(["systemctl", "enable", unit.as_str()]),
-            Cmd::new(["systemctl", "restart", unit.as_str()]),
+            Cmd::new(["systemctl", "start", unit.as_str()]),
         ] {
             host.exec.run_ok(&c)?;
         }
