@@ -144,27 +144,18 @@ pub async fn run(node: ConsensusNode, cfg: ConvergeConfig, sbox: Arc<SecretBox>,
     }
     let host = Arc::new(host(&cfg));
     let cfg = Arc::new(cfg);
-    let order: Vec<&'static str> = steps::all().iter().map(|s| s.name()).collect();
-    let mut chains: Vec<&'static str> = Vec::new();
-    for s in steps::all() {
-        if !chains.contains(&s.chain()) {
-            chains.push(s.chain());
-        }
-    }
-    let loops: Vec<_> = chains
+    let all = steps::all();
+    let order: Vec<&'static str> = all.iter().map(|s| s.name()).collect();
+    let loops: Vec<_> = steps::by_chain(all)
         .into_iter()
         .map(|chain| {
-            let steps: Vec<Box<dyn steps::Step>> = steps::all()
-                .into_iter()
-                .filter(|s| s.chain() == chain)
-                .collect();
             tokio::spawn(run_chain(
                 node.clone(),
                 cfg.clone(),
                 host.clone(),
                 sbox.clone(),
                 views.clone(),
-                Arc::new(steps),
+                Arc::new(chain),
                 order.clone(),
             ))
         })

@@ -190,58 +190,43 @@ impl Outcome {
 /// One round over `steps`: each gated, preflighted, rendered, applied and
 /// checked, in order; a step that is not done stops the round for the steps
 /// after it in its chain (they build on it). `skip` names steps to leave alone this round
-/// (backing off after a failure).
+/// (backing off after a failure). The agent runs one loop per chain
+/// ([`by_chain`]), so chains progress side by side.
 pub fn converge(
     steps: &[Box<dyn Step>],
     ctx: &Ctx,
     host: &Host,
-    skip: &(dyn Fn(&str) -> bool + Sync),
+    skip: &dyn Fn(&str) -> bool,
 ) -> Vec<(&'static str, Outcome)> {
-    let mut chains: Vec<&'static str> = Vec::new();
-    for s in steps {
-        if !chains.contains(&s.chain()) {
-            chains.push(s.chain());
-        }
-    }
-    // Chains run side by side: minutes of LVM on a slow host must not hold
-    // back etcd, nor the other way round.
-    let mut out: Vec<(usize, &'static str, Outcome)> = std::thread::scope(|sc| {
-        let handles: Vec<_> = chains
-            .iter()
-            .map(|chain| sc.spawn(move || run_chain(steps, chain, ctx, host, skip)))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
-    out.sort_by_key(|(i, _, _)| *i);
-    out.into_iter().map(|(_, n, o)| (n, o)).collect()
-}
-
-/// The steps of one chain, in order, each held back by a not-done one before it.
-fn run_chain(
-    steps: &[Box<dyn Step>],
-    chain: &str,
-    ctx: &Ctx,
-    host: &Host,
-    skip: &(dyn Fn(&str) -> bool + Sync),
-) -> Vec<(usize, &'static str, Outcome)> {
     let mut out = Vec::new();
-    let mut blocked = false;
-    for (i, step) in steps.iter().enumerate().filter(|(_, s)| s.chain() == chain) {
+    let mut blocked: Vec<&'static str> = Vec::new();
+    for step in steps {
         let name = step.name();
-        let outcome = if blocked {
+        let outcome = if blocked.contains(&step.chain()) {
             Outcome::Waiting("an earlier step on this node".into())
         } else if skip(name) {
             Outcome::Skipped
         } else {
             run_one(step.as_ref(), ctx, host)
         };
-        blocked |= !matches!(outcome, Outcome::Done(_) | Outcome::NotHere);
-        out.push((i, name, outcome));
+        if !matches!(outcome, Outcome::Done(_) | Outcome::NotHere) {
+            blocked.push(step.chain());
+        }
+        out.push((name, outcome));
     }
     out
+}
+
+/// `steps` split by [`Step::chain`], chains in order of their first step.
+pub fn by_chain(steps: Vec<Box<dyn Step>>) -> Vec<Vec<Box<dyn Step>>> {
+    let mut chains: Vec<Vec<Box<dyn Step>>> = Vec::new();
+    for step in steps {
+        match chains.iter_mut().find(|c| c[0].chain() == step.chain()) {
+            Some(chain) => chain.push(step),
+            None => chains.push(vec![step]),
+        }
+    }
+    chains
 }
 
 fn run_one(step: &dyn Step, ctx: &Ctx, host: &Host) -> Outcome {
@@ -418,5 +403,67 @@ mod tests {
                 rec.events()
             );
         });
+    }
+    #[test]
+    fn a_step_not_done_holds_back_only_its_own_chain() {
+        struct Storage(Fake);
+        impl Step for Storage {
+            fn name(&self) -> &'static str {
+                self.0.name()
+            }
+            fn gate(&self, ctx: &Ctx) -> Gate {
+                self.0.gate(ctx)
+            }
+            fn render(&self, ctx: &Ctx) -> Result<Rendered, StepError> {
+                self.0.render(ctx)
+            }
+            fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
+                self.0.check(ctx, host)
+            }
+            fn chain(&self) -> &'static str {
+                "storage"
+            }
+        }
+        testutil::with_ctx(1, |ctx| {
+            let steps: Vec<Box<dyn Step>> = vec![
+                Box::new(Fake("a", Gate::Run, Check::Pending("slow".into()))),
+                Box::new(Storage(Fake("s1", Gate::Run, Check::Done(String::new())))),
+                Box::new(Fake("b", Gate::Run, Check::Done(String::new()))),
+                Box::new(Storage(Fake("s2", Gate::Run, Check::Done(String::new())))),
+            ];
+            let rec = Recording::default();
+            let out = converge(&steps, ctx, &rec.host(), &|_| false);
+            let waiting = Outcome::Waiting("an earlier step on this node".into());
+            assert_eq!(
+                out,
+                vec![
+                    ("a", Outcome::Pending("slow".into())),
+                    ("s1", Outcome::Done(String::new())),
+                    ("b", waiting),
+                    ("s2", Outcome::Done(String::new())),
+                ]
+            );
+            let names: Vec<Vec<&str>> = by_chain(steps)
+                .iter()
+                .map(|c| c.iter().map(|s| s.name()).collect())
+                .collect();
+            assert_eq!(names, vec![vec!["a", "b"], vec!["s1", "s2"]]);
+        });
+        let names: Vec<Vec<&str>> = by_chain(all())
+            .iter()
+            .map(|c| c.iter().map(|s| s.name()).collect())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                vec!["pki", "etcd", "vip"],
+                vec![
+                    "gluster-brick",
+                    "gluster-pool",
+                    "gluster-volume",
+                    "gluster-mount"
+                ],
+            ]
+        );
     }
 }
