@@ -4,7 +4,9 @@
 //! → decrypt the secret items → one round of [`steps::converge`] on a
 //! blocking thread → print a console line per step whose status changed →
 //! record changed outcomes in the replicated state (forwarded to the
-//! leader) → back off failed steps (5 s doubling to 60 s).
+//! leader) → back off failed steps (5 s doubling to 60 s). A settled chain
+//! (every step done or not here) waits [`SETTLED`] between rounds unless
+//! the replicated state changes ([`Pace`]).
 //!
 //! [`issue_pki`] is the leader's part: once a plan exists, issue whatever
 //! PKI items are missing for it and commit them encrypted, never replacing
@@ -60,6 +62,39 @@ pub struct StepView {
 pub type StepViews = Arc<RwLock<Vec<StepView>>>;
 
 const ROUND: Duration = Duration::from_secs(2);
+/// How often a settled chain is looked at again while the replicated state
+/// stays the same (see [`Pace`]).
+const SETTLED: Duration = Duration::from_secs(15);
+
+/// When a chain's next round is due. A round runs every [`ROUND`] while
+/// something on the chain is not done; once every step is done (or not for
+/// this node) and the replicated state has not changed since, only every
+/// [`SETTLED`]. A settled chain's checks (four etcdctl calls, the gluster
+/// CLI) otherwise run every 2 s for ever, which on a small VM competes with
+/// the work other chains still have to do. Any change of the state (a new
+/// plan, secrets, a member, another node's step record) makes the next round
+/// due at once.
+#[derive(Debug, Default)]
+struct Pace {
+    /// The state the last round saw, when that round left the chain settled.
+    settled_on: Option<(ClusterState, Instant)>,
+}
+
+impl Pace {
+    fn due(&self, state: &ClusterState, now: Instant) -> bool {
+        match &self.settled_on {
+            Some((seen, at)) => seen != state || now.duration_since(*at) >= SETTLED,
+            None => true,
+        }
+    }
+
+    fn ran(&mut self, state: ClusterState, outcomes: &[(&'static str, Outcome)], now: Instant) {
+        let settled = outcomes
+            .iter()
+            .all(|(_, o)| matches!(o, Outcome::Done(_) | Outcome::NotHere));
+        self.settled_on = settled.then_some((state, now));
+    }
+}
 
 /// The real host for `cfg` (files under the root, systemd or a supervisor).
 pub fn host(cfg: &ConvergeConfig) -> Host {
@@ -176,10 +211,11 @@ async fn run_chain(
 ) {
     let mut backoff: BTreeMap<String, (Instant, u32)> = BTreeMap::new();
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
+    let mut pace = Pace::default();
     loop {
         tokio::time::sleep(ROUND).await;
         let state = node.state();
-        if state.plan.is_none() {
+        if state.plan.is_none() || !pace.due(&state, Instant::now()) {
             continue;
         }
         let items = decrypt_items(&state, &sbox);
@@ -214,6 +250,7 @@ async fn run_chain(
                 continue;
             }
         };
+        pace.ran(state.clone(), &outcomes, Instant::now());
         let mut view = Vec::new();
         for (name, outcome) in outcomes {
             let attempts = match &outcome {
@@ -304,5 +341,55 @@ async fn record(
     };
     if let Err(e) = node.propose(Command::RecordStep(rec)).await {
         tracing::debug!(step = name, error = %e, "recording step outcome");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_with_work_left_runs_every_round() {
+        let mut pace = Pace::default();
+        let t0 = Instant::now();
+        let st = ClusterState::default();
+        assert!(pace.due(&st, t0), "first round");
+        for o in [
+            Outcome::Pending("starting".into()),
+            Outcome::Waiting("pki".into()),
+            Outcome::Failed("boom".into()),
+            Outcome::Skipped,
+        ] {
+            pace.ran(
+                st.clone(),
+                &[("pki", Outcome::Done(String::new())), ("etcd", o)],
+                t0,
+            );
+            assert!(pace.due(&st, t0), "not settled: due at once");
+        }
+    }
+
+    #[test]
+    fn a_settled_chain_waits_until_the_state_changes_or_settled_passes() {
+        let mut pace = Pace::default();
+        let t0 = Instant::now();
+        let st = ClusterState::default();
+        pace.ran(
+            st.clone(),
+            &[
+                ("pki", Outcome::Done(String::new())),
+                ("vip", Outcome::NotHere),
+            ],
+            t0,
+        );
+        assert!(!pace.due(&st, t0 + ROUND), "settled, same state");
+        assert!(!pace.due(&st, t0 + SETTLED - ROUND));
+        assert!(pace.due(&st, t0 + SETTLED), "re-checked every SETTLED");
+        let mut changed = st.clone();
+        changed.secrets.insert("etcd/ca.crt".into(), vec![1]);
+        assert!(
+            pace.due(&changed, t0 + ROUND),
+            "a state change is due at once"
+        );
     }
 }
