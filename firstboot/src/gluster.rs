@@ -557,11 +557,11 @@ mod tests {
 
     #[test]
     fn golden_brick_commands_from_nothing_and_after_a_reboot() {
-        let got: Vec<String> = brick_actions(&BrickObs::default(), "/dev/habuild/gluster-brick", 2)
-            .unwrap()
-            .iter()
-            .map(Cmd::display)
-            .collect();
+        let shown = |obs: &BrickObs, dev: &str| -> Vec<String> {
+            let cmds = brick_actions(obs, dev, 2).unwrap();
+            cmds.iter().map(Cmd::display).collect()
+        };
+        let got = shown(&BrickObs::default(), "/dev/habuild/gluster-brick");
         assert_eq!(
             got,
             vec![
@@ -585,11 +585,7 @@ mod tests {
             fs: Some("xfs".into()),
             mounted: false,
         };
-        let got: Vec<String> = brick_actions(&obs, "/dev/vdb", 2)
-            .unwrap()
-            .iter()
-            .map(Cmd::display)
-            .collect();
+        let got = shown(&obs, "/dev/vdb");
         assert_eq!(
             got,
             vec![

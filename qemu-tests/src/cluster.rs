@@ -1,16 +1,17 @@
-//! What the multi-VM scenarios share: booting node `i` of a test cluster
-//! from the test image, asking the agents for their status from the
+//! What the multi-VM scenarios share: a [`Lab`] of N nodes booted from the
+//! test image on one L2 with DHCP, booting node `i` of it, asking the agents for their status from the
 //! namespace (`habuild cluster status --json`), waiting with a deadline, and
 //! the serial tails to print when something is not reached.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::image::release_bin;
-use crate::{qemu_img, vm, TestNet, Vm, VmSpec, Workdir};
+use crate::image::{debian_image, release_bin, BuiltImage};
+use crate::{qemu_img, vm, Dhcp, TestNet, Vm, VmSpec, Workdir};
 
 /// Each node's disk: the image grown to this size (the data partition grows
 /// into it on first boot).
@@ -28,6 +29,54 @@ pub fn start_node(net: &TestNet, work: &Workdir, base: &Path, i: u8) -> Result<V
     let mut spec = VmSpec::new(format!("node{i}"), &disk, vm::mac_address(i), &tap);
     spec.memory_mib = 1024;
     Vm::start(net, spec, work.path())
+}
+
+/// A multi-VM scenario's lab: the Debian test image (its cluster file is
+/// in `img.cluster`), a work directory, a network namespace with dnsmasq
+/// handing out 10.77.0.50-99, and nodes `1..=n` booted with no per-VM
+/// configuration. Dropping it powers the VMs off first, then stops DHCP,
+/// deletes the namespace and removes the work directory (fields drop in
+/// declaration order), also when a test fails half-way.
+pub struct Lab {
+    /// Node `i` is at index `i - 1`; `None` while it is powered off.
+    pub vms: Vec<Option<Vm>>,
+    _dhcp: Dhcp,
+    pub net: TestNet,
+    pub work: Workdir,
+    pub img: BuiltImage,
+}
+
+impl Lab {
+    /// Builds (or reuses) the test image and boots `n` nodes; `name` names
+    /// the work directory, `ns_prefix` the namespace.
+    pub fn start(name: &str, ns_prefix: &str, n: u8) -> Result<Lab> {
+        let img = debian_image()?;
+        let work = Workdir::new(name)?;
+        let net = TestNet::create(ns_prefix)?;
+        let dhcp = Dhcp::start(
+            &net,
+            Ipv4Addr::new(10, 77, 0, 50),
+            Ipv4Addr::new(10, 77, 0, 99),
+        )?;
+        let mut vms = Vec::new();
+        for i in 1..=n {
+            vms.push(Some(start_node(&net, &work, &img.raw, i)?));
+        }
+        Ok(Lab {
+            vms,
+            _dhcp: dhcp,
+            net,
+            work,
+            img,
+        })
+    }
+
+    /// The parts a scenario works with, borrowed side by side: the VMs (to
+    /// power off and boot again), the namespace, the image and the work
+    /// directory.
+    pub fn parts(&mut self) -> (&mut Vec<Option<Vm>>, &TestNet, &BuiltImage, &Workdir) {
+        (&mut self.vms, &self.net, &self.img, &self.work)
+    }
 }
 
 /// Runs `habuild cluster status --json [extra]` in the namespace and parses it.

@@ -13,13 +13,12 @@
 //! and commits writes (re-election measured); the VM boots again: it rejoins
 //! the same etcd cluster as the same member, with its data.
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use qemu_harness::cluster::{agents, dump, running, start_node, step, wait_until};
-use qemu_harness::image::{debian_image, release_bin};
-use qemu_harness::{Dhcp, TestNet, Vm, Workdir};
+use qemu_harness::cluster::{agents, dump, running, step, wait_until, Lab};
+use qemu_harness::image::release_bin;
+use qemu_harness::{TestNet, Vm};
 use serde_json::Value;
 
 const VIP: &str = "10.77.0.10";
@@ -70,25 +69,15 @@ fn vip_holder(net: &TestNet) -> Option<String> {
 
 #[test]
 fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
-    let img = debian_image()?;
-    let work = Workdir::new("assembly")?;
-    let net = TestNet::create("hba")?;
-    let _dhcp = Dhcp::start(
-        &net,
-        Ipv4Addr::new(10, 77, 0, 50),
-        Ipv4Addr::new(10, 77, 0, 99),
-    )?;
-    let mut vms: Vec<Option<Vm>> = Vec::new();
-    for i in 1..=3u8 {
-        vms.push(Some(start_node(&net, &work, &img.raw, i)?));
-    }
+    let mut lab = Lab::start("assembly", "hba", 3)?;
+    let (vms, net, img, work) = lab.parts();
 
     // 1. each node reports etcd healthy and the VIP answering on its console
     let limit = Duration::from_secs(1200);
-    for vm in running(&vms) {
+    for vm in running(vms) {
         let r = vm.wait_for("habuild-agent: step etcd done", limit);
         if let Err(e) = r {
-            bail!("{e:#}\n{}", dump(&running(&vms)));
+            bail!("{e:#}\n{}", dump(&running(vms)));
         }
         let etcd_at = vm.elapsed();
         vm.wait_for("habuild-agent: step vip done", Duration::from_secs(300))
@@ -107,12 +96,12 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
         "3/3 etcd members healthy in status",
         Duration::from_secs(180),
         || {
-            let agents = cluster_status(&net, &img.cluster).ok()?;
+            let agents = cluster_status(net, &img.cluster).ok()?;
             let v: Vec<_> = agents.iter().filter_map(etcd_view).collect();
             (v.len() == 3 && v.iter().all(|x| x.2 == 3 && x.3 == 3)).then_some((agents, v))
         },
     )
-    .with_context(|| dump(&running(&vms)))?;
+    .with_context(|| dump(&running(vms)))?;
     let (agents, v) = views;
     let clusters: std::collections::BTreeSet<_> = v.iter().map(|x| x.1.clone()).collect();
     let members: std::collections::BTreeSet<_> = v.iter().map(|x| x.0.clone()).collect();
@@ -128,7 +117,7 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
             "status leaks the secret"
         );
     }
-    let holder = vip_holder(&net).context("the VIP does not answer")?;
+    let holder = vip_holder(net).context("the VIP does not answer")?;
     eprintln!("assembly_qemu: etcd cluster {clusters:?} members {members:?}; VIP held by {holder}");
 
     // 3. power off the VIP holder
@@ -152,21 +141,21 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
     let off = Instant::now();
     vms[idx] = None;
     let new_holder = wait_until("the VIP to move", Duration::from_secs(120), || {
-        vip_holder(&net).filter(|h| *h != holder)
+        vip_holder(net).filter(|h| *h != holder)
     })
-    .with_context(|| dump(&running(&vms)))?;
+    .with_context(|| dump(&running(vms)))?;
     let failover = off.elapsed();
     let (survivors, rev_before) = wait_until(
         "the survivors' etcd to commit writes again",
         Duration::from_secs(180),
         || {
-            let agents = cluster_status(&net, &img.cluster).ok()?;
+            let agents = cluster_status(net, &img.cluster).ok()?;
             let v: Vec<_> = agents.iter().filter_map(etcd_view).collect();
             let ok = v.len() == 2 && v.iter().all(|x| x.2 == 2 && x.3 == 3);
             ok.then(|| (v.clone(), v.iter().map(|x| x.4).max().unwrap_or(0)))
         },
     )
-    .with_context(|| dump(&running(&vms)))?;
+    .with_context(|| dump(&running(vms)))?;
     eprintln!(
         "assembly_qemu: {holder} powered off: VIP answered from {new_holder} after {:.1} s; \
          etcd committing writes with 2/3 members after {:.1} s (revision {rev_before})",
@@ -179,7 +168,7 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
 
     // 4. boot it again: same member of the same cluster, data caught up
     let back = Instant::now();
-    let vm = Vm::start(&net, spec, work.path())?;
+    let vm = Vm::start(net, spec, work.path())?;
     vm.wait_for("habuild-agent: step etcd done", limit)
         .with_context(|| dump(&[&vm]))?;
     vms[idx] = Some(vm);
@@ -187,13 +176,13 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
         "the rebooted member back in",
         Duration::from_secs(240),
         || {
-            let agents = cluster_status(&net, &img.cluster).ok()?;
+            let agents = cluster_status(net, &img.cluster).ok()?;
             let v: Vec<_> = agents.iter().filter_map(etcd_view).collect();
             let me = v.iter().find(|x| x.0 == holder_member)?.clone();
             (v.len() == 3 && v.iter().all(|x| x.2 == 3)).then_some(me)
         },
     )
-    .with_context(|| dump(&running(&vms)))?;
+    .with_context(|| dump(&running(vms)))?;
     ensure!(
         clusters.contains(&rejoined.1),
         "rebooted node is in another etcd cluster: {rejoined:?}"
@@ -204,7 +193,7 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
         rejoined.4
     );
     ensure!(
-        vip_holder(&net).is_some(),
+        vip_holder(net).is_some(),
         "VIP lost after the node came back"
     );
     eprintln!(

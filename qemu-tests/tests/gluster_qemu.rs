@@ -14,13 +14,11 @@
 //! (loop device, LV, mount, glusterd), self-heal completes, and its brick
 //! holds every file written while it was away, with the same checksums.
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use qemu_harness::cluster::{dump, running, start_node, status_json, step, wait_until};
-use qemu_harness::image::debian_image;
-use qemu_harness::{Dhcp, TestNet, Vm, Workdir};
+use qemu_harness::cluster::{dump, running, status_json, step, wait_until, Lab};
+use qemu_harness::{TestNet, Vm};
 use serde_json::Value;
 
 const MOUNT: &str = "/mnt/gluster";
@@ -134,27 +132,17 @@ fn diagnose(vms: &[Option<Vm>]) -> String {
 
 #[test]
 fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> {
-    let img = debian_image()?;
-    let work = Workdir::new("gluster")?;
-    let net = TestNet::create("hbg")?;
-    let _dhcp = Dhcp::start(
-        &net,
-        Ipv4Addr::new(10, 77, 0, 50),
-        Ipv4Addr::new(10, 77, 0, 99),
-    )?;
-    let mut vms: Vec<Option<Vm>> = Vec::new();
-    for i in 1..=3u8 {
-        vms.push(Some(start_node(&net, &work, &img.raw, i)?));
-    }
+    let mut lab = Lab::start("gluster", "hbg", 3)?;
+    let (vms, net, img, work) = lab.parts();
     let t0 = Instant::now();
 
     // 1. every node mounts the volume, with no per-VM configuration
-    for vm in running(&vms) {
+    for vm in running(vms) {
         vm.wait_for(
             "habuild-agent: step gluster-mount done",
             Duration::from_secs(1500),
         )
-        .with_context(|| dump(&running(&vms)))?;
+        .with_context(|| dump(&running(vms)))?;
         eprintln!(
             "gluster_qemu: {}: volume mounted {:.0} s after VM start (accel {})",
             vm.name(),
@@ -165,16 +153,16 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
     let agents = wait_until(
         "gluster-mount done in status",
         Duration::from_secs(120),
-        || mounted_everywhere(&net, &img.cluster, 3),
+        || mounted_everywhere(net, &img.cluster, 3),
     )
-    .with_context(|| dump(&running(&vms)))?;
+    .with_context(|| dump(&running(vms)))?;
     eprintln!(
         "gluster_qemu: volume mounted on all 3 nodes {:.0} s after the VMs started",
         t0.elapsed().as_secs_f64()
     );
 
     // 2. habuild cluster status --gluster: replica 3 over the 3 nodes, topology
-    let g = status_json(&net, &img.cluster, &["--gluster"])?;
+    let g = status_json(net, &img.cluster, &["--gluster"])?;
     let v = &g["gluster"];
     ensure!(v["type"] == "Replicate" && v["replica"] == 3, "{g:#}");
     let addrs: Vec<String> = agents
@@ -220,10 +208,10 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
 
     // 3. inside the VMs: gluster's own view, topology.json, bricks on XFS thin LVs
     for i in 0..3 {
-        vm(i, &vms)?.guest().wait_ready(Duration::from_secs(120))?;
+        vm(i, vms)?.guest().wait_ready(Duration::from_secs(120))?;
     }
     let info = sh(
-        vm(0, &vms)?,
+        vm(0, vms)?,
         "gluster volume info habuild",
         Duration::from_secs(60),
     )?;
@@ -234,7 +222,7 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
         "{info}"
     );
     let status = sh(
-        vm(2, &vms)?,
+        vm(2, vms)?,
         "gluster volume status habuild detail",
         Duration::from_secs(60),
     )?;
@@ -245,7 +233,7 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
     let expected_topo = serde_json::to_string_pretty(topo)?;
     for i in [0, 2] {
         let on_node = sh(
-            vm(i, &vms)?,
+            vm(i, vms)?,
             "cat /var/lib/habuild/gluster/topology.json",
             Duration::from_secs(30),
         )?;
@@ -257,7 +245,7 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
         );
     }
     let fs = sh(
-        vm(0, &vms)?,
+        vm(0, vms)?,
         "findmnt -n -o FSTYPE,SOURCE /var/lib/habuild/bricks/brick0; xfs_info /var/lib/habuild/bricks/brick0 | grep -o 'isize=[0-9]*'; lvs --noheadings -o lv_name,segtype habuild_gluster; findmnt -n -o FSTYPE,OPTIONS /mnt/gluster",
         Duration::from_secs(60),
     )?;
@@ -270,21 +258,21 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
     );
 
     // 4. written on node 1, read on node 3
-    let a = write_random(vm(0, &vms)?, &format!("{MOUNT}/from-node1.bin"), 8)?;
-    let a3 = sha(vm(2, &vms)?, &format!("{MOUNT}/from-node1.bin"))?;
+    let a = write_random(vm(0, vms)?, &format!("{MOUNT}/from-node1.bin"), 8)?;
+    let a3 = sha(vm(2, vms)?, &format!("{MOUNT}/from-node1.bin"))?;
     ensure!(a == a3, "node3 reads {a3}, node1 wrote {a}");
 
     // 5. throughput: the volume against the local data partition, same node, same run
-    let (local, l_line) = dd_rate(vm(0, &vms)?, "/var/tmp/habuild-dd.bin")?;
-    let (gl, g_line) = dd_rate(vm(0, &vms)?, &format!("{MOUNT}/habuild-dd.bin"))?;
+    let (local, l_line) = dd_rate(vm(0, vms)?, "/var/tmp/habuild-dd.bin")?;
+    let (gl, g_line) = dd_rate(vm(0, vms)?, &format!("{MOUNT}/habuild-dd.bin"))?;
     eprintln!(
         "gluster_qemu: write 64 MiB with fsync on node1: local data partition {local:.1} MB/s ({l_line}); volume {gl:.1} MB/s ({g_line}); volume/local = {:.2}",
         gl / local
     );
 
     // 6. node 2 powered off: writes still succeed from nodes 1 and 3
-    let spec = vm(1, &vms)?.spec().clone();
-    vm(1, &vms)?.kill()?;
+    let spec = vm(1, vms)?.spec().clone();
+    vm(1, vms)?.kill()?;
     vms[1] = None;
     let off = Instant::now();
     let mut written = vec![(format!("{MOUNT}/from-node1.bin"), a)];
@@ -292,7 +280,7 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
         for k in 0..3 {
             let path = format!("{MOUNT}/{name}-{k}.bin");
             let t = Instant::now();
-            let sum = write_random(vm(i, &vms)?, &path, 2)?;
+            let sum = write_random(vm(i, vms)?, &path, 2)?;
             eprintln!(
                 "gluster_qemu: node2 off: {path} written from node{} in {:.1} s ({:.0} s after power-off)",
                 i + 1,
@@ -306,7 +294,7 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
     for (path, sum) in &written {
         for i in [0, 2] {
             ensure!(
-                sha(vm(i, &vms)?, path)? == *sum,
+                sha(vm(i, vms)?, path)? == *sum,
                 "node{} reads another {path}",
                 i + 1
             );
@@ -315,14 +303,14 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
 
     // 7. node 2 boots again: brick back by itself, self-heal, nothing lost
     let back = Instant::now();
-    vms[1] = Some(Vm::start(&net, spec, work.path())?);
-    vm(1, &vms)?
+    vms[1] = Some(Vm::start(net, spec, work.path())?);
+    vm(1, vms)?
         .wait_for(
             "habuild-agent: step gluster-mount done",
             Duration::from_secs(900),
         )
-        .with_context(|| dump(&running(&vms)))?;
-    vm(1, &vms)?.guest().wait_ready(Duration::from_secs(120))?;
+        .with_context(|| dump(&running(vms)))?;
+    vm(1, vms)?.guest().wait_ready(Duration::from_secs(120))?;
     let mounted_after = back.elapsed();
     // `heal-count` asks each node's self-heal daemon for its brick's pending
     // entries: cheap, unlike `heal info` (a full client per call).
@@ -330,7 +318,7 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
     let healed = wait_until("self-heal to complete", Duration::from_secs(900), || {
         std::thread::sleep(Duration::from_secs(8));
         let out = match sh(
-            vm(0, &vms).ok()?,
+            vm(0, vms).ok()?,
             "gluster volume heal habuild statistics heal-count",
             Duration::from_secs(120),
         ) {
@@ -346,17 +334,17 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
     .with_context(|| {
         format!(
             "last heal-count:\n{last}\n{}\n{}",
-            diagnose(&vms),
-            dump(&running(&vms))
+            diagnose(vms),
+            dump(&running(vms))
         )
     })?;
     let detail = sh(
-        vm(1, &vms)?,
+        vm(1, vms)?,
         "gluster volume status habuild detail",
         Duration::from_secs(120),
     )?;
     let shd = sh(
-        vm(1, &vms)?,
+        vm(1, vms)?,
         "gluster volume status habuild shd",
         Duration::from_secs(120),
     )?;
@@ -381,7 +369,7 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
     );
     for (path, sum) in &written {
         let on_brick = path.replacen(MOUNT, BRICK, 1);
-        let got = sha(vm(1, &vms)?, &on_brick)?;
+        let got = sha(vm(1, vms)?, &on_brick)?;
         ensure!(
             got == *sum,
             "node2's brick has {on_brick} with sha256 {got}, written as {sum}"
