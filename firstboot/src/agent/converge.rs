@@ -89,9 +89,7 @@ impl Pace {
     }
 
     fn ran(&mut self, state: ClusterState, outcomes: &[(&'static str, Outcome)], now: Instant) {
-        let settled = outcomes
-            .iter()
-            .all(|(_, o)| matches!(o, Outcome::Done(_) | Outcome::NotHere));
+        let settled = outcomes.iter().all(|(_, o)| o.is_settled());
         self.settled_on = settled.then_some((state, now));
     }
 }

@@ -176,6 +176,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Done, or not for this node: the later steps of its chain may build
+    /// on it, and a chain of only such outcomes has nothing left to do.
+    pub fn is_settled(&self) -> bool {
+        matches!(self, Outcome::Done(_) | Outcome::NotHere)
+    }
+
     /// The record kept in the replicated state, if this outcome is one.
     pub fn status(&self) -> Option<(StepStatus, String)> {
         match self {
@@ -209,7 +215,7 @@ pub fn converge(
         } else {
             run_one(step.as_ref(), ctx, host)
         };
-        if !matches!(outcome, Outcome::Done(_) | Outcome::NotHere) {
+        if !outcome.is_settled() {
             blocked.push(step.chain());
         }
         out.push((name, outcome));
