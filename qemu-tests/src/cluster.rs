@@ -1,7 +1,8 @@
 //! What the multi-VM scenarios share: a [`Lab`] of N nodes booted from the
-//! test image on one L2 with DHCP, booting node `i` of it, asking the agents for their status from the
-//! namespace (`habuild cluster status --json`), waiting with a deadline, and
-//! the serial tails to print when something is not reached.
+//! test image on one L2 with DHCP, booting node `i` of it, asking the agents
+//! for their status from the namespace (`habuild cluster status --json`),
+//! waiting with a deadline, and the serial tails to print when something is
+//! not reached.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -39,11 +40,11 @@ pub fn start_node(net: &TestNet, work: &Workdir, base: &Path, i: u8) -> Result<V
 /// declaration order), also when a test fails half-way.
 pub struct Lab {
     /// Node `i` is at index `i - 1`; `None` while it is powered off.
-    pub vms: Vec<Option<Vm>>,
-    _dhcp: Dhcp,
-    pub net: TestNet,
-    pub work: Workdir,
-    pub img: BuiltImage,
+    vms: Vec<Option<Vm>>,
+    dhcp: Dhcp,
+    net: TestNet,
+    work: Workdir,
+    img: BuiltImage,
 }
 
 impl Lab {
@@ -64,7 +65,7 @@ impl Lab {
         }
         Ok(Lab {
             vms,
-            _dhcp: dhcp,
+            dhcp,
             net,
             work,
             img,
@@ -72,10 +73,10 @@ impl Lab {
     }
 
     /// The parts a scenario works with, borrowed side by side: the VMs (to
-    /// power off and boot again), the namespace, the image and the work
-    /// directory.
-    pub fn parts(&mut self) -> (&mut Vec<Option<Vm>>, &TestNet, &BuiltImage, &Workdir) {
-        (&mut self.vms, &self.net, &self.img, &self.work)
+    /// power off and boot again), the namespace, the image, the work
+    /// directory and the DHCP server (its leases).
+    pub fn parts(&mut self) -> (&mut Vec<Option<Vm>>, &TestNet, &BuiltImage, &Workdir, &Dhcp) {
+        (&mut self.vms, &self.net, &self.img, &self.work, &self.dhcp)
     }
 }
 

@@ -70,7 +70,7 @@ fn vip_holder(net: &TestNet) -> Option<String> {
 #[test]
 fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
     let mut lab = Lab::start("assembly", "hba", 3)?;
-    let (vms, net, img, work) = lab.parts();
+    let (vms, net, img, work, _) = lab.parts();
 
     // 1. each node reports etcd healthy and the VIP answering on its console
     let limit = Duration::from_secs(1200);

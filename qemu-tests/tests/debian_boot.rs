@@ -6,18 +6,17 @@
 //! machine-id and does not re-format /var; the QEMU guest agent answers and
 //! runs commands in each VM (guest-exec over virtio-serial).
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use qemu_harness::image::{debian_image, BuiltImage};
-use qemu_harness::{qemu_img, vm, Dhcp, TestNet, Vm, VmSpec, Workdir};
+use qemu_harness::cluster::{running, Lab, DISK_BYTES};
+use qemu_harness::image::BuiltImage;
+use qemu_harness::{vm, Vm};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const BOOT: Duration = Duration::from_secs(600);
 const EXEC: Duration = Duration::from_secs(60);
-const DISK_BYTES: u64 = 8 << 30;
 
 struct Booted {
     facts: Value,
@@ -119,30 +118,14 @@ fn check_node(b: &Booted, img: &BuiltImage) -> Result<String> {
 
 #[test]
 fn debian_image_boots_read_only_with_grown_var_and_distinct_identities() -> Result<()> {
-    let img = debian_image()?;
-    let work = Workdir::new("boot")?;
-    let net = TestNet::create("hbt")?;
-    let dhcp = Dhcp::start(
-        &net,
-        Ipv4Addr::new(10, 77, 0, 50),
-        Ipv4Addr::new(10, 77, 0, 99),
-    )?;
-
-    let mut vms = Vec::new();
-    for i in 1..=2u8 {
-        let disk = work.join(format!("node{i}.qcow2"));
-        qemu_img::create_overlay(&img.raw, "raw", &disk, Some(DISK_BYTES))?;
-        let tap = net.add_tap(&format!("tap{i}"))?;
-        let mac = vm::mac_address(i);
-        let mut spec = VmSpec::new(format!("node{i}"), &disk, &mac, &tap);
-        spec.memory_mib = 1024;
-        vms.push((Vm::start(&net, spec, work.path())?, mac));
-    }
+    let mut lab = Lab::start("boot", "hbt", 2)?;
+    let (vms, net, img, work, dhcp) = lab.parts();
     let mut ids = Vec::new();
-    for (vm, mac) in &vms {
+    for (i, vm) in running(vms).into_iter().enumerate() {
         let b = boot_and_read(vm, 0)?;
-        let id = check_node(&b, &img)?;
-        let lease = dhcp.wait_for_lease(mac, Duration::from_secs(120))?;
+        let id = check_node(&b, img)?;
+        let mac = vm::mac_address(i as u8 + 1);
+        let lease = dhcp.wait_for_lease(&mac, Duration::from_secs(120))?;
         eprintln!(
             "{}: login prompt after {:.1}s, agent facts after {:.1}s (accel {}), machine-id {id}, DHCP {}",
             vm.name(),
@@ -166,8 +149,7 @@ fn debian_image_boots_read_only_with_grown_var_and_distinct_identities() -> Resu
     );
 
     // Reboot node1: same identity, /var kept (no second format).
-    let (vm1, _) = &vms[0];
-    let mark = vm1.serial_len();
+    let vm1 = vms[0].as_ref().context("node1 is running")?;
     // ACPI power button; repeated, because a press that arrives before
     // systemd-logind watches the button device is lost.
     let mut exited = false;
@@ -183,11 +165,10 @@ fn debian_image_boots_read_only_with_grown_var_and_distinct_identities() -> Resu
         "node1 did not power off after 8 ACPI power-button presses"
     );
     let spec = vm1.spec().clone();
-    drop(vms);
-    let vm1 = Vm::start(&net, spec, work.path())?;
-    let _ = mark;
+    vms.clear(); // node2 too: node1 reboots alone
+    let vm1 = Vm::start(net, spec, work.path())?;
     let b = boot_and_read(&vm1, 0)?;
-    let id = check_node(&b, &img)?;
+    let id = check_node(&b, img)?;
     check_guest(&vm1, &id)?;
     ensure!(
         id == ids[0],
@@ -203,6 +184,5 @@ fn debian_image_boots_read_only_with_grown_var_and_distinct_identities() -> Resu
         b.login.as_secs_f64()
     );
     drop(vm1);
-    drop(dhcp);
     Ok(())
 }

@@ -133,7 +133,7 @@ fn diagnose(vms: &[Option<Vm>]) -> String {
 #[test]
 fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> {
     let mut lab = Lab::start("gluster", "hbg", 3)?;
-    let (vms, net, img, work) = lab.parts();
+    let (vms, net, img, work, _) = lab.parts();
     let t0 = Instant::now();
 
     // 1. every node mounts the volume, with no per-VM configuration
