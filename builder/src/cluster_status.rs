@@ -391,7 +391,7 @@ fn rejected_cell(doc: &Value) -> String {
         ("bad_mac", "mac"),
         ("other_cluster", "other"),
         ("malformed", "malformed"),
-        ("transport_handshakes", "handshake"),
+        ("unauthenticated", "handshake"),
     ]
     .iter()
     .filter_map(|(key, label)| {
@@ -599,7 +599,7 @@ mod tests {
                 "other_cluster": 0,
                 "bad_mac": if i == 1 { 3 } else { 0 },
                 "malformed": 0,
-                "transport_handshakes": if i == 1 { 1 } else { 0 },
+                "unauthenticated": if i == 1 { 1 } else { 0 },
             },
             "announcements_last_minute": 12,
         })

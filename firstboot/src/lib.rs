@@ -11,6 +11,7 @@ pub mod gluster;
 pub mod host;
 pub mod pki;
 pub mod plan;
+pub mod protocol;
 pub mod secretbox;
 pub mod source;
 pub mod state;

@@ -322,7 +322,7 @@ where
 
 fn handshake_io(what: &str, e: TransportError) -> TransportError {
     match e {
-        TransportError::Io(_) => e,
+        TransportError::Io(_) | TransportError::Closed | TransportError::Truncated => e,
         other => TransportError::Handshake(format!("{what}: {other}")),
     }
 }
@@ -511,14 +511,42 @@ pub async fn call(addr: SocketAddr, keys: &Keys, req: &[u8]) -> Result<Vec<u8>, 
         .map_err(|_| TransportError::Timeout("call"))?
 }
 
+/// Why inbound handshakes failed, by cause. Only `unauthenticated` means a
+/// peer that does not hold the cluster secret (or speaks no Noise at all);
+/// a slow or vanished peer is counted apart, so the security counter means
+/// an intruder and nothing else.
+#[derive(Debug, Default)]
+pub struct HandshakeCounters {
+    /// The handshake did not verify: wrong or no cluster secret, garbage.
+    pub unauthenticated: AtomicU64,
+    /// No complete handshake within [`HANDSHAKE_TIMEOUT`].
+    pub timeouts: AtomicU64,
+    /// The connection was closed or reset before the handshake finished.
+    pub aborted: AtomicU64,
+}
+
+impl HandshakeCounters {
+    fn count(&self, e: &TransportError) {
+        let c = match e {
+            TransportError::Io(_) | TransportError::Closed | TransportError::Truncated => {
+                &self.aborted
+            }
+            TransportError::Timeout(_) => &self.timeouts,
+            _ => &self.unauthenticated,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Accepts connections forever: each one must complete the handshake within
-/// [`HANDSHAKE_TIMEOUT`] (else `rejected` is incremented and it is dropped);
+/// [`HANDSHAKE_TIMEOUT`] (else the failure is counted by cause in
+/// `counters` and the connection dropped);
 /// then every frame it sends is a request answered by `handler`'s returned
 /// bytes, until the peer closes or stays idle for [`IDLE_TIMEOUT`].
 pub async fn serve<H, F>(
     listener: TcpListener,
     keys: Arc<Keys>,
-    rejected: Arc<AtomicU64>,
+    counters: Arc<HandshakeCounters>,
     handler: H,
 ) where
     H: Fn(Request) -> F + Send + Sync + 'static,
@@ -541,7 +569,7 @@ pub async fn serve<H, F>(
             continue;
         };
         let keys = keys.clone();
-        let rejected = rejected.clone();
+        let counters = counters.clone();
         let handler = handler.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -549,12 +577,12 @@ pub async fn serve<H, F>(
             let mut s = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(tcp, &keys)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    rejected.fetch_add(1, Ordering::Relaxed);
+                    counters.count(&e);
                     tracing::debug!(%peer_addr, error = %e, "transport: handshake rejected");
                     return;
                 }
                 Err(_) => {
-                    rejected.fetch_add(1, Ordering::Relaxed);
+                    counters.count(&TransportError::Timeout("handshake"));
                     tracing::debug!(%peer_addr, "transport: handshake timed out");
                     return;
                 }

@@ -39,11 +39,11 @@ async fn serve_and_call_over_loopback() {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server_keys = keys(1);
-    let rejected = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(transport::HandshakeCounters::default());
     let server = tokio::spawn(transport::serve(
         listener,
         Arc::new(server_keys.clone()),
-        rejected.clone(),
+        counters.clone(),
         |req: transport::Request| async move {
             let mut resp = b"pong:".to_vec();
             resp.extend_from_slice(&req.body);
@@ -69,23 +69,30 @@ async fn serve_and_call_over_loopback() {
         assert_eq!(&r[5..5 + body.len()], &body[..]);
     }
     drop(s);
-    assert_eq!(rejected.load(Ordering::Relaxed), 0);
+    let unauth = &counters.unauthenticated;
+    let aborted = &counters.aborted;
+    assert_eq!(unauth.load(Ordering::Relaxed), 0);
+    assert_eq!(aborted.load(Ordering::Relaxed), 0);
 
-    // an outsider: wrong secret
+    // an outsider: wrong secret, counted as unauthenticated
     let r = transport::call(addr, &keys(2), b"ping").await;
     assert!(matches!(r, Err(TransportError::Handshake(_))), "{r:?}");
-    assert_eq!(wait_for(&rejected, 1).await, 1);
+    assert_eq!(wait_for(unauth, 1).await, 1);
 
-    // garbage on the port
+    // a connection that goes away mid-handshake (a port scan, a peer that
+    // crashed): aborted, not an intruder
     let mut raw = TcpStream::connect(addr).await.unwrap();
     raw.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
     raw.shutdown().await.unwrap();
     drop(raw);
-    assert_eq!(wait_for(&rejected, 2).await, 2);
+    assert_eq!(wait_for(aborted, 1).await, 1);
+    drop(TcpStream::connect(addr).await.unwrap());
+    assert_eq!(wait_for(aborted, 2).await, 2);
 
     // the server still serves members afterwards
     assert!(transport::call(addr, &member, b"again").await.is_ok());
-    assert_eq!(rejected.load(Ordering::Relaxed), 2);
+    assert_eq!(unauth.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.timeouts.load(Ordering::Relaxed), 0);
     server.abort();
 }
 

@@ -20,7 +20,7 @@ pub mod status;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,16 +102,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     .context("opening the Raft state")?;
 
     let status = status::Shared::default();
-    let rejected_handshakes = Arc::new(AtomicU64::new(0));
-    tokio::spawn(transport::serve(
-        listener,
-        keys,
-        rejected_handshakes.clone(),
-        {
-            let (node, status) = (node.clone(), status.clone());
-            move |req: transport::Request| rpc::handle(node.clone(), status.clone(), req.body)
-        },
-    ));
+    let handshakes = Arc::new(transport::HandshakeCounters::default());
+    tokio::spawn(transport::serve(listener, keys, handshakes.clone(), {
+        let (node, status) = (node.clone(), status.clone());
+        move |req: transport::Request| rpc::handle(node.clone(), status.clone(), req.body)
+    }));
     tokio::spawn(status::serve(
         status::bind(&cfg.status_socket)?,
         status.clone(),
@@ -177,7 +172,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         announced,
         addrs,
         status,
-        rejected_handshakes,
+        handshakes,
         peers: BTreeMap::new(),
         boot,
         phase: None,
@@ -215,7 +210,7 @@ struct Agent {
     announced: RaftState,
     addrs: AddrBook,
     status: status::Shared,
-    rejected_handshakes: Arc<AtomicU64>,
+    handshakes: Arc<transport::HandshakeCounters>,
     peers: BTreeMap<NodeId, Peer>,
     boot: BootstrapState,
     phase: Option<Phase>,
@@ -586,7 +581,9 @@ impl Agent {
                 "other_cluster": st.rejected.other_cluster,
                 "bad_mac": st.rejected.bad_mac,
                 "malformed": st.rejected.malformed,
-                "transport_handshakes": self.rejected_handshakes.load(Ordering::Relaxed),
+                "unauthenticated": self.handshakes.unauthenticated.load(Ordering::Relaxed),
+                "handshake_timeouts": self.handshakes.timeouts.load(Ordering::Relaxed),
+                "handshake_aborted": self.handshakes.aborted.load(Ordering::Relaxed),
                 "duplicate_node_id": st.duplicate_id,
             },
             "announcements_last_minute": st.announcements_last_minute,

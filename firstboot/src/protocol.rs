@@ -1,0 +1,227 @@
+//! The status protocol: the one document every agent serves (on its unix
+//! socket and to `habuild cluster status` over the authenticated channel),
+//! typed on both ends. The agent builds a [`StatusDoc`]; readers
+//! (`habuild cluster status`, the namespace and QEMU tests) parse it back
+//! into the same struct.
+//!
+//! Compatibility rules, so a newer reader understands an older agent:
+//! - [`StatusDoc::version`] says which revision of this document an agent
+//!   speaks ([`STATUS_VERSION`]); agents from before the field existed parse
+//!   as version 0.
+//! - Every field has a default (`#[serde(default)]`), so a field an older
+//!   agent does not send reads as empty/absent instead of failing the parse.
+//!   Fields are only ever added, never renamed or given another meaning.
+//! - Node ids are 16-digit lowercase hex strings (as on the console).
+//!
+//! The document never carries the cluster secret, keys or the bootstrap
+//! token.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{NodeId, Role, StepStatus};
+
+/// The revision of [`StatusDoc`] this build writes. 0 = unversioned (the
+/// first agents); 1 = typed document with member health and split
+/// handshake counters.
+pub const STATUS_VERSION: u32 = 1;
+
+/// A node id as it appears in the document.
+pub fn hex(id: NodeId) -> String {
+    format!("{id:016x}")
+}
+
+/// A list of node ids as they appear in the document.
+pub fn hex_list(ids: &[NodeId]) -> Vec<String> {
+    ids.iter().map(|i| hex(*i)).collect()
+}
+
+/// One agent's view of itself and of the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatusDoc {
+    /// Revision of this document ([`STATUS_VERSION`]; 0 when absent).
+    pub version: u32,
+    pub node_id: String,
+    pub hostname: String,
+    /// The agent's `ip:port` on the cluster network.
+    pub address: String,
+    /// `starting`, `discovering`, `forming`, `joining`, `member`, `planned`.
+    pub phase: String,
+    /// The phase with its fields (`{"phase": "planned", "role": …, "plan": 3}`).
+    pub phase_detail: Option<serde_json::Value>,
+    /// What the agent is waiting for, in words.
+    pub waiting_for: Option<String>,
+    /// A condition an operator must fix.
+    pub error: Option<String>,
+    /// This node's role in the committed plan.
+    pub role: Option<Role>,
+    pub raft: RaftView,
+    /// Ids of the members in the replicated state.
+    pub members: Vec<String>,
+    /// Every member's health as this agent sees it (the leader decides
+    /// "down" from Raft replication and records it in the replicated state).
+    pub member_health: Vec<MemberHealth>,
+    pub plan: Option<PlanView>,
+    /// Verified peers seen over mDNS.
+    pub peers: Vec<PeerView>,
+    /// This node's converge steps.
+    pub steps: Vec<StepView>,
+    pub gluster: Option<GlusterView>,
+    /// Every node's step records from the replicated state.
+    pub cluster_steps: Vec<ClusterStep>,
+    pub rejected: Rejected,
+    pub announcements_last_minute: u64,
+}
+
+impl StatusDoc {
+    /// Parses a document, naming what is wrong.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.state == RaftRole::Leader
+    }
+}
+
+/// openraft's server state, as the agent reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRole {
+    #[default]
+    Learner,
+    Follower,
+    Candidate,
+    Leader,
+    Shutdown,
+}
+
+impl From<openraft::ServerState> for RaftRole {
+    fn from(s: openraft::ServerState) -> Self {
+        match s {
+            openraft::ServerState::Learner => RaftRole::Learner,
+            openraft::ServerState::Follower => RaftRole::Follower,
+            openraft::ServerState::Candidate => RaftRole::Candidate,
+            openraft::ServerState::Leader => RaftRole::Leader,
+            openraft::ServerState::Shutdown => RaftRole::Shutdown,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RaftView {
+    /// This node is in the group's membership (voter or learner).
+    pub member: bool,
+    pub state: RaftRole,
+    pub term: u64,
+    pub leader: Option<String>,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    pub last_applied: Option<u64>,
+}
+
+/// A member's health: `healthy` is the replicated flag the leader sets; the
+/// leader's own view adds how long ago the member last acknowledged it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemberHealth {
+    pub id: String,
+    pub hostname: String,
+    pub ip: String,
+    pub healthy: bool,
+    /// Seconds since the leader last heard from this member (leader only).
+    pub last_ack_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlanView {
+    pub version: u64,
+    pub control_plane: Vec<String>,
+    pub workers: Vec<String>,
+    pub storage: Vec<String>,
+    pub storage_leader: Option<String>,
+    pub vip: String,
+    /// `first-last` address range.
+    pub metallb: serde_json::Value,
+    /// node id → pod CIDR.
+    pub pod_cidrs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PeerView {
+    pub id: String,
+    /// `member`, `leader` or `forming:<hash>`.
+    pub state: String,
+    pub addrs: Vec<String>,
+    pub port: u16,
+}
+
+/// One of this node's converge steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StepView {
+    pub step: String,
+    /// `pending`, `waiting`, `running`, `done`, `failed`, `not-here` …
+    pub status: String,
+    pub detail: String,
+    pub attempts: u32,
+}
+
+/// A node's step record from the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStep {
+    pub node: String,
+    pub step: String,
+    pub status: StepStatus,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+/// The Gluster volume as planned, and heketi's topology.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GlusterView {
+    pub enabled: bool,
+    pub volume: Option<String>,
+    /// `Replicate`, `Distribute`, `Distributed-Replicate`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub replica: Option<u32>,
+    pub bricks: Vec<String>,
+    /// Storage nodes whose brick waits for a whole replica set.
+    pub waiting: Vec<String>,
+    pub leader: Option<String>,
+    pub mount_path: Option<String>,
+    /// heketi's `topology.json` (its own format, passed through).
+    pub topology: Option<serde_json::Value>,
+}
+
+/// What this agent refused, by cause. Only `unauthenticated` means a peer
+/// without the cluster secret; timeouts and aborted connections are
+/// counted apart from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rejected {
+    /// mDNS announcements of another cluster.
+    pub other_cluster: u64,
+    /// mDNS announcements whose MAC does not verify (no or another secret).
+    pub bad_mac: u64,
+    pub malformed: u64,
+    /// Transport handshakes that failed authentication: the peer does not
+    /// hold the cluster secret.
+    pub unauthenticated: u64,
+    /// Transport handshakes that did not finish in time.
+    pub handshake_timeouts: u64,
+    /// Connections closed or reset before the handshake finished.
+    pub handshake_aborted: u64,
+    /// Version 0 agents: every failed handshake, whatever its cause.
+    pub transport_handshakes: u64,
+    /// Verified announcements of this node's own id from another address.
+    pub duplicate_node_id: u64,
+}
