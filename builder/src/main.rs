@@ -120,11 +120,17 @@ enum ClusterCmd {
     ///
     /// One row per agent: node id (* marks the Raft leader), hostname,
     /// address, phase, planned role, Raft state, term and leader, plan
-    /// version, what the agent rejected (mDNS announcements, handshakes) and
-    /// what it is waiting for; then agents that announced themselves but did
+    /// version, what the agent rejected (mDNS announcements, handshakes), the
+    /// members it sees down and what it is waiting for; then agents that announced themselves but did
     /// not answer, and a summary: how many answered, the leader, and whether
     /// all agree on the plan. --json prints one document instead:
-    ///   {"agents": [<status>...], "unreachable": [...], "rejected_announcements": {...}}
+    ///   {"version": 1, "agents": [<status>...], "unreachable": [...],
+    ///    "rejected_announcements": {...}, "member_health": {total, up, down: [...]}}
+    /// (schema: module docs of builder::cluster_status). Members the Raft
+    /// leader no longer hears from are shown DOWN (table column, a "down:"
+    /// line and the summary: "2/3 members up, X down"). REJECTED auth=N
+    /// counts peers that failed authentication (no cluster secret); handshake
+    /// timeouts and aborts are listed apart. Older agents are read too.
     /// Status documents never contain the secret or keys.
     ///
     /// --gluster shows the storage instead: the volume (type, replica,
@@ -297,10 +303,7 @@ fn cluster_status(args: StatusArgs) -> anyhow::Result<()> {
     match (args.gluster, args.json) {
         (false, true) => println!("{}", serde_json::to_string_pretty(&report.to_json())?),
         (false, false) => print!("{}", report.render()),
-        (true, true) => println!(
-            "{}",
-            serde_json::to_string_pretty(&report.gluster().unwrap_or(serde_json::Value::Null))?
-        ),
+        (true, true) => println!("{}", serde_json::to_string_pretty(&report.gluster())?),
         (true, false) => print!("{}", report.render_gluster()),
     }
     anyhow::ensure!(
