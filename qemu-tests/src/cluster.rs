@@ -1,6 +1,7 @@
 //! What the multi-VM scenarios share: a [`Lab`] of N nodes booted from the
 //! test image on one L2 with DHCP, booting node `i` of it, asking the agents
-//! for their status from the namespace (`habuild cluster status --json`),
+//! for their status from the namespace (`habuild cluster status --json`,
+//! read into its own types: [`StatusOutput`] of [`StatusDoc`]s),
 //! waiting with a deadline, and the serial tails to print when something is
 //! not reached.
 
@@ -9,7 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use builder::cluster_status::{GlusterOutput, StatusOutput};
+use firstboot::protocol::{StatusDoc, StepView};
+use serde::de::DeserializeOwned;
 
 use crate::image::{debian_image, release_bin, BuiltImage};
 use crate::{qemu_img, vm, Dhcp, TestNet, Vm, VmSpec, Workdir};
@@ -80,8 +83,9 @@ impl Lab {
     }
 }
 
-/// Runs `habuild cluster status --json [extra]` in the namespace and parses it.
-pub fn status_json(net: &TestNet, cluster_file: &Path, extra: &[&str]) -> Result<Value> {
+/// What `habuild cluster status --json [extra]` prints in the namespace,
+/// as text (to check that it leaks nothing).
+pub fn status_text(net: &TestNet, cluster_file: &Path, extra: &[&str]) -> Result<String> {
     let habuild = release_bin("habuild")?;
     let out = net
         .exec(&habuild)
@@ -91,29 +95,54 @@ pub fn status_json(net: &TestNet, cluster_file: &Path, extra: &[&str]) -> Result
         .arg(cluster_file)
         .output()
         .context("running habuild cluster status")?;
-    serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "habuild cluster status --json printed no JSON (exit {}): {}",
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if text.trim().is_empty() {
+        bail!(
+            "habuild cluster status --json {} printed nothing (exit {}): {}",
+            extra.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(text)
+}
+
+/// `habuild cluster status --json [extra]` read into `T`.
+fn status_output<T: DeserializeOwned>(
+    net: &TestNet,
+    cluster_file: &Path,
+    extra: &[&str],
+) -> Result<T> {
+    let text = status_text(net, cluster_file, extra)?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "habuild cluster status --json {} printed no document of its schema: {text}",
+            extra.join(" ")
         )
     })
 }
 
-/// The agents' status documents.
-pub fn agents(net: &TestNet, cluster_file: &Path) -> Result<Vec<Value>> {
-    Ok(status_json(net, cluster_file, &[])?["agents"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default())
+/// `habuild cluster status --json`: every answering agent's status
+/// document, the unreachable ones, member health.
+pub fn status(net: &TestNet, cluster_file: &Path) -> Result<StatusOutput> {
+    status_output(net, cluster_file, &[])
 }
 
-/// This agent's own view of step `name` (`{step, status, detail, attempts}`).
-pub fn step<'a>(agent: &'a Value, name: &str) -> Option<&'a Value> {
-    agent["steps"]
-        .as_array()?
-        .iter()
-        .find(|s| s["step"] == name)
+/// `habuild cluster status --gluster --json`: the volume and every node's
+/// gluster steps; an error while no agent reported a plan.
+pub fn gluster_status(net: &TestNet, cluster_file: &Path) -> Result<GlusterOutput> {
+    status_output::<Option<GlusterOutput>>(net, cluster_file, &["--gluster"])?
+        .context("no agent reported a plan yet (--gluster printed null)")
+}
+
+/// The agents' status documents.
+pub fn agents(net: &TestNet, cluster_file: &Path) -> Result<Vec<StatusDoc>> {
+    Ok(status(net, cluster_file)?.agents)
+}
+
+/// This agent's own view of step `name`.
+pub fn step<'a>(agent: &'a StatusDoc, name: &str) -> Option<&'a StepView> {
+    agent.steps.iter().find(|s| s.step == name)
 }
 
 /// Polls `f` every 2 s until it gives a value or `limit` passes.

@@ -11,29 +11,33 @@
 //! holder). Then the VIP holder is powered off (QEMU killed): the VIP answers
 //! from another node (failover measured), the survivors' etcd keeps quorum
 //! and commits writes (re-election measured); the VM boots again: it rejoins
-//! the same etcd cluster as the same member, with its data.
+//! the same etcd cluster as the same member, with its data. Status reads
+//! typed (`firstboot::protocol::StatusDoc` inside habuild's `--json`
+//! output): the powered-off member is shown down (2/3 members up) and up
+//! again after it rejoined.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use qemu_harness::cluster::{agents, dump, running, step, wait_until, Lab};
+use firstboot::protocol::StatusDoc;
+use firstboot::state::Role;
+use qemu_harness::cluster::{agents, dump, running, status, status_text, step, wait_until, Lab};
 use qemu_harness::image::release_bin;
 use qemu_harness::{TestNet, Vm};
-use serde_json::Value;
 
 const VIP: &str = "10.77.0.10";
 
-fn cluster_status(net: &TestNet, cluster_file: &std::path::Path) -> Result<Vec<Value>> {
+fn cluster_status(net: &TestNet, cluster_file: &std::path::Path) -> Result<Vec<StatusDoc>> {
     agents(net, cluster_file)
 }
 
 /// (member id, cluster id, healthy, total, revision) from the etcd step's observation.
-fn etcd_view(agent: &Value) -> Option<(String, String, u32, u32, u64)> {
+fn etcd_view(agent: &StatusDoc) -> Option<(String, String, u32, u32, u64)> {
     let s = step(agent, "etcd")?;
-    if s["status"] != "done" {
+    if s.status != "done" {
         return None;
     }
-    let d = s["detail"].as_str()?;
+    let d = s.detail.as_str();
     let words: Vec<&str> = d.split([' ', ',', ':']).filter(|w| !w.is_empty()).collect();
     let after = |w: &str| {
         words
@@ -111,22 +115,22 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
     );
     ensure!(members.len() == 3, "members not distinct: {members:?}");
     for a in &agents {
-        ensure!(a["role"] == "control-plane", "{a}");
-        ensure!(
-            !a.to_string().contains(qemu_harness::image::TEST_SECRET),
-            "status leaks the secret"
-        );
+        ensure!(a.role == Some(Role::ControlPlane), "{a:?}");
     }
+    ensure!(
+        !status_text(net, &img.cluster, &[])?.contains(qemu_harness::image::TEST_SECRET),
+        "status leaks the secret"
+    );
     let holder = vip_holder(net).context("the VIP does not answer")?;
     eprintln!("assembly_qemu: etcd cluster {clusters:?} members {members:?}; VIP held by {holder}");
 
     // 3. power off the VIP holder
-    let node_of = |a: &Value| format!("node-{}", a["node_id"].as_str().unwrap_or(""));
+    let node_of = |a: &StatusDoc| format!("node-{}", a.node_id);
     let holder_agent = agents
         .iter()
         .find(|a| holder.ends_with(&node_of(a)))
         .context("the VIP holder is one of the agents")?;
-    let holder_id = holder_agent["node_id"].as_str().unwrap_or("").to_string();
+    let holder_id = holder_agent.node_id.clone();
     let (holder_member, _, _, _, _) = etcd_view(holder_agent).context("holder etcd view")?;
     let idx = (0..3)
         .find(|i| {
@@ -165,6 +169,23 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
     ensure!(survivors
         .iter()
         .all(|x| x.1 == *clusters.iter().next().unwrap()));
+    // the powered-off member is shown down, by id, with 2 of 3 up
+    let down = wait_until(
+        "the powered-off member shown down in status",
+        Duration::from_secs(120),
+        || {
+            let h = status(net, &img.cluster).ok()?.member_health?;
+            let d = h.down.iter().find(|d| d.id == holder_id)?.clone();
+            (h.up == 2 && h.total == 3 && h.down.len() == 1).then_some(d)
+        },
+    )
+    .with_context(|| dump(&running(vms)))?;
+    eprintln!(
+        "assembly_qemu: status shows {} down (2/3 members up, reported by {:?}) {:.1} s after power-off",
+        down.label(),
+        down.reported_by,
+        off.elapsed().as_secs_f64()
+    );
 
     // 4. boot it again: same member of the same cluster, data caught up
     let back = Instant::now();
@@ -196,6 +217,15 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
         vip_holder(net).is_some(),
         "VIP lost after the node came back"
     );
+    wait_until(
+        "every member up again in status",
+        Duration::from_secs(120),
+        || {
+            let h = status(net, &img.cluster).ok()?.member_health?;
+            (h.up == 3 && h.total == 3 && h.down.is_empty()).then_some(())
+        },
+    )
+    .with_context(|| dump(&running(vms)))?;
     eprintln!(
         "assembly_qemu: rebooted node rejoined as member {} of the same cluster after {:.0} s (revision {})",
         rejoined.0,

@@ -17,8 +17,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use qemu_harness::cluster::{dump, running, status_json, step, wait_until, Lab};
+use firstboot::protocol::StatusDoc;
+use qemu_harness::cluster::{agents, dump, gluster_status, running, step, wait_until, Lab};
 use qemu_harness::{TestNet, Vm};
+use serde::Deserialize;
 use serde_json::Value;
 
 const MOUNT: &str = "/mnt/gluster";
@@ -34,14 +36,45 @@ fn sh(vm: &Vm, script: &str, timeout: Duration) -> Result<String> {
     Ok(out.stdout)
 }
 
+/// heketi's topology.json, as far as this test reads it (the status
+/// document passes it through in heketi's own format).
+#[derive(Debug, Deserialize)]
+struct Topology {
+    clusters: Vec<TopologyCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TopologyCluster {
+    nodes: Vec<TopologyNode>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TopologyNode {
+    node: TopologyNodeInfo,
+    devices: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TopologyNodeInfo {
+    hostnames: Hostnames,
+}
+
+#[derive(Debug, Deserialize)]
+struct Hostnames {
+    manage: Vec<String>,
+    storage: Vec<String>,
+}
+
 /// Every running agent reports gluster-mount done (and how many agents answered).
-fn mounted_everywhere(net: &TestNet, cluster: &std::path::Path, n: usize) -> Option<Vec<Value>> {
-    let agents: Vec<Value> = status_json(net, cluster, &[]).ok()?["agents"]
-        .as_array()?
-        .clone();
+fn mounted_everywhere(
+    net: &TestNet,
+    cluster: &std::path::Path,
+    n: usize,
+) -> Option<Vec<StatusDoc>> {
+    let agents = agents(net, cluster).ok()?;
     let done = agents
         .iter()
-        .filter(|a| step(a, "gluster-mount").is_some_and(|s| s["status"] == "done"))
+        .filter(|a| step(a, "gluster-mount").is_some_and(|s| s.status == "done"))
         .count();
     (agents.len() == n && done == n).then_some(agents)
 }
@@ -162,48 +195,41 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
     );
 
     // 2. habuild cluster status --gluster: replica 3 over the 3 nodes, topology
-    let g = status_json(net, &img.cluster, &["--gluster"])?;
-    let v = &g["gluster"];
-    ensure!(v["type"] == "Replicate" && v["replica"] == 3, "{g:#}");
+    let g = gluster_status(net, &img.cluster)?;
+    let v = &g.gluster;
+    ensure!(
+        v.kind.as_deref() == Some("Replicate") && v.replica == Some(3),
+        "{g:#?}"
+    );
     let addrs: Vec<String> = agents
         .iter()
-        .map(|a| {
-            a["address"]
-                .as_str()
-                .unwrap_or("")
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
+        .map(|a| a.address.split(':').next().unwrap_or("").to_string())
         .collect();
-    let bricks: Vec<&str> = v["bricks"]
-        .as_array()
-        .context("bricks")?
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    ensure!(bricks.len() == 3, "{g:#}");
+    let bricks = &v.bricks;
+    ensure!(bricks.len() == 3, "{g:#?}");
     for a in &addrs {
         ensure!(
-            bricks.contains(&format!("{a}:{BRICK}").as_str()),
+            bricks.contains(&format!("{a}:{BRICK}")),
             "no brick of {a} in {bricks:?}"
         );
     }
-    let topo = &v["topology"];
-    let nodes = topo["clusters"][0]["nodes"]
-        .as_array()
-        .context("topology nodes")?;
+    let topo: Value = v.topology.clone().context("no topology in status")?;
+    let parsed: Topology =
+        serde_json::from_value(topo.clone()).with_context(|| format!("topology: {topo:#}"))?;
+    let nodes = &parsed.clusters.first().context("topology cluster")?.nodes;
     ensure!(nodes.len() == 3, "{topo:#}");
     for n in nodes {
-        let ip = n["node"]["hostnames"]["storage"][0].as_str().unwrap_or("");
+        let ip = n.node.hostnames.storage.first().map_or("", String::as_str);
         ensure!(addrs.iter().any(|a| a == ip), "topology names {ip}");
-        let host = n["node"]["hostnames"]["manage"][0].as_str().unwrap_or("");
+        let host = n.node.hostnames.manage.first().map_or("", String::as_str);
         ensure!(
-            agents.iter().any(|a| a["hostname"] == host),
+            agents.iter().any(|a| a.hostname == host),
             "topology manage hostname {host}"
         );
-        ensure!(n["devices"][0] == "/dev/habuild/gluster-brick", "{n}");
+        ensure!(
+            n.devices.first().map(String::as_str) == Some("/dev/habuild/gluster-brick"),
+            "{n:?}"
+        );
     }
 
     // 3. inside the VMs: gluster's own view, topology.json, bricks on XFS thin LVs
@@ -230,7 +256,7 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
         bricks_online(&status) == 3,
         "3 bricks online expected:\n{status}"
     );
-    let expected_topo = serde_json::to_string_pretty(topo)?;
+    let expected_topo = serde_json::to_string_pretty(&topo)?;
     for i in [0, 2] {
         let on_node = sh(
             vm(i, vms)?,
