@@ -14,6 +14,15 @@ use firstboot::state::Role;
 use super::agreement::{member_health, summary_line};
 use super::Report;
 
+/// What the marks and labels of the table mean.
+const LEGEND: &str = "\
+(* Raft leader. REJECTED, what each agent refused: mac = mDNS announcements with a bad MAC,
+ other = of another cluster, malformed, dup-id = of its own node id from another address,
+ auth = transport handshakes of peers without the cluster secret, handshake = any failed
+ handshake (agents of version 0 count them together). DOWN: members the agent sees down,
+ ? = the agent does not report member health.)
+";
+
 /// Longest `waiting_for` shown in the table.
 pub const WAITING_WIDTH: usize = 48;
 
@@ -24,11 +33,7 @@ impl Report {
         let mut out = String::new();
         if !self.agents.is_empty() {
             out += &render_table(&self.agents);
-            out += "(* Raft leader; REJECTED: what each agent refused: mDNS announcements \
-                    with a bad MAC (mac), of another cluster (other), malformed, of its own id \
-                    from elsewhere (dup-id); transport handshakes of peers without the cluster \
-                    secret (auth; handshake = any failed handshake, agents of version 0); \
-                    DOWN: members the agent sees down, ? = not reported)\n";
+            out += LEGEND;
         }
         if let Some(h) = member_health(&self.agents) {
             for d in &h.down {
