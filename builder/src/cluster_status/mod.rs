@@ -1,7 +1,7 @@
 //! `habuild cluster status`: what the running agents of a cluster say about
 //! themselves.
 //!
-//! - [`query`] (query.rs) is the only side-effecting part: it browses mDNS
+//! - [`query()`] (query.rs) is the only side-effecting part: it browses mDNS
 //!   without announcing, then asks every verified agent for its status
 //!   document over the authenticated transport and parses each answer into
 //!   a [`StatusDoc`] (`firstboot::protocol`, the type the agent writes).
