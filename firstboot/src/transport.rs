@@ -299,7 +299,7 @@ where
     // -> e
     read_msg(&mut stream, &mut inbuf, false)
         .await
-        .map_err(|e| handshake_io("reading the initiator's first message", e))?;
+        .map_err(|e| accept_io("reading the initiator's first message", e))?;
     hs.read_message(&inbuf, &mut payload)
         .map_err(|e| TransportError::Handshake(format!("bad initiator message: {e}")))?;
     // <- e, ee, s, es
@@ -308,7 +308,7 @@ where
     // -> s, se, psk
     read_msg(&mut stream, &mut inbuf, false)
         .await
-        .map_err(|e| handshake_io("reading the initiator's final message", e))?;
+        .map_err(|e| accept_io("reading the initiator's final message", e))?;
     hs.read_message(&inbuf, &mut payload).map_err(|_| {
         TransportError::Handshake(
             "initiator's final message does not verify (wrong cluster secret?)".into(),
@@ -320,7 +320,19 @@ where
     SecureStream::new(stream, noise)
 }
 
+/// The initiator's view of a failed read: a responder that hangs up
+/// mid-handshake refused us (wrong cluster secret), so that is a handshake
+/// failure; only socket errors stay i/o errors.
 fn handshake_io(what: &str, e: TransportError) -> TransportError {
+    match e {
+        TransportError::Io(_) => e,
+        other => TransportError::Handshake(format!("{what}: {other}")),
+    }
+}
+
+/// The responder's view: an initiator that hangs up or stops mid-message
+/// went away (counted as aborted, not as an authentication failure).
+fn accept_io(what: &str, e: TransportError) -> TransportError {
     match e {
         TransportError::Io(_) | TransportError::Closed | TransportError::Truncated => e,
         other => TransportError::Handshake(format!("{what}: {other}")),
