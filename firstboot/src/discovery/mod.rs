@@ -13,10 +13,10 @@
 //! | `v` | TXT format version, `1` |
 //! | `m` | hex HMAC-SHA256 over the other records |
 //!
-//! The MAC key is the key schedule's mDNS key
-//! ([`crate::keys::mdns_mac_key`]: `HKDF-SHA256(cluster secret, info
-//! "habuild mdns v1")`, [`MdnsKey`]); the MAC input is every other record as `key=value`, sorted by
-//! key, joined by `\n`. Records whose keys or values contain `\n` (or keys
+//! The MAC key is the key schedule's mDNS key ([`MdnsKey`], from
+//! [`crate::keys::mdns_mac_key`]: `HKDF-SHA256(cluster secret, info
+//! "habuild mdns v1")`); the MAC input is every other record as
+//! `key=value`, sorted by key, joined by `\n`. Records whose keys or values contain `\n` (or keys
 //! containing `=`) are refused as malformed, so that input is unambiguous.
 //! Unknown keys are allowed (a later version may add some) but are covered by
 //! the MAC like the known ones.
