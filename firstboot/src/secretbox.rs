@@ -4,11 +4,13 @@
 //! shipped to every member, including workers. Secret values (CA keys, the
 //! service-account key, ...) are therefore stored sealed with a key derived
 //! from the cluster secret, which only lives in `cluster.toml` on each node's
-//! ESP: `PutSecret { name, ciphertext }` carries `SecretBox::seal(name, ..)`.
+//! ESP: the leader stores a batch of items with one
+//! `PutSecretsIfAbsent { name → SecretBox::seal(name, ..) }`.
 //!
-//! - key: HKDF-SHA256 over the cluster secret, no salt, info
-//!   `"habuild state secrets v1"` (so it is independent of the transport PSK
-//!   and the discovery MAC key, which use other infos);
+//! - key: the key schedule's state-secrets key
+//!   ([`crate::keys::state_secrets_key`]: HKDF-SHA256 over the cluster secret,
+//!   no salt, info `"habuild state secrets v1"`), independent of the
+//!   transport PSK and the discovery MAC key, which have other labels;
 //! - cipher: ChaCha20-Poly1305 with a random 96-bit nonce, stored as
 //!   `nonce (12 bytes) || ciphertext || tag (16 bytes)`;
 //! - the secret's name is the associated data, so a ciphertext copied to
@@ -21,14 +23,10 @@ use std::fmt;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use hkdf::Hkdf;
 use rand::RngCore;
-use sha2::Sha256;
 
 use crate::cluster::Secret;
 
-/// HKDF info for the state-secrets key; bump the version to rotate the scheme.
-const INFO: &[u8] = b"habuild state secrets v1";
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
@@ -63,10 +61,7 @@ pub enum SecretBoxError {
 impl SecretBox {
     /// Derives the state-secrets key from the cluster secret.
     pub fn derive(secret: &Secret) -> Self {
-        let mut key = [0u8; 32];
-        Hkdf::<Sha256>::new(None, &secret.0)
-            .expand(INFO, &mut key)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let mut key = crate::keys::state_secrets_key(secret);
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&key));
         key.fill(0);
         Self { cipher }
@@ -140,6 +135,26 @@ mod tests {
         // Another instance from the same secret opens it.
         let ct = sb.seal("n", b"x");
         assert_eq!(SecretBox::derive(&secret(1)).open("n", &ct).unwrap(), b"x");
+    }
+
+    /// Sealed by the code before the key moved to [`crate::keys`], with the
+    /// secret 0, 1, …, 31: state written by an older agent still opens.
+    #[test]
+    fn opens_what_the_previous_version_sealed() {
+        let mut s = [0u8; 32];
+        for (i, b) in s.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let ct = hex::decode(
+            "74d3cc5ee74753b5908578055c54b5cbd50a163c1162ecdccec7da77381153f6\
+             438d88d69031c3aedfddfc3e39fcd22f",
+        )
+        .unwrap();
+        let sb = SecretBox::derive(&Secret(s));
+        assert_eq!(
+            sb.open("golden/vector", &ct).unwrap(),
+            b"habuild key schedule"
+        );
     }
 
     #[test]

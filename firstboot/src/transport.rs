@@ -6,9 +6,10 @@
 //!
 //! # Keys
 //!
-//! - The *pre-shared key* is `HKDF-SHA256(ikm = cluster secret, info = "habuild
-//!   transport psk v1")`, so every node holding `cluster.toml` derives the same
-//!   one, and nothing else is derived from the secret with the same label.
+//! - The *pre-shared key* is the key schedule's transport PSK
+//!   ([`crate::keys::transport_psk`]: `HKDF-SHA256(ikm = cluster secret, info =
+//!   "habuild transport psk v1")`), so every node holding `cluster.toml` derives
+//!   the same one, and nothing else is derived under the same label.
 //! - Each agent also has a *static* X25519 key pair made on first boot
 //!   ([`Keys::generate_static`]) and persisted by the caller. It identifies the
 //!   node to its peers ([`SecureStream::remote_static`]); it proves nothing about
@@ -62,8 +63,6 @@ use crate::cluster::Secret;
 
 /// The Noise protocol name used by every agent.
 pub const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_SHA256";
-/// HKDF `info` for the transport PSK.
-pub const PSK_INFO: &[u8] = b"habuild transport psk v1";
 /// Mixed into the handshake hash: a peer speaking another protocol version fails.
 const PROLOGUE: &[u8] = b"habuild transport v1";
 /// The responder's first transport message, proving it accepted our PSK.
@@ -175,13 +174,9 @@ impl Keys {
     }
 }
 
-/// `HKDF-SHA256(cluster secret, info "habuild transport psk v1")`.
+/// The transport PSK of the cluster holding `secret` (see [`crate::keys`]).
 pub fn derive_psk(secret: &Secret) -> [u8; 32] {
-    let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, &secret.0);
-    let mut out = [0u8; 32];
-    hk.expand(PSK_INFO, &mut out)
-        .expect("32 bytes is a valid HKDF-SHA256 output length");
-    out
+    crate::keys::transport_psk(secret)
 }
 
 /// Reads exactly `buf.len()` bytes; returns how many were read before EOF.

@@ -19,6 +19,14 @@ use firstboot::transport::{self, Keys, TransportError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+/// The 16 bytes the agent announces for a voter set: its bootstrap hash
+/// (`consensus::bootstrap::voter_set_hash`, the one the agent uses).
+fn voter_bytes(ids: &[NodeId]) -> [u8; 16] {
+    let set = ids.iter().copied().collect();
+    let h = firstboot::consensus::bootstrap::voter_set_hash(&set);
+    hex::decode(h).unwrap().try_into().unwrap()
+}
+
 fn keys(secret: u8) -> Keys {
     Keys::derive(&Secret([secret; 32]), Keys::generate_static().unwrap())
 }
@@ -157,7 +165,7 @@ async fn run_role(role: Role) {
         node: role.id,
         port: 7000 + (role.id as u16 & 0xff),
         state: RaftState::Forming {
-            voters: firstboot::discovery::voter_set_hash(&GOOD_IDS),
+            voters: voter_bytes(&GOOD_IDS),
         },
     };
     let config = DiscoveryConfig {

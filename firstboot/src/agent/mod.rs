@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use openraft::ServerState;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use self::phase::Phase;
 use self::rpc::{AddrBook, TransportRpc};
@@ -609,11 +608,7 @@ fn hex_ids<'a>(ids: impl IntoIterator<Item = &'a NodeId>) -> String {
 
 /// The kubeadm token seed: sha256 of a label and the cluster secret.
 fn token_seed(cfg: &ClusterConfig) -> [u8; 32] {
-    Sha256::new()
-        .chain_update(b"habuild plan token seed v1\0")
-        .chain_update(cfg.cluster.secret.0)
-        .finalize()
-        .into()
+    crate::keys::token_seed(&cfg.cluster.secret)
 }
 
 /// This node's facts as stored in the replicated state.

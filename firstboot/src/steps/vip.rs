@@ -19,7 +19,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 
 use super::{fingerprint, node_name, Check, Ctx, Gate, Rendered, Step, StepError, RUN_DIR};
@@ -42,11 +41,7 @@ pub fn vrid(cluster: &str) -> u8 {
 
 /// The 8-character VRRP password (keepalived's PASS maximum), from the cluster secret.
 pub fn vrrp_password(ctx: &Ctx) -> String {
-    let hk = Hkdf::<Sha256>::new(None, &ctx.cfg.cluster.secret.0);
-    let mut out = [0u8; 4];
-    hk.expand(b"habuild vrrp password v1", &mut out)
-        .expect("4 bytes is a valid HKDF length");
-    hex::encode(out)
+    crate::keys::vrrp_password(&ctx.cfg.cluster.secret)
 }
 
 fn vip(ctx: &Ctx) -> Ipv4Addr {
