@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod facts;
 pub mod gluster;
 pub mod host;
+pub mod netif;
 pub mod pki;
 pub mod plan;
 pub mod protocol;
