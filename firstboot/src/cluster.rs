@@ -47,10 +47,17 @@ fn default_cp() -> u32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSection {
-    /// Interface name hint for the cluster network ("auto": the NIC with the default route, else the first with DHCP).
+    /// The NIC that carries the cluster network: its name (e.g. "enp3s0"), or
+    /// "auto" for the first non-loopback IPv4 address. Either way, when
+    /// `subnet` is given only an address inside it qualifies. The agent's
+    /// `--interface` flag overrides this; a named NIC that does not exist or
+    /// has no IPv4 address (yet) is an error on the console and in status,
+    /// and the agent retries until it appears (see [`crate::netif`]).
     #[serde(default = "auto_string")]
     pub interface: String,
-    /// The nodes' subnet; "auto" takes it from the interface's address.
+    /// The nodes' subnet; "auto" takes it from the interface's address. When
+    /// given, a node uses its address inside this subnet (see `interface`),
+    /// and the VIP and MetalLB range are chosen and checked in it.
     #[serde(default)]
     pub subnet: Auto<Ipv4Cidr>,
     /// The API VIP; "auto" picks a free address in the subnet.
@@ -136,6 +143,16 @@ fn mount_path_is_writable(path: &str) -> bool {
         && !p
             .components()
             .any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
+/// Could Linux name a network interface `name` (`dev_valid_name`)?
+fn is_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
 }
 
 fn yes() -> bool {
@@ -392,6 +409,16 @@ impl ClusterConfig {
             ));
         }
         let n = &self.network;
+        if n.interface != "auto" && !is_interface_name(&n.interface) {
+            return Err(src.error_at(
+                "network.interface",
+                format!(
+                    "expected \"auto\" or an interface name (1-15 characters, no '/', ':' \
+                     or whitespace), got {:?}",
+                    n.interface
+                ),
+            ));
+        }
         if n.pod_cidr.overlaps(&n.service_cidr) {
             return Err(src.error_at(
                 "network.service_cidr",
@@ -599,6 +626,22 @@ metallb_range = "10.77.0.200-10.77.0.220"
             let text = format!("{GOOD}\n[storage]\nmount_path = \"{good}\"\n");
             let c = ClusterConfig::from_source(&src(&text)).unwrap();
             assert_eq!(c.storage.mount_path, good);
+        }
+    }
+
+    #[test]
+    fn interface_is_auto_or_a_possible_name() {
+        for good in ["auto", "eth0", "enp3s0f1", "br-lan", "wlp0s20f3.100"] {
+            let text = format!("{GOOD}interface = \"{good}\"\n");
+            let c = ClusterConfig::from_source(&src(&text)).unwrap();
+            assert_eq!(c.network.interface, good);
+        }
+        for bad in ["", "eth0 ", "a/b", "eth0:1", "averyveryverylongname", ".."] {
+            let text = format!("{GOOD}interface = \"{bad}\"\n");
+            let e = ClusterConfig::from_source(&src(&text)).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("network.interface"), "{bad:?}");
+            assert_eq!(e.line, Some(text.lines().count()), "{bad:?}");
+            assert!(e.message.contains("interface name"), "{e}");
         }
     }
 

@@ -10,6 +10,7 @@ pub mod facts;
 pub mod gluster;
 pub mod host;
 pub mod keys;
+pub mod netif;
 pub mod pki;
 pub mod plan;
 pub mod protocol;

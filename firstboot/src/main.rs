@@ -11,6 +11,10 @@ use firstboot::cluster::Ipv4Cidr;
 use firstboot::cluster::{ClusterConfig, ESP_CLUSTER_PATH};
 use firstboot::consensus::ConsensusConfig;
 use firstboot::facts;
+use firstboot::host::real::HostExec;
+use firstboot::netif;
+use firstboot::protocol::{self, StatusDoc, STATUS_VERSION};
+use firstboot::source::SourceFile;
 use firstboot::state::{node_id_from_machine_id, NodeId};
 use sha2::{Digest, Sha256};
 
@@ -80,11 +84,13 @@ struct AgentArgs {
     /// Node id (decimal or 0x-hex); default: derived from /etc/machine-id.
     #[arg(long, value_parser = parse_node_id)]
     node_id: Option<NodeId>,
-    /// This node's cluster-network address, e.g. 10.88.0.2/24; default: the
-    /// first non-loopback IPv4 address (on --interface when given).
+    /// This node's cluster-network address, e.g. 10.88.0.2/24; default: an
+    /// IPv4 address of the cluster interface (see --interface).
     #[arg(long)]
     advertise: Option<Ipv4Cidr>,
-    /// Run mDNS only on this interface.
+    /// The cluster network interface (mDNS runs only there); default:
+    /// cluster.toml's network.interface, and when that is "auto", the first
+    /// non-loopback IPv4 address (inside network.subnet when given).
     #[arg(long)]
     interface: Option<String>,
     /// Host name recorded for this member; default: the host's.
@@ -180,9 +186,10 @@ fn run(cluster_path: &Path, once: bool, args: AgentArgs) -> anyhow::Result<()> {
         facts.var_partition_bytes.unwrap_or(0) / (1024 * 1024),
     );
     println!("HABUILD-FACTS {}", serde_json::to_string(&facts)?);
-    let Some((cluster, sha)) = wait_for_cluster_file(cluster_path, once)? else {
+    let Some(loaded) = wait_for_cluster_file(cluster_path, once)? else {
         return Ok(());
     };
+    let cluster = loaded.cfg;
     println!(
         "habuild-agent: cluster {} (bootstrap_expect {}) from {}",
         cluster.cluster.name,
@@ -193,16 +200,12 @@ fn run(cluster_path: &Path, once: bool, args: AgentArgs) -> anyhow::Result<()> {
         "name": cluster.cluster.name,
         "bootstrap_expect": cluster.cluster.bootstrap_expect,
         "file": cluster_path,
-        "sha256": sha,
+        "sha256": loaded.sha256,
     });
     println!("HABUILD-CLUSTER {line}");
     if once {
         return Ok(());
     }
-    let advertise = match args.advertise {
-        Some(a) => a,
-        None => agent::detect_ipv4(args.interface.as_deref())?,
-    };
     let services = match args.services {
         ServicesArg::Systemd => agent::converge::ServiceMode::Systemd,
         ServicesArg::Supervise => {
@@ -210,39 +213,141 @@ fn run(cluster_path: &Path, once: bool, args: AgentArgs) -> anyhow::Result<()> {
         }
         ServicesArg::None => agent::converge::ServiceMode::Off,
     };
-    let cfg = AgentConfig {
-        cluster,
-        state_dir: args.state_dir,
-        listen: args.listen,
-        node_id: args
-            .node_id
-            .unwrap_or_else(|| node_id_from_machine_id(&facts.machine_id)),
-        hostname: args.hostname.unwrap_or(facts.hostname),
-        advertise,
-        interface: args.interface,
-        status_socket: args.status_socket,
-        consensus: ConsensusConfig::default(),
-        services,
-        root: args.root,
-    };
-    println!(
-        "habuild-agent: node id {:016x} at {}:{} (state in {})",
-        cfg.node_id,
-        cfg.advertise.addr,
-        cfg.listen.port(),
-        cfg.state_dir.display()
+    let node_id = args
+        .node_id
+        .unwrap_or_else(|| node_id_from_machine_id(&facts.machine_id));
+    let hostname = args.hostname.unwrap_or(facts.hostname);
+    let wish = netif::Wish::new(
+        args.interface.as_deref(),
+        &cluster.network,
+        loaded.interface_line,
     );
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(agent::run(cfg))
+        .block_on(async move {
+            let (advertise, interface) = match args.advertise {
+                Some(a) => (a, wish.name().map(str::to_string)),
+                None => {
+                    let waiting = Waiting {
+                        node_id,
+                        hostname: &hostname,
+                        status_socket: &args.status_socket,
+                    };
+                    let c = wait_for_interface(&wish, &cluster, &waiting).await?;
+                    // "auto" keeps mDNS on every interface, as before.
+                    (c.addr, wish.name().map(|_| c.interface))
+                }
+            };
+            let cfg = AgentConfig {
+                cluster,
+                state_dir: args.state_dir,
+                listen: args.listen,
+                node_id,
+                hostname,
+                advertise,
+                interface,
+                status_socket: args.status_socket,
+                consensus: ConsensusConfig::default(),
+                services,
+                root: args.root,
+            };
+            println!(
+                "habuild-agent: node id {:016x} at {}:{} (state in {})",
+                cfg.node_id,
+                cfg.advertise.addr,
+                cfg.listen.port(),
+                cfg.state_dir.display()
+            );
+            agent::run(cfg).await
+        })
+}
+
+/// How often a missing cluster interface is looked for again.
+const INTERFACE_RETRY: Duration = Duration::from_secs(3);
+
+/// Who is waiting, for the status document served meanwhile.
+struct Waiting<'a> {
+    node_id: NodeId,
+    hostname: &'a str,
+    status_socket: &'a Path,
+}
+
+/// Looks for the cluster interface and its address until they are there.
+/// Meanwhile the console says what is wrong (once per new reason) and the
+/// status socket answers with it; that socket is closed before returning,
+/// for the agent to bind it again.
+async fn wait_for_interface(
+    wish: &netif::Wish,
+    cluster: &ClusterConfig,
+    waiting: &Waiting<'_>,
+) -> anyhow::Result<netif::Choice> {
+    let mut said = String::new();
+    let mut serving: Option<(agent::status::Shared, tokio::task::JoinHandle<()>)> = None;
+    loop {
+        let found = netif::links(&HostExec)
+            .and_then(|links| netif::choose(wish, cluster.network.subnet, &links));
+        let msg = match found {
+            Ok(choice) => {
+                if let Some((_, task)) = serving.take() {
+                    task.abort();
+                    let _ = task.await;
+                    println!(
+                        "habuild-agent: {wish}: using {} ({})",
+                        choice.interface, choice.addr
+                    );
+                }
+                return Ok(choice);
+            }
+            Err(e) => e.to_string(),
+        };
+        if msg != said {
+            println!("habuild-agent: error: {msg}");
+            println!(
+                "habuild-agent: waiting for the cluster network interface (retrying every {} s)",
+                INTERFACE_RETRY.as_secs()
+            );
+            said.clone_from(&msg);
+        }
+        let shared = match &serving {
+            Some((shared, _)) => shared.clone(),
+            None => {
+                let shared = agent::status::Shared::default();
+                let listener = agent::status::bind(waiting.status_socket)?;
+                let task = tokio::spawn(agent::status::serve(listener, shared.clone()));
+                serving = Some((shared.clone(), task));
+                shared
+            }
+        };
+        *shared.write().unwrap_or_else(|e| e.into_inner()) = waiting_status(waiting, &msg);
+        tokio::time::sleep(INTERFACE_RETRY).await;
+    }
+}
+
+/// The status document while the agent waits for its interface.
+fn waiting_status(w: &Waiting<'_>, error: &str) -> serde_json::Value {
+    let doc = StatusDoc {
+        version: STATUS_VERSION,
+        node_id: protocol::hex(w.node_id),
+        hostname: w.hostname.to_string(),
+        phase: "starting".into(),
+        waiting_for: Some("the cluster network interface".into()),
+        error: Some(error.to_string()),
+        ..StatusDoc::default()
+    };
+    serde_json::to_value(doc).expect("the status document serializes")
+}
+
+/// A valid cluster file as read.
+struct Loaded {
+    cfg: ClusterConfig,
+    sha256: String,
+    /// The line `network.interface` is written on, if it is.
+    interface_line: Option<usize>,
 }
 
 /// Read and validate the cluster file, waiting (and saying so) until it is present and valid.
-fn wait_for_cluster_file(
-    path: &Path,
-    once: bool,
-) -> anyhow::Result<Option<(ClusterConfig, String)>> {
+fn wait_for_cluster_file(path: &Path, once: bool) -> anyhow::Result<Option<Loaded>> {
     let mut said = String::new();
     loop {
         let attempt = std::fs::read(path)
@@ -253,8 +358,14 @@ fn wait_for_cluster_file(
                 )
             })
             .and_then(|bytes| {
-                let cfg = ClusterConfig::load(path)?;
-                Ok((cfg, hex::encode(Sha256::digest(&bytes))))
+                let text = std::str::from_utf8(&bytes)
+                    .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
+                let src = SourceFile::from_text(path, text);
+                Ok(Loaded {
+                    cfg: ClusterConfig::from_source(&src)?,
+                    sha256: hex::encode(Sha256::digest(&bytes)),
+                    interface_line: src.locate("network.interface").map(|(line, _)| line),
+                })
             });
         match attempt {
             Ok(v) => return Ok(Some(v)),
@@ -271,5 +382,30 @@ fn wait_for_cluster_file(
                 std::thread::sleep(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_waiting_status_is_a_typed_document_with_the_error() {
+        let w = Waiting {
+            node_id: 0xab,
+            hostname: "n1",
+            status_socket: Path::new("/nonexistent"),
+        };
+        let v = waiting_status(&w, "network.interface = \"eth7\" (cluster.toml line 16): no such interface; interfaces here: eth0");
+        let doc = StatusDoc::parse(&v.to_string()).unwrap();
+        assert_eq!(doc.version, STATUS_VERSION);
+        assert_eq!(doc.phase, "starting");
+        assert_eq!(doc.node_id, "00000000000000ab");
+        assert_eq!(doc.hostname, "n1");
+        assert_eq!(
+            doc.waiting_for.as_deref(),
+            Some("the cluster network interface")
+        );
+        assert!(doc.error.unwrap().contains("no such interface"));
     }
 }

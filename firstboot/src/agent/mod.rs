@@ -18,7 +18,7 @@ pub mod rpc;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -115,7 +115,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let step_views = converge::StepViews::default();
     let interface = match &cfg.interface {
         Some(i) => i.clone(),
-        None => interface_of(cfg.advertise.addr)?,
+        None => crate::netif::links(&crate::host::real::HostExec)
+            .and_then(|links| crate::netif::interface_of(&links, cfg.advertise.addr))?,
     };
     tokio::spawn(converge::run(
         node.clone(),
@@ -687,46 +688,4 @@ fn load_or_make_static_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     Ok(key)
-}
-
-/// Every IPv4 address with its interface, from `ip -j -4 addr`.
-fn ipv4_addrs() -> anyhow::Result<Vec<(String, Ipv4Cidr)>> {
-    let o = std::process::Command::new("ip")
-        .args(["-j", "-4", "addr"])
-        .output()
-        .context("running ip -j -4 addr")?;
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).context("parsing ip -j output")?;
-    let mut out = Vec::new();
-    for link in v.as_array().into_iter().flatten() {
-        let name = link["ifname"].as_str().unwrap_or("");
-        for a in link["addr_info"].as_array().into_iter().flatten() {
-            let ip: Option<Ipv4Addr> = a["local"].as_str().and_then(|s| s.parse().ok());
-            let prefix = a["prefixlen"].as_u64().and_then(|p| u8::try_from(p).ok());
-            if let (Some(addr), Some(prefix)) = (ip, prefix) {
-                out.push((name.to_string(), Ipv4Cidr { addr, prefix }));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The interface that carries `addr`.
-pub fn interface_of(addr: Ipv4Addr) -> anyhow::Result<String> {
-    ipv4_addrs()?
-        .into_iter()
-        .find(|(_, c)| c.addr == addr)
-        .map(|(name, _)| name)
-        .ok_or_else(|| anyhow::anyhow!("no interface carries {addr}; pass --interface"))
-}
-
-/// The first non-loopback IPv4 address (on `interface` when given).
-pub fn detect_ipv4(interface: Option<&str>) -> anyhow::Result<Ipv4Cidr> {
-    ipv4_addrs()?
-        .into_iter()
-        .filter(|(name, _)| interface.map_or(name != "lo", |i| i == name))
-        .find(|(name, c)| name != "lo" && !c.addr.is_loopback())
-        .map(|(_, c)| c)
-        .ok_or_else(|| {
-            anyhow::anyhow!("no non-loopback IPv4 address found; pass --advertise ADDR/PREFIX")
-        })
 }
