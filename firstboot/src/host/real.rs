@@ -78,7 +78,7 @@ impl Files for RootFiles {
 pub struct HostExec;
 
 impl Exec for HostExec {
-    fn run(&self, cmd: &Cmd) -> Result<Output, HostError> {
+    fn output(&self, cmd: &Cmd) -> Result<Output, HostError> {
         let (prog, args) = cmd.argv.split_first().ok_or_else(|| HostError::Command {
             command: String::new(),
             message: "empty command line".into(),
@@ -152,7 +152,7 @@ impl Systemd {
     fn systemctl(&self, args: &[&str]) -> Result<Output, HostError> {
         let mut argv = vec!["systemctl"];
         argv.extend_from_slice(args);
-        self.exec.run_ok(&Cmd::new(argv))
+        self.exec.run(&Cmd::new(argv))
     }
 }
 
@@ -204,7 +204,7 @@ impl Services for Systemd {
 
     fn running(&self, name: &str) -> bool {
         self.exec
-            .run(&Cmd::new([
+            .output(&Cmd::new([
                 "systemctl",
                 "is-active",
                 "--quiet",
@@ -359,14 +359,14 @@ mod tests {
 
     #[test]
     fn exec_reports_exit_codes_and_stderr() {
-        let o = HostExec.run(&Cmd::new(["sh", "-c", "echo out; echo bad >&2; exit 3"]));
+        let o = HostExec.output(&Cmd::new(["sh", "-c", "echo out; echo bad >&2; exit 3"]));
         let o = o.unwrap();
         assert_eq!(
             (o.code, o.stdout.as_str(), o.stderr.as_str()),
             (3, "out\n", "bad\n")
         );
         let e = HostExec
-            .run_ok(&Cmd::new(["sh", "-c", "echo nope >&2; exit 1"]))
+            .run(&Cmd::new(["sh", "-c", "echo nope >&2; exit 1"]))
             .unwrap_err();
         assert!(e.to_string().contains("exit 1: nope"), "{e}");
     }

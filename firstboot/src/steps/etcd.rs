@@ -12,7 +12,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::{fingerprint, node_name, Check, Ctx, Gate, Rendered, Step, StepError};
+use super::{fingerprint, node_name, Chain, Check, Ctx, Gate, Rendered, Step, StepError};
 use crate::host::{last_lines, Cmd, FileSpec, Host, ServiceSpec};
 
 pub struct Etcd;
@@ -78,6 +78,10 @@ pub fn etcdctl(ctx: &Ctx, args: &[&str]) -> Cmd {
 impl Step for Etcd {
     fn name(&self) -> &'static str {
         "etcd"
+    }
+
+    fn chain(&self) -> Chain {
+        Chain::ControlPlane
     }
 
     fn gate(&self, ctx: &Ctx) -> Gate {
@@ -174,7 +178,7 @@ impl Step for Etcd {
     /// cluster id, how many members answer, the leader, the revision, and
     /// whether a write (this node's key under `habuild/agents/`) committed.
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
-        let o = host.exec.run(&etcdctl(ctx, &["endpoint", "health"]))?;
+        let o = host.exec.output(&etcdctl(ctx, &["endpoint", "health"]))?;
         if !o.success() {
             return Ok(Check::Pending(format!(
                 "etcd not healthy yet: {}",
@@ -183,11 +187,11 @@ impl Step for Etcd {
         }
         let status = host
             .exec
-            .run(&etcdctl(ctx, &["endpoint", "status", "-w", "json"]))?;
+            .output(&etcdctl(ctx, &["endpoint", "status", "-w", "json"]))?;
         let cluster = host
             .exec
-            .run(&etcdctl(ctx, &["endpoint", "health", "--cluster"]))?;
-        let write = host.exec.run(&etcdctl(
+            .output(&etcdctl(ctx, &["endpoint", "health", "--cluster"]))?;
+        let write = host.exec.output(&etcdctl(
             ctx,
             &[
                 "put",

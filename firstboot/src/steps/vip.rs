@@ -22,7 +22,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 
-use super::{fingerprint, node_name, Check, Ctx, Gate, Rendered, Step, StepError, RUN_DIR};
+use super::{fingerprint, node_name, Chain, Check, Ctx, Gate, Rendered, Step, StepError, RUN_DIR};
 use crate::host::{Cmd, FileSpec, Host, ServiceSpec};
 
 pub struct Vip;
@@ -187,6 +187,10 @@ impl Step for Vip {
         "vip"
     }
 
+    fn chain(&self) -> Chain {
+        Chain::ControlPlane
+    }
+
     fn gate(&self, ctx: &Ctx) -> Gate {
         if !ctx.is_control_plane() {
             return Gate::NotHere;
@@ -208,7 +212,7 @@ impl Step for Vip {
             return Ok(());
         }
         let vip = vip(ctx).to_string();
-        let o = host.exec.run(&Cmd::new([
+        let o = host.exec.output(&Cmd::new([
             "arping",
             "-D",
             "-c",
