@@ -4,7 +4,9 @@
 //! shipped to every member, including workers. Secret values (CA keys, the
 //! service-account key, ...) are therefore stored sealed with a key derived
 //! from the cluster secret, which only lives in `cluster.toml` on each node's
-//! ESP: `PutSecret { name, ciphertext }` carries `SecretBox::seal(name, ..)`.
+//! ESP. The leader stores the PKI it issues as one
+//! `Command::PutSecretsIfAbsent` whose map holds, for each item name, the
+//! ciphertext `SecretBox::seal(name, ..)`.
 //!
 //! - key: HKDF-SHA256 over the cluster secret, no salt, info
 //!   `"habuild state secrets v1"` (so it is independent of the transport PSK

@@ -41,15 +41,24 @@ impl Files for RootFiles {
             ".{}.habuild-tmp",
             path.file_name().unwrap_or_default().to_string_lossy()
         ));
+        // A fresh temporary file created with the final mode, the mode set
+        // exactly (the umask may have cleared bits) before any byte is
+        // written: a key is never readable by others, even briefly, nor
+        // through a stale temporary file left by a crash.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(err(format!("removing a stale temporary file: {e}")))
+            }
+            _ => {}
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(file.mode)
             .open(&tmp)
             .map_err(|e| err(format!("writing: {e}")))?;
-        f.write_all(&file.contents)
-            .and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(file.mode)))
+        f.set_permissions(std::fs::Permissions::from_mode(file.mode))
+            .and_then(|_| f.write_all(&file.contents))
             .and_then(|_| f.sync_all())
             .map_err(|e| err(format!("writing: {e}")))?;
         std::fs::rename(&tmp, &path).map_err(|e| err(format!("renaming into place: {e}")))?;
