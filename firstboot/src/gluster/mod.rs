@@ -20,8 +20,8 @@
 //!
 //! Modules: [`devices`] (lsblk, which device may hold a brick), [`brick`]
 //! (LVM + XFS commands), [`mount`] (systemd mount units), [`volume`]
-//! (layout and growth), [`cli`] (gluster CLI output), [`topology`]
-//! (heketi's `topology.json`), [`summary`] (the status section). Their
+//! (layout and growth), [`cli`] (gluster CLI output), [`topology`](mod@topology)
+//! (heketi's `topology.json`), [`summary`](mod@summary) (the status section). Their
 //! items are re-exported here.
 
 pub mod brick;

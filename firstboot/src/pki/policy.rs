@@ -1,7 +1,7 @@
 //! What the cluster PKI contains, as plain data: the CAs, the certificates
 //! each control-plane node gets, their subjects, SANs, extended key usages
 //! and validity, and the names of the items in the replicated state. Nothing
-//! here signs or encodes anything (that is [`super::issue`]); this is the
+//! here signs or encodes anything (that is [`super::issue`](mod@super::issue)); this is the
 //! part to read against kubeadm's list
 //! (<https://kubernetes.io/docs/setup/best-practices/certificates/>).
 

@@ -1,6 +1,6 @@
 //! The `pki` step: writes this node's certificates and keys in kubeadm's
 //! layout (`/etc/kubernetes/pki`, `/etc/kubernetes/pki/etcd`) from the items
-//! the leader issued into the replicated state ([`crate::pki::issue`]).
+//! the leader issued into the replicated state ([`crate::pki::issue()`]).
 //! Control-plane nodes get the CA private keys; other nodes only the CA
 //! certificates.
 
