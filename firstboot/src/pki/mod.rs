@@ -135,8 +135,8 @@ pub enum PkiError {
     )]
     CaMismatch { cert: String, key: String },
     #[error(
-        "{cert} is in the state but its private key {key} is not \
-         (a partial write? keys must be stored before certificates)"
+        "{cert} is in the state but its private key {key} is not; \
+         a new key would not match what others may already use"
     )]
     KeyMissing { cert: String, key: String },
     #[error(
