@@ -165,7 +165,7 @@ pub fn parse_ip_addr(json: &str) -> Result<Vec<Link>, NetifError> {
 
 /// Runs `ip -j addr` through `exec` and parses it.
 pub fn links(exec: &dyn Exec) -> Result<Vec<Link>, NetifError> {
-    let out = exec.run_ok(&Cmd::new(["ip", "-j", "addr"]))?;
+    let out = exec.run(&Cmd::new(["ip", "-j", "addr"]))?;
     parse_ip_addr(&out.stdout)
 }
 

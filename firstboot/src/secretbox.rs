@@ -4,8 +4,9 @@
 //! shipped to every member, including workers. Secret values (CA keys, the
 //! service-account key, ...) are therefore stored sealed with a key derived
 //! from the cluster secret, which only lives in `cluster.toml` on each node's
-//! ESP: the leader stores a batch of items with one
-//! `PutSecretsIfAbsent { name → SecretBox::seal(name, ..) }`.
+//! ESP. The leader stores the PKI it issues as one
+//! `Command::PutSecretsIfAbsent` whose map holds, for each item name, the
+//! ciphertext `SecretBox::seal(name, ..)`.
 //!
 //! - key: the key schedule's state-secrets key
 //!   ([`crate::keys::state_secrets_key`]: HKDF-SHA256 over the cluster secret,

@@ -114,13 +114,10 @@ pub enum Command {
     },
     /// Commit a new plan; refused unless `plan.version == current + 1`.
     SetPlan(Plan),
-    /// Store a secret, already encrypted with the key derived from the cluster secret.
-    PutSecret {
-        name: String,
-        ciphertext: Vec<u8>,
-    },
-    /// Several secrets at once (the PKI the leader issues); never replaces
-    /// a secret that exists, so two leaders racing cannot swap a CA.
+    /// Secrets, each already sealed with [`crate::secretbox::SecretBox`]
+    /// under its name, stored at once (the PKI the leader issues is one
+    /// command, one Raft entry); never replaces a secret that exists, so two
+    /// leaders racing cannot swap a CA.
     PutSecretsIfAbsent(BTreeMap<String, Vec<u8>>),
     RecordStep(StepRecord),
 }
@@ -159,9 +156,6 @@ impl ClusterState {
                     ));
                 }
                 self.plan = Some(p);
-            }
-            Command::PutSecret { name, ciphertext } => {
-                self.secrets.insert(name, ciphertext);
             }
             Command::PutSecretsIfAbsent(items) => {
                 for (name, ciphertext) in items {

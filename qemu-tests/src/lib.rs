@@ -32,7 +32,8 @@
 //! let vm = Vm::start(&net, VmSpec::new("node1", &disk, &mac, &tap), work.path())?;
 //!
 //! vm.wait_for("login:", Duration::from_secs(300))?;
-//! let line = vm.wait_for_line_with_prefix("HABUILD-PHASE=", Duration::from_secs(120))?;
+//! // The agent prints `HABUILD-PHASE {json}` on the console at every phase change.
+//! let line = vm.wait_for_line_with_prefix("HABUILD-PHASE ", Duration::from_secs(120))?;
 //! let lease = dhcp.wait_for_lease(&mac, Duration::from_secs(60))?;
 //! vm.guest().wait_ready(Duration::from_secs(120))?; // qemu-ga over virtio-serial
 //! let kernel = vm.guest().sh("uname -r", Duration::from_secs(30))?.stdout;

@@ -116,7 +116,7 @@ impl Files for Recording {
 }
 
 impl Exec for Recording {
-    fn run(&self, cmd: &Cmd) -> Result<Output, HostError> {
+    fn output(&self, cmd: &Cmd) -> Result<Output, HostError> {
         let mut r = self.lock();
         let line = cmd.display();
         r.events.push(Event::Ran(line.clone()));

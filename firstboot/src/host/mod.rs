@@ -121,13 +121,21 @@ pub trait Files: Send + Sync {
     fn exists(&self, rel: &str) -> bool;
 }
 
+/// Runs programs. Two methods, two rules (as with `std::process::Command`):
+/// [`Exec::output`] reports whatever exit status the program had, for callers
+/// that read the status themselves (`vgs VG` answers "does it exist" by its
+/// exit code); [`Exec::run`] fails on a non-zero exit, like the builder's
+/// `Exec::run`.
 pub trait Exec: Send + Sync {
-    /// Runs to completion; a non-zero exit is *not* an error (see [`Output::code`]).
-    fn run(&self, cmd: &Cmd) -> Result<Output, HostError>;
+    /// Runs to completion and returns the exit code with stdout and stderr;
+    /// a non-zero exit is *not* an error (see [`Output::code`]). Errors only
+    /// when the program cannot be run at all.
+    fn output(&self, cmd: &Cmd) -> Result<Output, HostError>;
 
-    /// Runs and turns a non-zero exit into an error carrying stderr.
-    fn run_ok(&self, cmd: &Cmd) -> Result<Output, HostError> {
-        let o = self.run(cmd)?;
+    /// Runs to completion; a non-zero exit is an error carrying the last
+    /// lines of stderr (or stdout when stderr is empty).
+    fn run(&self, cmd: &Cmd) -> Result<Output, HostError> {
+        let o = self.output(cmd)?;
         if o.success() {
             Ok(o)
         } else {

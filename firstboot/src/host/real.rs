@@ -41,15 +41,24 @@ impl Files for RootFiles {
             ".{}.habuild-tmp",
             path.file_name().unwrap_or_default().to_string_lossy()
         ));
+        // A fresh temporary file created with the final mode, the mode set
+        // exactly (the umask may have cleared bits) before any byte is
+        // written: a key is never readable by others, even briefly, nor
+        // through a stale temporary file left by a crash.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(err(format!("removing a stale temporary file: {e}")))
+            }
+            _ => {}
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(file.mode)
             .open(&tmp)
             .map_err(|e| err(format!("writing: {e}")))?;
-        f.write_all(&file.contents)
-            .and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(file.mode)))
+        f.set_permissions(std::fs::Permissions::from_mode(file.mode))
+            .and_then(|_| f.write_all(&file.contents))
             .and_then(|_| f.sync_all())
             .map_err(|e| err(format!("writing: {e}")))?;
         std::fs::rename(&tmp, &path).map_err(|e| err(format!("renaming into place: {e}")))?;
@@ -78,7 +87,7 @@ impl Files for RootFiles {
 pub struct HostExec;
 
 impl Exec for HostExec {
-    fn run(&self, cmd: &Cmd) -> Result<Output, HostError> {
+    fn output(&self, cmd: &Cmd) -> Result<Output, HostError> {
         let (prog, args) = cmd.argv.split_first().ok_or_else(|| HostError::Command {
             command: String::new(),
             message: "empty command line".into(),
@@ -152,7 +161,7 @@ impl Systemd {
     fn systemctl(&self, args: &[&str]) -> Result<Output, HostError> {
         let mut argv = vec!["systemctl"];
         argv.extend_from_slice(args);
-        self.exec.run_ok(&Cmd::new(argv))
+        self.exec.run(&Cmd::new(argv))
     }
 }
 
@@ -204,7 +213,7 @@ impl Services for Systemd {
 
     fn running(&self, name: &str) -> bool {
         self.exec
-            .run(&Cmd::new([
+            .output(&Cmd::new([
                 "systemctl",
                 "is-active",
                 "--quiet",
@@ -359,14 +368,14 @@ mod tests {
 
     #[test]
     fn exec_reports_exit_codes_and_stderr() {
-        let o = HostExec.run(&Cmd::new(["sh", "-c", "echo out; echo bad >&2; exit 3"]));
+        let o = HostExec.output(&Cmd::new(["sh", "-c", "echo out; echo bad >&2; exit 3"]));
         let o = o.unwrap();
         assert_eq!(
             (o.code, o.stdout.as_str(), o.stderr.as_str()),
             (3, "out\n", "bad\n")
         );
         let e = HostExec
-            .run_ok(&Cmd::new(["sh", "-c", "echo nope >&2; exit 1"]))
+            .run(&Cmd::new(["sh", "-c", "echo nope >&2; exit 1"]))
             .unwrap_err();
         assert!(e.to_string().contains("exit 1: nope"), "{e}");
     }

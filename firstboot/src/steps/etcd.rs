@@ -2,7 +2,9 @@
 //! distro's package as a static bootstrap of exactly the planned members,
 //! TLS with client-certificate auth on both the peer and the client URLs,
 //! data under `/var/lib/etcd` (the data partition). Done when the local
-//! member answers `etcdctl endpoint health` through TLS, which needs quorum.
+//! member answers `etcdctl endpoint health` through TLS, which needs quorum;
+//! the status then counts the healthy members against the plan (a member
+//! that does not answer is named, never left out of the count).
 //!
 //! A marker file (`/var/lib/etcd/habuild-cluster`) holds this cluster's
 //! initial-cluster token; etcd data without the marker, or with another
@@ -12,7 +14,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::{fingerprint, node_name, Check, Ctx, Gate, Rendered, Step, StepError};
+use super::{fingerprint, node_name, Chain, Check, Ctx, Gate, Rendered, Step, StepError};
 use crate::host::{last_lines, Cmd, FileSpec, Host, ServiceSpec};
 
 pub struct Etcd;
@@ -39,17 +41,11 @@ pub fn cluster_token(ctx: &Ctx) -> String {
 
 /// `name=https://ip:2380,...` for the planned members, in plan order.
 fn initial_cluster(ctx: &Ctx) -> Result<String, StepError> {
-    ctx.plan
-        .control_plane
+    Ok(planned_endpoints(ctx)?
         .iter()
-        .map(|id| {
-            let m = ctx.member(*id).ok_or_else(|| {
-                StepError::Render(format!("control-plane node {id:016x} has no member record"))
-            })?;
-            Ok(format!("{}=https://{}:{PEER_PORT}", node_name(*id), m.ip))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(|v| v.join(","))
+        .map(|m| format!("{}=https://{}:{PEER_PORT}", m.name, m.ip))
+        .collect::<Vec<_>>()
+        .join(","))
 }
 
 /// etcdctl against the local member with the health-check client cert.
@@ -78,6 +74,10 @@ pub fn etcdctl(ctx: &Ctx, args: &[&str]) -> Cmd {
 impl Step for Etcd {
     fn name(&self) -> &'static str {
         "etcd"
+    }
+
+    fn chain(&self) -> Chain {
+        Chain::ControlPlane
     }
 
     fn gate(&self, ctx: &Ctx) -> Gate {
@@ -174,7 +174,7 @@ impl Step for Etcd {
     /// cluster id, how many members answer, the leader, the revision, and
     /// whether a write (this node's key under `habuild/agents/`) committed.
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
-        let o = host.exec.run(&etcdctl(ctx, &["endpoint", "health"]))?;
+        let o = host.exec.output(&etcdctl(ctx, &["endpoint", "health"]))?;
         if !o.success() {
             return Ok(Check::Pending(format!(
                 "etcd not healthy yet: {}",
@@ -183,11 +183,11 @@ impl Step for Etcd {
         }
         let status = host
             .exec
-            .run(&etcdctl(ctx, &["endpoint", "status", "-w", "json"]))?;
+            .output(&etcdctl(ctx, &["endpoint", "status", "-w", "json"]))?;
         let cluster = host
             .exec
-            .run(&etcdctl(ctx, &["endpoint", "health", "--cluster"]))?;
-        let write = host.exec.run(&etcdctl(
+            .output(&etcdctl(ctx, &["endpoint", "health", "--cluster"]))?;
+        let write = host.exec.output(&etcdctl(
             ctx,
             &[
                 "put",
@@ -195,26 +195,92 @@ impl Step for Etcd {
                 "alive",
             ],
         ))?;
+        let planned = planned_endpoints(ctx)?;
         Ok(Check::Done(observation(
             &status.stdout,
             &format!("{}\n{}", cluster.stdout, cluster.stderr),
             write.success(),
+            &planned,
         )))
     }
 }
 
-/// "member M of cluster C: H/N members healthy, leader L, revision R, write ok" (pure).
-pub fn observation(status_json: &str, cluster_health: &str, wrote: bool) -> String {
+/// A planned etcd member as the health check names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedMember {
+    /// The etcd member name (`node-<id>`).
+    pub name: String,
+    pub ip: std::net::Ipv4Addr,
+}
+
+impl PlannedMember {
+    fn client_url(&self) -> String {
+        format!("https://{}:{CLIENT_PORT}", self.ip)
+    }
+}
+
+/// The plan's control-plane nodes, the members etcd must have.
+fn planned_endpoints(ctx: &Ctx) -> Result<Vec<PlannedMember>, StepError> {
+    ctx.plan
+        .control_plane
+        .iter()
+        .map(|id| {
+            let m = ctx.member(*id).ok_or_else(|| {
+                StepError::Render(format!("control-plane node {id:016x} has no member record"))
+            })?;
+            Ok(PlannedMember {
+                name: node_name(*id),
+                ip: m.ip,
+            })
+        })
+        .collect()
+}
+
+/// "member M of cluster C: H/N members healthy, leader L, revision R, write
+/// ok" (pure). N is the number of planned members, not of those that
+/// answered: a member that is powered off may be missing from etcdctl's
+/// output altogether, and it must still count (and be named) as down. H
+/// counts the planned members whose client URL etcdctl reported healthy;
+/// the others are named after the count ("node-… at IP does not answer").
+pub fn observation(
+    status_json: &str,
+    cluster_health: &str,
+    wrote: bool,
+    planned: &[PlannedMember],
+) -> String {
     let v: serde_json::Value = serde_json::from_str(status_json).unwrap_or_default();
     let st = &v[0]["Status"];
     let hex = |x: &serde_json::Value| x.as_u64().map_or("?".to_string(), |n| format!("{n:016x}"));
-    let healthy = cluster_health.matches(" is healthy").count();
-    let unhealthy = cluster_health.matches(" is unhealthy").count();
+    let healthy_urls: Vec<&str> = cluster_health
+        .lines()
+        .filter_map(|l| l.trim().split_once(" is healthy").map(|(url, _)| url))
+        .collect();
+    let (up, down): (Vec<&PlannedMember>, Vec<&PlannedMember>) = planned
+        .iter()
+        .partition(|m| healthy_urls.contains(&m.client_url().as_str()));
+    let down_text = if down.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = down
+            .iter()
+            .map(|m| format!("{} at {}", m.name, m.ip))
+            .collect();
+        format!(
+            " ({} {})",
+            names.join(", "),
+            if down.len() == 1 {
+                "does not answer"
+            } else {
+                "do not answer"
+            }
+        )
+    };
     format!(
-        "member {} of cluster {}: {healthy}/{} members healthy, leader {}, revision {}, write {}",
+        "member {} of cluster {}: {}/{} members healthy{down_text}, leader {}, revision {}, write {}",
         hex(&st["header"]["member_id"]),
         hex(&st["header"]["cluster_id"]),
-        healthy + unhealthy,
+        up.len(),
+        planned.len(),
         hex(&st["leader"]),
         st["header"]["revision"].as_u64().unwrap_or(0),
         if wrote { "ok" } else { "failed" },
@@ -319,7 +385,10 @@ mod tests {
             assert_eq!(
                 Etcd.check(ctx, &host).unwrap(),
                 Check::Done(
-                    "member 8211f1d0f64f3269 of cluster ef37ad9dc622a7c4: 2/3 members healthy, leader 8211f1d0f64f3269, revision 42, write ok".into()
+                    "member 8211f1d0f64f3269 of cluster ef37ad9dc622a7c4: 2/3 members healthy \
+                     (node-0000000000000003 at 10.77.0.3 does not answer), \
+                     leader 8211f1d0f64f3269, revision 42, write ok"
+                        .into()
                 )
             );
             assert!(rec
@@ -329,6 +398,76 @@ mod tests {
                 .ends_with("put habuild/agents/node-0000000000000002 alive"));
             assert!(rec.commands()[0]
                 .contains("--cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt"));
+        });
+    }
+
+    /// One of three planned members powered off: etcdctl lists only the
+    /// two that answer (the dead one's line may be missing altogether). The
+    /// check counts against the plan and names the missing member.
+    #[test]
+    fn a_powered_off_member_counts_as_down_and_is_named() {
+        const ETCDCTL: &str = "/usr/bin/etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --dial-timeout=3s --command-timeout=5s";
+        with_ctx(1, |ctx| {
+            let rec = Recording::default();
+            let host = rec.host();
+            rec.answer(
+                &format!("{ETCDCTL} endpoint status"),
+                0,
+                r#"[{"Endpoint":"https://127.0.0.1:2379","Status":{"header":{"cluster_id":17237436991929493444,"member_id":9372538179322589801,"revision":7,"raft_term":3},"leader":9372538179322589801}}]"#,
+                "",
+            );
+            rec.answer(
+                &format!("{ETCDCTL} endpoint health --cluster"),
+                0,
+                "https://10.77.0.2:2379 is healthy: successfully committed proposal: took = 3ms\nhttps://10.77.0.1:2379 is healthy: successfully committed proposal: took = 2ms\n",
+                "",
+            );
+            assert_eq!(
+                Etcd.check(ctx, &host).unwrap(),
+                Check::Done(
+                    "member 8211f1d0f64f3269 of cluster ef37ad9dc622a7c4: 2/3 members healthy \
+                     (node-0000000000000003 at 10.77.0.3 does not answer), \
+                     leader 8211f1d0f64f3269, revision 7, write ok"
+                        .into()
+                )
+            );
+
+            // Two down, one of them reported unhealthy, the other silent;
+            // a healthy endpoint that is not planned does not count. This is
+            // etcdctl 3.4's shape when any endpoint is unhealthy: every line
+            // on stderr, after a client warning, exit 1.
+            rec.lock().answers.clear();
+            rec.answer(
+                &format!("{ETCDCTL} endpoint health --cluster"),
+                1,
+                "",
+                "{\"level\":\"warn\",\"msg\":\"retrying of unary invoker failed\",\"target\":\"endpoint://client-1/10.77.0.2:2379\"}\n\
+                 https://10.77.0.1:2379 is healthy: successfully committed proposal: took = 2ms\n\
+                 https://10.77.0.9:2379 is healthy: successfully committed proposal: took = 2ms\n\
+                 https://10.77.0.2:2379 is unhealthy: failed to commit proposal: context deadline exceeded\n\
+                 Error: unhealthy cluster\n",
+            );
+            let Check::Done(text) = Etcd.check(ctx, &host).unwrap() else {
+                panic!("endpoint health (local) answered 0: done");
+            };
+            assert!(
+                text.contains(
+                    ": 1/3 members healthy (node-0000000000000002 at 10.77.0.2, \
+                     node-0000000000000003 at 10.77.0.3 do not answer), leader ?"
+                ),
+                "{text}"
+            );
+
+            // All three answer: nothing named.
+            assert_eq!(
+                observation(
+                    "",
+                    "https://10.77.0.1:2379 is healthy: x\nhttps://10.77.0.2:2379 is healthy: x\nhttps://10.77.0.3:2379 is healthy: x\n",
+                    false,
+                    &planned_endpoints(ctx).unwrap(),
+                ),
+                "member ? of cluster ?: 3/3 members healthy, leader ?, revision 0, write failed"
+            );
         });
     }
 }

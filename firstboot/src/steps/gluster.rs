@@ -22,7 +22,7 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use super::{Check, Ctx, Gate, Rendered, Step, StepError};
+use super::{Chain, Check, Ctx, Gate, Rendered, Step, StepError};
 use crate::gluster::{
     self, brick_actions, brick_of, connected_peers, parse_volume_info, volume_actions, BrickObs,
     Layout, BACKING_FILE, BRICK_MOUNT, LOOP_CONF, LOOP_DEVICE, LV, POOL, TOPOLOGY_FILE, VG, VOLUME,
@@ -35,7 +35,6 @@ pub struct Pool;
 pub struct Volume;
 pub struct Mount;
 
-const CHAIN: &str = "storage";
 pub const GLUSTERD: &str = "habuild-glusterd";
 const LOOP_SCRIPT: &str = "/usr/lib/habuild/gluster-loop";
 
@@ -91,7 +90,9 @@ fn gluster_cmd(args: &[&str]) -> Cmd {
 
 /// `gluster volume info` of our volume: None when it does not exist.
 fn volume_info(host: &Host) -> Result<Option<gluster::VolumeInfo>, StepError> {
-    let o = host.exec.run(&gluster_cmd(&["volume", "info", VOLUME]))?;
+    let o = host
+        .exec
+        .output(&gluster_cmd(&["volume", "info", VOLUME]))?;
     if o.success() {
         Ok(parse_volume_info(&o.stdout))
     } else if format!("{}{}", o.stdout, o.stderr).contains("does not exist") {
@@ -112,7 +113,7 @@ fn volume_info(host: &Host) -> Result<Option<gluster::VolumeInfo>, StepError> {
 fn mounted_fs(host: &Host, path: &str) -> Option<String> {
     let o = host
         .exec
-        .run(&Cmd::new([
+        .output(&Cmd::new([
             "findmnt",
             "-n",
             "-o",
@@ -143,8 +144,8 @@ impl Step for Brick {
     fn name(&self) -> &'static str {
         "gluster-brick"
     }
-    fn chain(&self) -> &'static str {
-        CHAIN
+    fn chain(&self) -> Chain {
+        Chain::Storage
     }
     fn check_first(&self) -> bool {
         true
@@ -163,7 +164,7 @@ impl Step for Brick {
     /// backing file. Once the volume group exists these checks are past.
     fn preflight(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
         host_root_only(ctx)?;
-        if host.exec.run(&Cmd::new(["vgs", VG]))?.success() {
+        if host.exec.output(&Cmd::new(["vgs", VG]))?.success() {
             return Ok(());
         }
         let dev = device(ctx);
@@ -178,7 +179,7 @@ impl Step for Brick {
                 .map_or("/var".to_string(), |p| p.display().to_string());
             let o = host
                 .exec
-                .run_ok(&Cmd::new(["df", "-B1", "--output=avail", dir.as_str()]))?;
+                .run(&Cmd::new(["df", "-B1", "--output=avail", dir.as_str()]))?;
             let free: u64 = o
                 .stdout
                 .lines()
@@ -195,7 +196,7 @@ impl Step for Brick {
             }
             return Ok(());
         }
-        let o = host.exec.run_ok(&Cmd::new([
+        let o = host.exec.run(&Cmd::new([
             "lsblk",
             "-J",
             "-b",
@@ -240,21 +241,21 @@ impl Step for Brick {
 
     fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
         let mut obs = BrickObs {
-            vg: host.exec.run(&Cmd::new(["vgs", VG]))?.success(),
+            vg: host.exec.output(&Cmd::new(["vgs", VG]))?.success(),
             ..BrickObs::default()
         };
         if obs.vg {
             host.exec
-                .run_ok(&Cmd::new(["vgchange", "--activate", "y", VG]))?;
+                .run(&Cmd::new(["vgchange", "--activate", "y", VG]))?;
             let lvs = host
                 .exec
-                .run(&Cmd::new(["lvs", "--noheadings", "-o", "lv_name", VG]))?;
+                .output(&Cmd::new(["lvs", "--noheadings", "-o", "lv_name", VG]))?;
             let names: Vec<&str> = lvs.stdout.split_whitespace().collect();
             obs.pool = names.contains(&POOL);
             obs.lv = names.contains(&LV);
         }
         if obs.lv {
-            let b = host.exec.run(&Cmd::new([
+            let b = host.exec.output(&Cmd::new([
                 "blkid",
                 "-o",
                 "value",
@@ -270,9 +271,7 @@ impl Step for Brick {
         let mut dev = device(ctx);
         if !obs.vg && dev == LOOP_DEVICE {
             // LVM is given the loop device itself, not our stable symlink.
-            let o = host
-                .exec
-                .run_ok(&Cmd::new(["readlink", "-f", LOOP_DEVICE]))?;
+            let o = host.exec.run(&Cmd::new(["readlink", "-f", LOOP_DEVICE]))?;
             let real = o.stdout.trim();
             if !real.starts_with("/dev/loop") {
                 return Err(StepError::Refused(format!(
@@ -284,14 +283,14 @@ impl Step for Brick {
         let cmds =
             brick_actions(&obs, &dev, size).map_err(|e| StepError::Refused(e.to_string()))?;
         for c in &cmds {
-            host.exec.run_ok(c)?;
+            host.exec.run(c)?;
         }
         // The brick was not mounted when glusterd started (e.g. the LV came
         // up late after a reboot): glusterd gave up on it; start it now.
         if !obs.mounted {
             if let Ok(Some(_)) = volume_info(host) {
                 host.exec
-                    .run_ok(&gluster_cmd(&["volume", "start", VOLUME, "force"]))?;
+                    .run(&gluster_cmd(&["volume", "start", VOLUME, "force"]))?;
             }
         }
         Ok(())
@@ -352,8 +351,8 @@ impl Step for Pool {
     fn name(&self) -> &'static str {
         "gluster-pool"
     }
-    fn chain(&self) -> &'static str {
-        CHAIN
+    fn chain(&self) -> Chain {
+        Chain::Storage
     }
     fn check_first(&self) -> bool {
         true
@@ -378,19 +377,19 @@ impl Step for Pool {
     }
 
     fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
-        let pool = host.exec.run_ok(&gluster_cmd(&["pool", "list"]))?;
+        let pool = host.exec.run(&gluster_cmd(&["pool", "list"]))?;
         let connected = connected_peers(&pool.stdout);
         for ip in ready_peers(ctx)? {
             if !connected.contains(&ip.to_string()) {
                 host.exec
-                    .run_ok(&gluster_cmd(&["peer", "probe", &ip.to_string()]))?;
+                    .run(&gluster_cmd(&["peer", "probe", &ip.to_string()]))?;
             }
         }
         Ok(())
     }
 
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
-        let pool = host.exec.run_ok(&gluster_cmd(&["pool", "list"]))?;
+        let pool = host.exec.run(&gluster_cmd(&["pool", "list"]))?;
         let connected = connected_peers(&pool.stdout);
         let peers = ready_peers(ctx)?;
         let missing: Vec<String> = peers
@@ -416,8 +415,8 @@ impl Step for Volume {
     fn name(&self) -> &'static str {
         "gluster-volume"
     }
-    fn chain(&self) -> &'static str {
-        CHAIN
+    fn chain(&self) -> Chain {
+        Chain::Storage
     }
     fn check_first(&self) -> bool {
         true
@@ -453,7 +452,7 @@ impl Step for Volume {
         let want = want_bricks(ctx, &l)?;
         let info = volume_info(host)?;
         for c in volume_actions(info.as_ref(), &l, &want) {
-            host.exec.run_ok(&c)?;
+            host.exec.run(&c)?;
         }
         Ok(())
     }
@@ -515,8 +514,8 @@ impl Step for Mount {
     fn name(&self) -> &'static str {
         "gluster-mount"
     }
-    fn chain(&self) -> &'static str {
-        CHAIN
+    fn chain(&self) -> Chain {
+        Chain::Storage
     }
 
     fn gate(&self, ctx: &Ctx) -> Gate {
@@ -572,7 +571,7 @@ impl Step for Mount {
             Cmd::new(["systemctl", "enable", unit.as_str()]),
             Cmd::new(["systemctl", "start", unit.as_str()]),
         ] {
-            host.exec.run_ok(&c)?;
+            host.exec.run(&c)?;
         }
         Ok(())
     }

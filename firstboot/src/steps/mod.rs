@@ -143,9 +143,35 @@ pub trait Step: Send + Sync {
     fn check_first(&self) -> bool {
         false
     }
-    /// The steps a not-done step holds back are the later ones of its chain.
-    fn chain(&self) -> &'static str {
-        "control-plane"
+    /// The chain this step belongs to: a not-done step holds back the later
+    /// steps of its own chain only. No default: every step says where it
+    /// belongs.
+    fn chain(&self) -> Chain;
+}
+
+/// The independent sequences of steps on a node. Each chain runs in its own
+/// loop in the agent ([`by_chain`]); a step that is not done holds back only
+/// the later steps of its chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Chain {
+    /// Certificates, etcd, the VIP (and, next, Kubernetes itself).
+    ControlPlane,
+    /// The Gluster brick, pool, volume and mount.
+    Storage,
+}
+
+impl Chain {
+    pub fn name(self) -> &'static str {
+        match self {
+            Chain::ControlPlane => "control-plane",
+            Chain::Storage => "storage",
+        }
+    }
+}
+
+impl std::fmt::Display for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -205,7 +231,7 @@ pub fn converge(
     skip: &dyn Fn(&str) -> bool,
 ) -> Vec<(&'static str, Outcome)> {
     let mut out = Vec::new();
-    let mut blocked: Vec<&'static str> = Vec::new();
+    let mut blocked: Vec<Chain> = Vec::new();
     for step in steps {
         let name = step.name();
         let outcome = if blocked.contains(&step.chain()) {
@@ -267,7 +293,7 @@ pub fn apply(r: &Rendered, host: &Host) -> Result<(), StepError> {
         }
     }
     for c in &r.commands {
-        host.exec.run_ok(c)?;
+        host.exec.run(c)?;
     }
     for s in &r.services {
         host.services.ensure(s)?;
@@ -369,6 +395,9 @@ mod tests {
         fn check(&self, _: &Ctx, _: &Host) -> Result<Check, StepError> {
             Ok(self.2.clone())
         }
+        fn chain(&self) -> Chain {
+            Chain::ControlPlane
+        }
     }
 
     #[test]
@@ -426,8 +455,8 @@ mod tests {
             fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
                 self.0.check(ctx, host)
             }
-            fn chain(&self) -> &'static str {
-                "storage"
+            fn chain(&self) -> Chain {
+                Chain::Storage
             }
         }
         testutil::with_ctx(1, |ctx| {

@@ -1,10 +1,10 @@
 //! The `pki` step: writes this node's certificates and keys in kubeadm's
 //! layout (`/etc/kubernetes/pki`, `/etc/kubernetes/pki/etcd`) from the items
-//! the leader issued into the replicated state ([`crate::pki::issue`]).
+//! the leader issued into the replicated state ([`crate::pki::issue()`]).
 //! Control-plane nodes get the CA private keys; other nodes only the CA
 //! certificates.
 
-use super::{Check, Ctx, Gate, Rendered, Step, StepError};
+use super::{Chain, Check, Ctx, Gate, Rendered, Step, StepError};
 use crate::host::{FileSpec, Host};
 
 pub struct Pki;
@@ -12,6 +12,10 @@ pub struct Pki;
 impl Step for Pki {
     fn name(&self) -> &'static str {
         "pki"
+    }
+
+    fn chain(&self) -> Chain {
+        Chain::ControlPlane
     }
 
     fn gate(&self, ctx: &Ctx) -> Gate {

@@ -21,7 +21,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use sha2::{Digest, Sha256};
 
-use super::{fingerprint, node_name, Check, Ctx, Gate, Rendered, Step, StepError, RUN_DIR};
+use super::{fingerprint, node_name, Chain, Check, Ctx, Gate, Rendered, Step, StepError, RUN_DIR};
 use crate::host::{Cmd, FileSpec, Host, ServiceSpec};
 
 pub struct Vip;
@@ -182,6 +182,10 @@ impl Step for Vip {
         "vip"
     }
 
+    fn chain(&self) -> Chain {
+        Chain::ControlPlane
+    }
+
     fn gate(&self, ctx: &Ctx) -> Gate {
         if !ctx.is_control_plane() {
             return Gate::NotHere;
@@ -203,7 +207,7 @@ impl Step for Vip {
             return Ok(());
         }
         let vip = vip(ctx).to_string();
-        let o = host.exec.run(&Cmd::new([
+        let o = host.exec.output(&Cmd::new([
             "arping",
             "-D",
             "-c",
