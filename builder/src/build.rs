@@ -18,7 +18,7 @@ use crate::output::Output;
 use crate::profile::{self, LoadedProfile};
 use crate::rootfs::{self, RootfsRequest};
 use crate::stages::Stages;
-use crate::{fsimage, kube, overlay};
+use crate::{embedded, fsimage, kube, overlay};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -26,12 +26,23 @@ pub struct BuildOptions {
     pub cluster: Option<PathBuf>,
     pub out: PathBuf,
     pub cache: PathBuf,
-    pub images: PathBuf,
+    /// Where the overlay tree (`images/`) comes from.
+    pub images: Images,
     pub agent: PathBuf,
     /// `id=url` overrides of the profile's repos.
     pub mirrors: Vec<String>,
     pub source_date_epoch: u64,
     pub keep_work: bool,
+}
+
+/// The source of the overlay tree every image gets (`common/`, the family's, `kube/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Images {
+    /// The tree compiled into this binary (`crate::embedded`), written into
+    /// the build's work directory: what an installed `habuild` uses.
+    Embedded,
+    /// A directory laid out like the checkout's `images/` (`--images DIR`).
+    Dir(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -55,21 +66,30 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
 
     let staging = out.work.join("staging");
     stages.run("overlay", || {
+        let images = match &opts.images {
+            Images::Dir(dir) => dir.clone(),
+            Images::Embedded => {
+                let dir = out.work.join("images");
+                embedded::write_to(&dir)?;
+                dir
+            }
+        };
+        tracing::info!(
+            "overlays: {}; agent: {}",
+            match &opts.images {
+                Images::Dir(dir) => dir.display().to_string(),
+                Images::Embedded => "embedded in habuild".to_string(),
+            },
+            opts.agent.display()
+        );
         overlay::stage(
-            &opts.images,
+            &images,
             profile.profile.distro.family.overlay_dir(),
             &profile.overlay_dirs(),
             &opts.agent,
             &staging,
         )?;
-        kube::stage(
-            exec,
-            &profile.profile.kube,
-            &opts.images,
-            &opts.cache,
-            &staging,
-        )
-        .map(|_| ())
+        kube::stage(exec, &profile.profile.kube, &images, &opts.cache, &staging).map(|_| ())
     })?;
 
     let backend = rootfs::backend_for(&profile.profile);
