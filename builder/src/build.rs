@@ -74,14 +74,6 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
                 dir
             }
         };
-        tracing::info!(
-            "overlays: {}; agent: {}",
-            match &opts.images {
-                Images::Dir(dir) => dir.display().to_string(),
-                Images::Embedded => "embedded in habuild".to_string(),
-            },
-            opts.agent.display()
-        );
         overlay::stage(
             &images,
             profile.profile.distro.family.overlay_dir(),

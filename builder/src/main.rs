@@ -231,6 +231,14 @@ fn image(args: ImageArgs) -> anyhow::Result<()> {
         source_date_epoch: args.source_date_epoch.unwrap_or_else(build::default_epoch),
         keep_work: args.keep_work,
     };
+    tracing::info!(
+        "overlays: {}; agent: {}",
+        match &opts.images {
+            Images::Dir(dir) => dir.display().to_string(),
+            Images::Embedded => "embedded in habuild".to_string(),
+        },
+        opts.agent.display()
+    );
     let report = build::build_image(&HostExec, &opts)?;
     eprintln!("\n{}", report.summary);
     for a in &report.manifest.artifacts {

@@ -87,6 +87,27 @@ fn hash_tree(h: &mut Sha256, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A binary of habuild installed the README's way (`cargo install --path
+/// firstboot` and `--path builder` into one root): `$HABUILD_INSTALLED/<name>`.
+/// scripts/test installs into a temporary root and sets `HABUILD_INSTALLED`
+/// to its `bin/`.
+pub fn installed_bin(name: &str) -> Result<PathBuf> {
+    let dir = std::env::var_os("HABUILD_INSTALLED").context(
+        "HABUILD_INSTALLED is not set: scripts/test installs habuild the README's way and sets it; by hand: \
+         cargo install --locked --path firstboot --root R --target-dir target && \
+         cargo install --locked --path builder --root R --target-dir target && \
+         cargo build --release --workspace (puts the workspace's binaries back), then HABUILD_INSTALLED=R/bin",
+    )?;
+    let p = PathBuf::from(dir).join(name);
+    if !p.is_file() {
+        bail!(
+            "{} not found: is HABUILD_INSTALLED the bin/ of a `cargo install --root`?",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 /// A key over every input of the image: binaries, profile, images/, cluster file.
 fn input_key(profile: &Path, cluster: &str) -> Result<String> {
     let mut h = Sha256::new();
@@ -99,31 +120,73 @@ fn input_key(profile: &Path, cluster: &str) -> Result<String> {
     Ok(hex::encode(&h.finalize()[..8]))
 }
 
-/// Run `habuild image` for the Debian 12 profile into `out`.
+/// Run the checkout's `habuild image` (target/release, overlays read from
+/// the checkout's `images/`) for the Debian 12 profile into `out`.
 pub fn build_into(out: &Path, cluster: &Path) -> Result<Duration> {
     let ws = workspace();
-    fs::create_dir_all(out)?;
-    let log = out.with_extension("build.log");
-    let t = Instant::now();
-    let status = Command::new(release_bin("habuild")?)
-        .arg("image")
+    let mut cmd = Command::new(release_bin("habuild")?);
+    cmd.arg("image")
         .arg("--profile")
         .arg(ws.join("configs/debian-12.toml"))
         .arg("--cluster")
         .arg(cluster)
+        .arg("--images")
+        .arg(ws.join("images"));
+    run_build(cmd, out)
+}
+
+/// Run the installed `habuild image` ([`installed_bin`]) the way a user
+/// would outside the checkout: from `cwd` (holding copies of the Debian 12
+/// profile and `cluster`), with relative paths, overlays embedded in the
+/// binary (no `--images`), no `HABUILD_IMAGES`. `agent` pins the agent
+/// baked in (None: habuild's own choice, next to itself or on PATH).
+pub fn build_installed_into(
+    cwd: &Path,
+    out: &Path,
+    cluster: &Path,
+    agent: Option<&Path>,
+) -> Result<Duration> {
+    fs::create_dir_all(cwd)?;
+    fs::copy(
+        workspace().join("configs/debian-12.toml"),
+        cwd.join("debian-12.toml"),
+    )?;
+    fs::copy(cluster, cwd.join("cluster.toml"))?;
+    let mut cmd = Command::new(installed_bin("habuild")?);
+    cmd.current_dir(cwd)
+        .env_remove("HABUILD_IMAGES")
+        .env_remove("HABUILD_AGENT")
+        .args([
+            "image",
+            "--profile",
+            "debian-12.toml",
+            "--cluster",
+            "cluster.toml",
+        ]);
+    if let Some(a) = agent {
+        cmd.arg("--agent").arg(a);
+    }
+    run_build(cmd, out)
+}
+
+/// Finish `cmd` (`habuild image` with profile, cluster and overlays set)
+/// with the shared options, run it into `out`, log to `<out>.build.log`.
+fn run_build(mut cmd: Command, out: &Path) -> Result<Duration> {
+    fs::create_dir_all(out)?;
+    let log = out.with_extension("build.log");
+    let t = Instant::now();
+    let status = cmd
         .arg("--out")
         .arg(out)
         .arg("--cache")
         .arg(test_cache().join("packages"))
-        .arg("--images")
-        .arg(ws.join("images"))
         .arg("--source-date-epoch")
         .arg(TEST_EPOCH.to_string())
         .env("RUST_LOG", "info")
         .stdout(fs::File::create(&log)?)
         .stderr(fs::File::options().append(true).open(&log)?)
         .status()
-        .context("running habuild image")?;
+        .with_context(|| format!("running {cmd:?}"))?;
     let took = t.elapsed();
     if !status.success() {
         let text = fs::read_to_string(&log).unwrap_or_default();
@@ -135,9 +198,10 @@ pub fn build_into(out: &Path, cluster: &Path) -> Result<Duration> {
         );
     }
     eprintln!(
-        "habuild image: built {} in {:.1}s",
+        "habuild image: built {} in {:.1}s ({})",
         out.display(),
-        took.as_secs_f64()
+        took.as_secs_f64(),
+        cmd.get_program().to_string_lossy()
     );
     Ok(took)
 }
