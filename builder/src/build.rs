@@ -119,26 +119,40 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
             opts.source_date_epoch,
         )
     })?;
-    stages.run("qcow2", || {
-        exec.run(
-            &Cmd::new("qemu-img")
-                .args(["convert", "-f", "raw", "-O", "qcow2"])
-                .arg(&out.raw_tmp)
-                .arg(&out.qcow2_tmp),
-        )
-        .map(|_| ())
-    })?;
-
-    let manifest = stages.run("manifest", || {
-        let m = manifest(
-            &profile,
-            cluster.as_ref(),
-            &layout,
-            &out,
-            packages,
-            opts.source_date_epoch,
-        )?;
-        Ok::<_, BuildError>(m)
+    // The raw disk is hashed while qemu-img converts it (both only read it).
+    let manifest = std::thread::scope(|scope| {
+        let raw_sha = scope.spawn(|| {
+            let t = std::time::Instant::now();
+            let r = sha256_file(&out.raw_tmp);
+            tracing::info!(
+                "raw image hashed in {:.1}s (its holes are not read), beside the qcow2 conversion",
+                t.elapsed().as_secs_f64()
+            );
+            r
+        });
+        stages.run("qcow2", || {
+            exec.run(
+                &Cmd::new("qemu-img")
+                    .args(["convert", "-f", "raw", "-O", "qcow2"])
+                    .arg(&out.raw_tmp)
+                    .arg(&out.qcow2_tmp),
+            )
+            .map(|_| ())
+        })?;
+        stages.run("manifest", || {
+            let raw_sha = raw_sha
+                .join()
+                .map_err(|_| BuildError::Invalid("hashing the raw image panicked".into()))??;
+            manifest(
+                &profile,
+                cluster.as_ref(),
+                &layout,
+                &out,
+                raw_sha,
+                packages,
+                opts.source_date_epoch,
+            )
+        })
     })?;
     let mut manifest = manifest;
     manifest.stages = stages.done.clone();
@@ -325,12 +339,13 @@ fn manifest(
     cluster: Option<&(SourceFile, ClusterConfig)>,
     layout: &Layout,
     out: &Output,
+    raw_sha: (String, u64),
     packages: Vec<rootfs::InstalledPackage>,
     epoch: u64,
 ) -> Result<Manifest> {
     let mut artifacts = Vec::new();
-    for (tmp, fin) in [(&out.raw_tmp, &out.raw), (&out.qcow2_tmp, &out.qcow2)] {
-        let (sha256, size) = sha256_file(tmp)?;
+    let qcow2_sha = sha256_file(&out.qcow2_tmp)?;
+    for ((sha256, size), fin) in [(raw_sha, &out.raw), (qcow2_sha, &out.qcow2)] {
         artifacts.push(Artifact {
             file: fin
                 .file_name()
