@@ -19,7 +19,7 @@ use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
 use qemu_harness::image::{
-    build_installed_into, debian_image, installed_bin, release_bin, BuiltImage,
+    build_installed_into, debian_image, installed_bin, release_bin, test_cluster_text, BuiltImage,
 };
 use qemu_harness::{tools, Workdir};
 use serde_json::Value;
@@ -274,10 +274,7 @@ fn installed_habuild_works_outside_the_checkout() -> Result<()> {
         ws.join("configs/debian-12.toml"),
         work.join("debian-12.toml"),
     )?;
-    fs::copy(
-        ws.join("configs/cluster.example.toml"),
-        work.join("cluster.toml"),
-    )?;
+    fs::write(work.join("cluster.toml"), test_cluster_text(3, 3))?;
     let cmd = |exe: &Path| {
         let mut c = Command::new(exe);
         c.current_dir(work.path())
