@@ -18,7 +18,7 @@ use crate::output::Output;
 use crate::profile::{self, LoadedProfile};
 use crate::rootfs::{self, RootfsRequest};
 use crate::stages::Stages;
-use crate::{fsimage, kube, overlay};
+use crate::{embedded, fsimage, kube, overlay};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -26,12 +26,23 @@ pub struct BuildOptions {
     pub cluster: Option<PathBuf>,
     pub out: PathBuf,
     pub cache: PathBuf,
-    pub images: PathBuf,
+    /// Where the overlay tree (`images/`) comes from.
+    pub images: Images,
     pub agent: PathBuf,
     /// `id=url` overrides of the profile's repos.
     pub mirrors: Vec<String>,
     pub source_date_epoch: u64,
     pub keep_work: bool,
+}
+
+/// The source of the overlay tree every image gets (`common/`, the family's, `kube/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Images {
+    /// The tree compiled into this binary (`crate::embedded`), written into
+    /// the build's work directory: what an installed `habuild` uses.
+    Embedded,
+    /// A directory laid out like the checkout's `images/` (`--images DIR`).
+    Dir(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -55,21 +66,22 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
 
     let staging = out.work.join("staging");
     stages.run("overlay", || {
+        let images = match &opts.images {
+            Images::Dir(dir) => dir.clone(),
+            Images::Embedded => {
+                let dir = out.work.join("images");
+                embedded::write_to(&dir)?;
+                dir
+            }
+        };
         overlay::stage(
-            &opts.images,
+            &images,
             profile.profile.distro.family.overlay_dir(),
             &profile.overlay_dirs(),
             &opts.agent,
             &staging,
         )?;
-        kube::stage(
-            exec,
-            &profile.profile.kube,
-            &opts.images,
-            &opts.cache,
-            &staging,
-        )
-        .map(|_| ())
+        kube::stage(exec, &profile.profile.kube, &images, &opts.cache, &staging).map(|_| ())
     })?;
 
     let backend = rootfs::backend_for(&profile.profile);
@@ -107,26 +119,40 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
             opts.source_date_epoch,
         )
     })?;
-    stages.run("qcow2", || {
-        exec.run(
-            &Cmd::new("qemu-img")
-                .args(["convert", "-f", "raw", "-O", "qcow2"])
-                .arg(&out.raw_tmp)
-                .arg(&out.qcow2_tmp),
-        )
-        .map(|_| ())
-    })?;
-
-    let manifest = stages.run("manifest", || {
-        let m = manifest(
-            &profile,
-            cluster.as_ref(),
-            &layout,
-            &out,
-            packages,
-            opts.source_date_epoch,
-        )?;
-        Ok::<_, BuildError>(m)
+    // The raw disk is hashed while qemu-img converts it (both only read it).
+    let manifest = std::thread::scope(|scope| {
+        let raw_sha = scope.spawn(|| {
+            let t = std::time::Instant::now();
+            let r = sha256_file(&out.raw_tmp);
+            tracing::info!(
+                "raw image hashed in {:.1}s (its holes are not read), beside the qcow2 conversion",
+                t.elapsed().as_secs_f64()
+            );
+            r
+        });
+        stages.run("qcow2", || {
+            exec.run(
+                &Cmd::new("qemu-img")
+                    .args(["convert", "-f", "raw", "-O", "qcow2"])
+                    .arg(&out.raw_tmp)
+                    .arg(&out.qcow2_tmp),
+            )
+            .map(|_| ())
+        })?;
+        stages.run("manifest", || {
+            let raw_sha = raw_sha
+                .join()
+                .map_err(|_| BuildError::Invalid("hashing the raw image panicked".into()))??;
+            manifest(
+                &profile,
+                cluster.as_ref(),
+                &layout,
+                &out,
+                raw_sha,
+                packages,
+                opts.source_date_epoch,
+            )
+        })
     })?;
     let mut manifest = manifest;
     manifest.stages = stages.done.clone();
@@ -313,12 +339,13 @@ fn manifest(
     cluster: Option<&(SourceFile, ClusterConfig)>,
     layout: &Layout,
     out: &Output,
+    raw_sha: (String, u64),
     packages: Vec<rootfs::InstalledPackage>,
     epoch: u64,
 ) -> Result<Manifest> {
     let mut artifacts = Vec::new();
-    for (tmp, fin) in [(&out.raw_tmp, &out.raw), (&out.qcow2_tmp, &out.qcow2)] {
-        let (sha256, size) = sha256_file(tmp)?;
+    let qcow2_sha = sha256_file(&out.qcow2_tmp)?;
+    for ((sha256, size), fin) in [(raw_sha, &out.raw), (qcow2_sha, &out.qcow2)] {
         artifacts.push(Artifact {
             file: fin
                 .file_name()

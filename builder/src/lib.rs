@@ -4,10 +4,12 @@
 pub mod build;
 pub mod cluster_status;
 pub mod disk;
+pub mod embedded;
 pub mod error;
 pub mod exec;
 pub mod fsimage;
 pub mod kube;
+pub mod locate;
 pub mod manifest;
 pub mod output;
 pub mod overlay;

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use builder::build::{self, BuildOptions};
+use builder::build::{self, BuildOptions, Images};
 use builder::cluster_status;
 use builder::error::BuildError;
 use builder::exec::HostExec;
+use builder::locate;
 use clap::{Parser, Subcommand};
 
 /// Bake one immutable OS image that every bare-metal node boots; on first boot
@@ -71,10 +72,13 @@ struct ImageArgs {
     /// Replace a profile repo's URL: ID=URL (repeatable), e.g. debian=file:///srv/mirror/debian.
     #[arg(long = "mirror", value_name = "ID=URL")]
     mirrors: Vec<String>,
-    /// habuild's images/ directory (default: next to the binary's source tree, or /usr/share/habuild/images).
+    /// Read the image overlays from this directory (laid out like the checkout's
+    /// images/) instead of the copy compiled into habuild; for editing overlays
+    /// without rebuilding habuild.
     #[arg(long, value_name = "DIR", env = "HABUILD_IMAGES")]
     images: Option<PathBuf>,
-    /// The habuild-agent binary to bake in (default: next to this binary).
+    /// The habuild-agent binary to bake in (default: habuild-agent next to
+    /// this habuild, else the first on PATH).
     #[arg(long, value_name = "FILE", env = "HABUILD_AGENT")]
     agent: Option<PathBuf>,
     /// Timestamp for every file and filesystem (default: $SOURCE_DATE_EPOCH, else now).
@@ -218,8 +222,8 @@ fn init_logging(verbose: u8) {
 fn image(args: ImageArgs) -> anyhow::Result<()> {
     let opts = BuildOptions {
         images: match args.images {
-            Some(p) => p,
-            None => default_images()?,
+            Some(dir) => Images::Dir(dir),
+            None => Images::Embedded,
         },
         agent: match args.agent {
             Some(p) => p,
@@ -233,6 +237,14 @@ fn image(args: ImageArgs) -> anyhow::Result<()> {
         source_date_epoch: args.source_date_epoch.unwrap_or_else(build::default_epoch),
         keep_work: args.keep_work,
     };
+    tracing::info!(
+        "overlays: {}; agent: {}",
+        match &opts.images {
+            Images::Dir(dir) => dir.display().to_string(),
+            Images::Embedded => "embedded in habuild".to_string(),
+        },
+        opts.agent.display()
+    );
     let report = build::build_image(&HostExec, &opts)?;
     eprintln!("\n{}", report.summary);
     for a in &report.manifest.artifacts {
@@ -245,32 +257,13 @@ fn image(args: ImageArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn exe_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the habuild binary")?;
-    Ok(exe.parent().unwrap_or(Path::new("/")).to_path_buf())
-}
-
 fn default_agent() -> anyhow::Result<PathBuf> {
-    let p = exe_dir()?.join("habuild-agent");
-    anyhow::ensure!(
-        p.is_file(),
-        "{} not found: build it with `cargo build --release -p habuild-firstboot` or pass --agent",
-        p.display()
-    );
-    Ok(p)
-}
-
-fn default_images() -> anyhow::Result<PathBuf> {
-    let dir = exe_dir()?;
-    let candidates = [
-        dir.join("../../images"),
-        PathBuf::from("/usr/share/habuild/images"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.join("common").is_dir())
-        .cloned()
-        .with_context(|| "habuild's images/ directory not found next to the binary or in /usr/share/habuild: pass --images")
+    let exe = std::env::current_exe().context("locating the habuild binary")?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    Ok(locate::find_agent(
+        dir,
+        std::env::var_os("PATH").as_deref(),
+    )?)
 }
 
 fn check(files: &[PathBuf]) -> anyhow::Result<()> {

@@ -1,6 +1,8 @@
 //! The Debian 12 test image: built once per set of inputs with the real
 //! `habuild image`, cached under `$HABUILD_TEST_CACHE` (default
-//! `/var/tmp/habuild-test`) and shared by the image and boot tests.
+//! `/var/tmp/habuild-test`) and shared by the image and boot tests. The
+//! cache keeps the `$HABUILD_TEST_IMAGES_KEEP` (default 3) most recently
+//! used images, so switching between branches does not rebuild each time.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -87,6 +89,27 @@ fn hash_tree(h: &mut Sha256, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A binary of habuild installed the README's way (`cargo install --path
+/// firstboot` and `--path builder` into one root): `$HABUILD_INSTALLED/<name>`.
+/// scripts/test installs into a temporary root and sets `HABUILD_INSTALLED`
+/// to its `bin/`.
+pub fn installed_bin(name: &str) -> Result<PathBuf> {
+    let dir = std::env::var_os("HABUILD_INSTALLED").context(
+        "HABUILD_INSTALLED is not set: scripts/test installs habuild the README's way and sets it; by hand: \
+         cargo install --locked --path firstboot --root R --target-dir target && \
+         cargo install --locked --path builder --root R --target-dir target && \
+         cargo build --release --workspace (puts the workspace's binaries back), then HABUILD_INSTALLED=R/bin",
+    )?;
+    let p = PathBuf::from(dir).join(name);
+    if !p.is_file() {
+        bail!(
+            "{} not found: is HABUILD_INSTALLED the bin/ of a `cargo install --root`?",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 /// A key over every input of the image: binaries, profile, images/, cluster file.
 fn input_key(profile: &Path, cluster: &str) -> Result<String> {
     let mut h = Sha256::new();
@@ -99,31 +122,73 @@ fn input_key(profile: &Path, cluster: &str) -> Result<String> {
     Ok(hex::encode(&h.finalize()[..8]))
 }
 
-/// Run `habuild image` for the Debian 12 profile into `out`.
+/// Run the checkout's `habuild image` (target/release, overlays read from
+/// the checkout's `images/`) for the Debian 12 profile into `out`.
 pub fn build_into(out: &Path, cluster: &Path) -> Result<Duration> {
     let ws = workspace();
-    fs::create_dir_all(out)?;
-    let log = out.with_extension("build.log");
-    let t = Instant::now();
-    let status = Command::new(release_bin("habuild")?)
-        .arg("image")
+    let mut cmd = Command::new(release_bin("habuild")?);
+    cmd.arg("image")
         .arg("--profile")
         .arg(ws.join("configs/debian-12.toml"))
         .arg("--cluster")
         .arg(cluster)
+        .arg("--images")
+        .arg(ws.join("images"));
+    run_build(cmd, out)
+}
+
+/// Run the installed `habuild image` ([`installed_bin`]) the way a user
+/// would outside the checkout: from `cwd` (holding copies of the Debian 12
+/// profile and `cluster`), with relative paths, overlays embedded in the
+/// binary (no `--images`), no `HABUILD_IMAGES`. `agent` pins the agent
+/// baked in (None: habuild's own choice, next to itself or on PATH).
+pub fn build_installed_into(
+    cwd: &Path,
+    out: &Path,
+    cluster: &Path,
+    agent: Option<&Path>,
+) -> Result<Duration> {
+    fs::create_dir_all(cwd)?;
+    fs::copy(
+        workspace().join("configs/debian-12.toml"),
+        cwd.join("debian-12.toml"),
+    )?;
+    fs::copy(cluster, cwd.join("cluster.toml"))?;
+    let mut cmd = Command::new(installed_bin("habuild")?);
+    cmd.current_dir(cwd)
+        .env_remove("HABUILD_IMAGES")
+        .env_remove("HABUILD_AGENT")
+        .args([
+            "image",
+            "--profile",
+            "debian-12.toml",
+            "--cluster",
+            "cluster.toml",
+        ]);
+    if let Some(a) = agent {
+        cmd.arg("--agent").arg(a);
+    }
+    run_build(cmd, out)
+}
+
+/// Finish `cmd` (`habuild image` with profile, cluster and overlays set)
+/// with the shared options, run it into `out`, log to `<out>.build.log`.
+fn run_build(mut cmd: Command, out: &Path) -> Result<Duration> {
+    fs::create_dir_all(out)?;
+    let log = out.with_extension("build.log");
+    let t = Instant::now();
+    let status = cmd
         .arg("--out")
         .arg(out)
         .arg("--cache")
         .arg(test_cache().join("packages"))
-        .arg("--images")
-        .arg(ws.join("images"))
         .arg("--source-date-epoch")
         .arg(TEST_EPOCH.to_string())
         .env("RUST_LOG", "info")
         .stdout(fs::File::create(&log)?)
         .stderr(fs::File::options().append(true).open(&log)?)
         .status()
-        .context("running habuild image")?;
+        .with_context(|| format!("running {cmd:?}"))?;
     let took = t.elapsed();
     if !status.success() {
         let text = fs::read_to_string(&log).unwrap_or_default();
@@ -135,33 +200,70 @@ pub fn build_into(out: &Path, cluster: &Path) -> Result<Duration> {
         );
     }
     eprintln!(
-        "habuild image: built {} in {:.1}s",
+        "habuild image: built {} in {:.1}s ({})",
         out.display(),
-        took.as_secs_f64()
+        took.as_secs_f64(),
+        cmd.get_program().to_string_lossy()
     );
     Ok(took)
 }
 
-/// Keep only the image for the current inputs: each one is ~1 GiB on disk.
-fn prune_other_images(key: &str) -> Result<()> {
-    let images = test_cache().join("images");
-    for e in fs::read_dir(&images)
+/// How many test images stay cached (each ~1 GiB on disk):
+/// `$HABUILD_TEST_IMAGES_KEEP`, default 3, at least 1.
+fn images_to_keep() -> usize {
+    std::env::var("HABUILD_TEST_IMAGES_KEEP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3usize)
+        .max(1)
+}
+
+/// Marks an image directory as used now (its mtime orders the eviction).
+const LAST_USED: &str = ".last-used";
+
+fn mark_used(dir: &Path) -> Result<()> {
+    let p = dir.join(LAST_USED);
+    fs::write(&p, b"").with_context(|| format!("writing {}", p.display()))
+}
+
+/// A bounded cache of test images in `images`: keep `current` and the
+/// `keep - 1` other most recently used images (`debian-12-<key>` with its
+/// `cluster-<key>.toml`), remove the rest, and any other key's image that
+/// never finished (no manifest.json). Returns the keys removed.
+fn prune_images(images: &Path, current: &str, keep: usize) -> Result<Vec<String>> {
+    let mut finished = Vec::new();
+    let mut removed = Vec::new();
+    for e in fs::read_dir(images)
         .with_context(|| format!("reading {}", images.display()))?
         .flatten()
     {
         let name = e.file_name().to_string_lossy().into_owned();
-        let ours = name.contains(key);
-        let cached = name.starts_with("debian-12-") || name.starts_with("cluster-");
-        if cached && !ours {
-            let p = e.path();
-            let _ = if p.is_dir() {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
-            };
+        let Some(key) = name.strip_prefix("debian-12-") else {
+            continue;
+        };
+        if key == current || !e.path().is_dir() {
+            continue;
+        }
+        if e.path().join("manifest.json").is_file() {
+            let used = fs::metadata(e.path().join(LAST_USED))
+                .or_else(|_| e.metadata())
+                .and_then(|m| m.modified())
+                .with_context(|| format!("reading {}", e.path().display()))?;
+            finished.push((used, key.to_string()));
+        } else {
+            removed.push(key.to_string());
         }
     }
-    Ok(())
+    // newest first; the current image takes one of the `keep` places
+    finished.sort_by(|a, b| b.cmp(a));
+    removed.extend(finished.into_iter().skip(keep - 1).map(|(_, k)| k));
+    for key in &removed {
+        let dir = images.join(format!("debian-12-{key}"));
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        let _ = fs::remove_file(images.join(format!("cluster-{key}.toml")));
+        let _ = fs::remove_file(images.join(format!("debian-12-{key}.build.log")));
+    }
+    Ok(removed)
 }
 
 /// The cached Debian 12 test image for these inputs, built if missing.
@@ -180,10 +282,14 @@ pub fn debian_image() -> Result<BuiltImage> {
         eprintln!("reusing test image {}", dir.display());
         Duration::ZERO
     } else {
-        prune_other_images(&key)?;
+        let removed = prune_images(dir.parent().expect("has parent"), &key, images_to_keep())?;
+        if !removed.is_empty() {
+            eprintln!("test image cache: removed the least recently used {removed:?}");
+        }
         let _ = fs::remove_dir_all(&dir);
         build_into(&dir, &cluster)?
     };
+    mark_used(&dir)?;
     Ok(BuiltImage {
         raw: dir.join("debian-12.raw"),
         qcow2: dir.join("debian-12.qcow2"),
@@ -192,4 +298,70 @@ pub fn debian_image() -> Result<BuiltImage> {
         dir,
         build_time,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn image(images: &Path, key: &str, finished: bool, used_secs_ago: u64) {
+        let dir = images.join(format!("debian-12-{key}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(images.join(format!("cluster-{key}.toml")), "").unwrap();
+        if finished {
+            fs::write(dir.join("manifest.json"), "{}").unwrap();
+            mark_used(&dir).unwrap();
+            let t = SystemTime::now() - Duration::from_secs(used_secs_ago);
+            fs::File::options()
+                .write(true)
+                .open(dir.join(LAST_USED))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+    }
+
+    fn keys(images: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(images)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn cache_keeps_the_most_recently_used_images() {
+        let t = tempfile::tempdir().unwrap();
+        let images = t.path();
+        image(images, "old", true, 300);
+        image(images, "mid", true, 200);
+        image(images, "new", true, 100);
+        image(images, "broken", false, 0);
+        fs::write(images.join("unrelated.txt"), "").unwrap();
+        // building "cur" with room for 3: "new" and "mid" stay, "old" and the
+        // unfinished "broken" go (with their cluster files)
+        let mut removed = prune_images(images, "cur", 3).unwrap();
+        removed.sort();
+        assert_eq!(removed, ["broken", "old"]);
+        assert_eq!(
+            keys(images),
+            [
+                "cluster-mid.toml",
+                "cluster-new.toml",
+                "debian-12-mid",
+                "debian-12-new",
+                "unrelated.txt"
+            ]
+        );
+        // reusing "mid" makes it the most recent: room for 2 evicts "new"
+        mark_used(&images.join("debian-12-mid")).unwrap();
+        assert_eq!(prune_images(images, "cur", 2).unwrap(), ["new"]);
+        // the current key is never removed, even half built
+        image(images, "cur", false, 0);
+        assert_eq!(prune_images(images, "cur", 1).unwrap(), ["mid"]);
+        assert!(images.join("debian-12-cur").is_dir());
+    }
 }

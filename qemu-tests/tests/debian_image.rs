@@ -2,13 +2,25 @@
 //! rebuilt with the same package cache and SOURCE_DATE_EPOCH, and well formed
 //! by the independent tools (`sgdisk -v`, `fsck.vfat -n`, `mdir`,
 //! `dump.erofs`/`fsck.erofs`).
+//!
+//! The rebuild is made by habuild installed the README's way (`cargo
+//! install`, `$HABUILD_INSTALLED`, set by scripts/test) from a directory
+//! outside the checkout, with the overlays embedded in the binary: equal
+//! bytes prove the installed habuild builds the same image as the checkout.
+//! It bakes the workspace's agent (`--agent`), because the agent that
+//! `cargo install --path firstboot` compiles alone differs in bytes from the
+//! workspace build (cargo unifies dependency features per build: base64 and
+//! rustix get extra features in the workspace); the cheap test below proves
+//! that the installed habuild finds the installed agent by itself.
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use qemu_harness::image::{build_into, debian_image, BuiltImage};
+use qemu_harness::image::{
+    build_installed_into, debian_image, installed_bin, release_bin, test_cluster_text, BuiltImage,
+};
 use qemu_harness::{tools, Workdir};
 use serde_json::Value;
 
@@ -199,8 +211,14 @@ fn debian_image_is_reproducible_and_well_formed() -> Result<()> {
     let work = Workdir::new("image")?;
     check_image(&a, &work)?;
 
+    // the installed habuild, run from outside the checkout, embedded overlays
     let b_dir = work.join("rebuild");
-    let warm = build_into(&b_dir, &a.cluster)?;
+    let warm = build_installed_into(
+        &work.join("user"),
+        &b_dir,
+        &a.cluster,
+        Some(&release_bin("habuild-agent")?),
+    )?;
     let ma = manifest(&a.dir)?;
     let mb = manifest(&b_dir)?;
     if ma["packages"] != mb["packages"] {
@@ -224,10 +242,104 @@ fn debian_image_is_reproducible_and_well_formed() -> Result<()> {
         sha(&mb)
     );
     eprintln!(
-        "reproducible: raw sha256 {} (first build {:.0}s, rebuild with warm cache {:.0}s)",
+        "reproducible: raw sha256 {} (first build {:.0}s, rebuild by the installed habuild with warm cache {:.0}s)",
         sha(&ma),
         a.build_time.as_secs_f64(),
         warm.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn sha256(p: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    Ok(hex::encode(Sha256::digest(fs::read(p)?)))
+}
+
+/// habuild installed the README's way, run from a directory outside the
+/// checkout: checks profiles, finds the installed agent beside itself, and
+/// names the install command when the agent is missing. (Its image build is
+/// the rebuild of the test above.)
+#[test]
+fn installed_habuild_works_outside_the_checkout() -> Result<()> {
+    let habuild = installed_bin("habuild")?;
+    let agent = installed_bin("habuild-agent")?;
+    let work = Workdir::new("installed")?;
+    let ws = qemu_harness::image::workspace();
+    ensure!(
+        !work.path().starts_with(&ws),
+        "{} is inside the checkout",
+        work.path().display()
+    );
+    fs::copy(
+        ws.join("configs/debian-12.toml"),
+        work.join("debian-12.toml"),
+    )?;
+    fs::write(work.join("cluster.toml"), test_cluster_text(3, 3))?;
+    let cmd = |exe: &Path| {
+        let mut c = Command::new(exe);
+        c.current_dir(work.path())
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env_remove("HABUILD_IMAGES")
+            .env_remove("HABUILD_AGENT")
+            .env("RUST_LOG", "info");
+        c
+    };
+
+    let v = run(cmd(&habuild).arg("--version"))?;
+    ensure!(v.starts_with("habuild "), "{v}");
+    let checked = run(cmd(&habuild).args(["profile", "check", "debian-12.toml", "cluster.toml"]))?;
+    ensure!(
+        checked.contains("debian-12.toml: ok (profile)")
+            && checked.contains("cluster.toml: ok (cluster file)"),
+        "{checked}"
+    );
+
+    // An output path that is a file stops the build right after habuild
+    // chose its inputs (nothing is built): the installed agent, embedded overlays.
+    fs::write(work.join("not-a-dir"), "")?;
+    let image_args = [
+        "image",
+        "--profile",
+        "debian-12.toml",
+        "--out",
+        "not-a-dir",
+        "--cache",
+        "cache",
+    ];
+    let o = cmd(&habuild).args(image_args).output()?;
+    let e = String::from_utf8_lossy(&o.stderr);
+    ensure!(o.status.code() == Some(2), "{:?}: {e}", o.status);
+    ensure!(
+        e.contains(&format!(
+            "overlays: embedded in habuild; agent: {}",
+            agent.display()
+        )),
+        "the installed habuild did not pick the installed agent:\n{e}"
+    );
+    ensure!(e.contains("not-a-dir") && e.contains("not writable"), "{e}");
+
+    // habuild copied alone, with no agent beside it or on PATH: the error says what to run.
+    let lonely = work.join("lonely");
+    fs::create_dir_all(&lonely)?;
+    fs::copy(&habuild, lonely.join("habuild"))?;
+    let o = cmd(&lonely.join("habuild")).args(image_args).output()?;
+    let e = String::from_utf8_lossy(&o.stderr);
+    ensure!(o.status.code() == Some(2), "{:?}: {e}", o.status);
+    ensure!(
+        e.contains("habuild-agent not found next to habuild")
+            && e.contains("cargo install --locked --path firstboot"),
+        "{e}"
+    );
+
+    // measured, not asserted: is the agent `cargo install` built the workspace's?
+    let (installed, workspace) = (sha256(&agent)?, sha256(&release_bin("habuild-agent")?)?);
+    eprintln!(
+        "installed habuild-agent {} the workspace build ({installed} vs {workspace})",
+        if installed == workspace {
+            "equals"
+        } else {
+            "differs from"
+        }
     );
     Ok(())
 }
