@@ -280,11 +280,14 @@ fn form(o: &Opts) -> Result<(Lab, Formation, String), FormError> {
             "{e} (run scripts/bench-agent as root, or HABUILD_BENCH_PARTS=inproc)"
         ))
     })?;
-    debug_assert_eq!(
-        lab.node_ip(n - 1),
-        node_ip(n - 1),
-        "the lab's addresses are the bench's"
-    );
+    // The in-process part numbers nodes the same way (main.rs's node_ip).
+    if let Some(i) = (0..n).find(|i| lab.node_ip(*i) != node_ip(*i)) {
+        return Err(FormError::Setup(format!(
+            "node{i}: the lab put it at {}, the bench expects {}",
+            lab.node_ip(i),
+            node_ip(i)
+        )));
+    }
     if let Some(keep) = &o.keep_logs {
         lab.keep_logs(keep.clone());
     }
