@@ -19,6 +19,8 @@
 //!   hosts at `<net>.10+i/24`, a temp directory with one directory per
 //!   node, and the agents.
 //! - [`wait`]: polling with a deadline.
+//! - [`cmd`]: finding host tools and running them with errors that name
+//!   the command.
 //!
 //! Network rule: every packet stays inside namespaces made here. There is
 //! no veth to the root namespace and no route out.
@@ -74,7 +76,8 @@ pub enum Error {
     /// A name, prefix, range or argument the lab refuses.
     #[error("{0}")]
     Invalid(String),
-    /// A process the lab started misbehaved (dnsmasq exited, …).
+    /// A process misbehaved or answered wrongly (dnsmasq exited or gave
+    /// no lease, a status document that does not parse).
     #[error("{0}")]
     Process(String),
     /// The lab's namespaces could not be made: nothing else will work.
