@@ -6,14 +6,15 @@
 //! Network rule: every packet stays inside the namespaces created here (mDNS
 //! runs only on the namespaces' `eth0`, a veth into the test's bridge).
 //! Without the means to create namespaces the test fails and says why.
-mod common;
+//! The lab (namespaces, agents, status) is `testlab`'s.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{hex, str_set, Lab};
-use serde_json::Value;
+use firstboot::protocol::{hex, StatusDoc};
+use testlab::status::{converged, pretty, Converged};
+use testlab::{AgentArgs, Lab};
 
 const NODES: usize = 5;
 const GOOD_SECRET: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -51,46 +52,19 @@ mount_path = "/mnt/gluster"
 
 /// Consensus only: these agents start no etcd, keepalived or haproxy.
 fn start(lab: &mut Lab, i: usize, file: &Path, id: u64) {
-    lab.start(i, file, id, &["--services".into(), "none".into()]);
-}
-
-fn converged(
-    statuses: &[Option<Value>],
-    expect_in_plan: &BTreeSet<String>,
-) -> Option<(String, BTreeSet<String>, Value)> {
-    let mut seen: Option<(String, BTreeSet<String>, Value)> = None;
-    for s in statuses {
-        let s = s.as_ref()?;
-        if s["raft"]["member"] != true || s["phase"] != "planned" || s["role"].is_null() {
-            return None;
-        }
-        let leader = s["raft"]["leader"].as_str()?.to_string();
-        let voters = str_set(&s["raft"]["voters"]);
-        let plan = s["plan"].clone();
-        if plan["version"].as_u64().unwrap_or(0) < 1 {
-            return None;
-        }
-        let mut in_plan = str_set(&plan["control_plane"]);
-        in_plan.extend(str_set(&plan["workers"]));
-        if &in_plan != expect_in_plan {
-            return None;
-        }
-        match &seen {
-            None => seen = Some((leader, voters, plan)),
-            Some((l, v, p)) if *l == leader && *v == voters && *p == plan => {}
-            Some(_) => return None,
-        }
-    }
-    seen
+    let agent = Path::new(env!("CARGO_BIN_EXE_habuild-agent"));
+    let args = AgentArgs::new(agent, file, id, &format!("node{i}")).args(["--services", "none"]);
+    lab.start(i, &args)
+        .unwrap_or_else(|e| panic!("starting node{i}: {e}"));
 }
 
 #[test]
 fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
     // Never skipped: without namespaces the lab fails and says what is missing.
-    let mut lab = Lab::new("hbagent", "10.89.0", NODES + 2);
-    let good = lab.dir.path().join("cluster.toml");
+    let mut lab = Lab::new("hbagent", [10, 89, 0], NODES + 2).unwrap_or_else(|e| panic!("{e}"));
+    let good = lab.dir().join("cluster.toml");
     std::fs::write(&good, cluster_toml(GOOD_SECRET)).unwrap();
-    let bad = lab.dir.path().join("cluster-wrong-secret.toml");
+    let bad = lab.dir().join("cluster-wrong-secret.toml");
     std::fs::write(&bad, cluster_toml(BAD_SECRET)).unwrap();
 
     let all: Vec<usize> = (0..NODES).collect();
@@ -101,7 +75,11 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
     }
 
     // 1. one group, one plan
-    let (leader, voters, plan) = loop {
+    let Converged {
+        leader,
+        voters,
+        plan,
+    } = loop {
         if let Some(c) = converged(&lab.statuses(&all), &ids) {
             break c;
         }
@@ -115,17 +93,20 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
     let formed = t0.elapsed();
     println!(
         "agent_netns: {NODES} agents committed plan v{} in {:.1} s (leader {leader}, voters {voters:?})",
-        plan["version"],
+        plan.version,
         formed.as_secs_f64()
     );
     assert_eq!(voters, ids, "one group with every node a voter");
-    assert_eq!(str_set(&plan["control_plane"]).len(), 3, "{plan}");
+    assert_eq!(
+        plan.control_plane.iter().collect::<BTreeSet<_>>().len(),
+        3,
+        "{plan:?}"
+    );
+    for text in all.iter().filter_map(|i| lab.status_text(*i)) {
+        assert!(!text.contains(GOOD_SECRET), "status leaks the secret");
+    }
     for s in lab.statuses(&all).into_iter().flatten() {
-        assert!(
-            !s.to_string().contains(GOOD_SECRET),
-            "status leaks the secret"
-        );
-        assert!(s["role"].is_string(), "{s}");
+        assert!(s.role.is_some(), "{}", pretty(&s));
     }
     let inits: usize = all
         .iter()
@@ -146,10 +127,7 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
         let st = lab.statuses(&rest);
         let leaders: BTreeSet<Option<String>> = st
             .iter()
-            .map(|s| {
-                s.as_ref()
-                    .and_then(|s| s["raft"]["leader"].as_str().map(String::from))
-            })
+            .map(|s| s.as_ref().and_then(|s| s.raft.leader.clone()))
             .collect();
         if let [Some(l)] = &leaders.iter().cloned().collect::<Vec<_>>()[..] {
             if *l != leader {
@@ -168,14 +146,19 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
         killed.elapsed().as_secs_f64()
     );
     for s in lab.statuses(&rest).into_iter().flatten() {
-        assert_eq!(s["plan"], plan, "plan changed on failover");
+        assert_eq!(s.plan.as_ref(), Some(&plan), "plan changed on failover");
     }
 
     // 3. the killed agent restarts with its state and rejoins the same group
     start(&mut lab, old, &good, node_id(old));
     let restarted = Instant::now();
     loop {
-        if let Some((l, v, p)) = converged(&lab.statuses(&all), &ids) {
+        if let Some(Converged {
+            leader: l,
+            voters: v,
+            plan: p,
+        }) = converged(&lab.statuses(&all), &ids)
+        {
             assert_eq!(v, voters, "same group");
             assert_eq!(p, plan, "plan unchanged");
             println!(
@@ -205,24 +188,25 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
     let iid = hex(node_id(intruder));
     for (i, s) in all.iter().zip(lab.statuses(&all)) {
         let s = s.unwrap_or_else(|| panic!("node{i} has no status"));
-        for key in ["voters", "learners"] {
-            assert!(!str_set(&s["raft"][key]).contains(&iid), "{s}");
+        for ids in [&s.raft.voters, &s.raft.learners] {
+            assert!(!ids.contains(&iid), "{}", pretty(&s));
         }
-        assert!(!str_set(&s["members"]).contains(&iid), "{s}");
+        assert!(!s.members.contains(&iid), "{}", pretty(&s));
         assert!(
-            s["rejected"]["bad_mac"].as_u64().unwrap_or(0) >= 1,
-            "node{i} did not count the intruder's announcements\n{s}"
+            s.rejected.bad_mac >= 1,
+            "node{i} did not count the intruder's announcements\n{}",
+            pretty(&s)
         );
     }
     let is = lab.status(intruder).expect("intruder status");
-    assert_eq!(is["raft"]["member"], false, "{is}");
-    assert!(is["rejected"]["bad_mac"].as_u64().unwrap_or(0) >= 1, "{is}");
+    assert!(!is.raft.member, "{}", pretty(&is));
+    assert!(is.rejected.bad_mac >= 1, "{}", pretty(&is));
     println!(
         "agent_netns: intruder {iid} not admitted after 10 s (phase {}, bad_mac seen by others: {:?})",
-        is["phase"],
+        is.phase,
         lab.statuses(&all)
             .iter()
-            .map(|s| s.as_ref().map(|s| s["rejected"]["bad_mac"].clone()))
+            .map(|s| s.as_ref().map(|s| s.rejected.bad_mac))
             .collect::<Vec<_>>()
     );
 
@@ -234,24 +218,25 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
     loop {
         let orig = lab.status(1);
         let cl = lab.status(clone);
-        let seen = |s: &Option<Value>| {
+        let seen = |s: &Option<StatusDoc>| {
             s.as_ref()
-                .is_some_and(|s| s["rejected"]["duplicate_node_id"].as_u64().unwrap_or(0) >= 1)
+                .is_some_and(|s| s.rejected.duplicate_node_id >= 1)
         };
         let clone_told = cl.as_ref().is_some_and(|c| {
-            let w = c["waiting_for"].as_str().unwrap_or("");
+            let w = c.waiting_for.as_deref().unwrap_or("");
             w.contains("fresh machine-id") || w.contains("duplicate node id")
         });
         if seen(&orig) && clone_told {
             let (orig, cl) = (orig.unwrap(), cl.unwrap());
             assert!(
-                orig["error"]
-                    .as_str()
+                orig.error
+                    .as_deref()
                     .unwrap_or("")
                     .contains("fresh machine-id"),
-                "{orig}"
+                "{}",
+                pretty(&orig)
             );
-            assert_eq!(cl["raft"]["member"], false, "{cl}");
+            assert!(!cl.raft.member, "{}", pretty(&cl));
             break;
         }
         assert!(
@@ -263,7 +248,9 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
     }
     std::thread::sleep(Duration::from_secs(3));
     let st = lab.statuses(&all);
-    let (_, v, p) = converged(&st, &ids).expect("group still converged");
+    let Converged {
+        voters: v, plan: p, ..
+    } = converged(&st, &ids).expect("group still converged");
     assert_eq!(v, voters, "same voters");
     assert_eq!(p, plan, "plan unchanged by the clone");
     println!(

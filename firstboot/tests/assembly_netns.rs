@@ -17,16 +17,20 @@
 //! foreign node's etcd step refuses, the other two still form etcd.
 //!
 //! Network rule: all traffic stays inside the namespaces created here.
-
-mod common;
+//! The lab (namespaces, agents, status) is `testlab`'s.
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{hex, Lab};
-use serde_json::Value;
+use firstboot::protocol::{hex, StatusDoc};
+use firstboot::state::StepStatus;
+use testlab::{wait_until, AgentArgs, Lab, Netns};
 
 const SECRET: &str = "3333333333333333333333333333333333333333333333333333333333333333";
+
+/// The agent binary cargo built for these tests.
+const AGENT: &str = env!("CARGO_BIN_EXE_habuild-agent");
 
 fn cluster_toml(net: &str) -> String {
     format!(
@@ -56,31 +60,41 @@ fn root(lab: &Lab, i: usize) -> PathBuf {
     lab.node_dir(i).join("root")
 }
 
+/// The `--net` part of the lab's addresses, e.g. "10.92.0".
+fn net(lab: &Lab) -> String {
+    let o = lab.net().bridge_addr().octets();
+    format!("{}.{}.{}", o[0], o[1], o[2])
+}
+
+/// Runs `argv` inside namespace `ns`.
+fn exec_in(ns: &Netns, argv: &[&str]) -> Output {
+    ns.exec(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("ip netns exec {} {argv:?}: {e}", ns.name()))
+}
+
 fn start(lab: &mut Lab, i: usize, file: &Path) {
-    let r = root(lab, i).display().to_string();
-    lab.start(
-        i,
-        file,
-        node_id(i),
-        &["--root".into(), r, "--services".into(), "supervise".into()],
-    );
+    let r = root(lab, i);
+    let args = AgentArgs::new(Path::new(AGENT), file, node_id(i), &format!("node{i}"))
+        .args(["--root".as_ref(), r.as_os_str()])
+        .args(["--services", "supervise"]);
+    lab.start(i, &args)
+        .unwrap_or_else(|e| panic!("starting node{i}: {e}"));
 }
 
-fn step_status(s: &Value, step: &str) -> Option<String> {
-    s["steps"]
-        .as_array()?
+fn step_status(s: &StatusDoc, step: &str) -> Option<String> {
+    s.steps
         .iter()
-        .find(|v| v["step"] == step)
-        .and_then(|v| v["status"].as_str().map(String::from))
+        .find(|v| v.step == step)
+        .map(|v| v.status.clone())
 }
 
-fn step_detail(s: &Value, step: &str) -> String {
-    s["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|v| v["step"] == step)
-        .and_then(|v| v["detail"].as_str().map(String::from))
+fn step_detail(s: &StatusDoc, step: &str) -> String {
+    s.steps
+        .iter()
+        .find(|v| v.step == step)
+        .map(|v| v.detail.clone())
         .unwrap_or_default()
 }
 
@@ -90,30 +104,30 @@ fn wait_for(
     nodes: &[usize],
     what: &str,
     limit: Duration,
-    pred: impl Fn(&[Option<Value>]) -> bool,
+    pred: impl Fn(&[Option<StatusDoc>]) -> bool,
 ) -> Duration {
     let t0 = Instant::now();
-    loop {
-        if pred(&lab.statuses(nodes)) {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < limit,
-            "{what}: not reached after {limit:?}\n{}",
-            lab.dump(nodes)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_until(what, limit, Duration::from_millis(250), || {
+        pred(&lab.statuses(nodes)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.dump(nodes)));
+    t0.elapsed()
 }
 
-fn all_step(statuses: &[Option<Value>], step: &str, want: &str) -> bool {
+fn all_step(statuses: &[Option<StatusDoc>], step: &str, want: &str) -> bool {
     statuses
         .iter()
         .all(|s| s.as_ref().and_then(|s| step_status(s, step)).as_deref() == Some(want))
 }
 
 /// etcdctl run inside namespace `ns` with node `certs_of`'s client certificate.
-fn etcdctl(lab: &Lab, ns: &str, certs_of: usize, endpoints: &str, args: &[&str]) -> (bool, String) {
+fn etcdctl(
+    lab: &Lab,
+    ns: &Netns,
+    certs_of: usize,
+    endpoints: &str,
+    args: &[&str],
+) -> (bool, String) {
     let pki = root(lab, certs_of).join("etc/kubernetes/pki/etcd");
     let mut argv: Vec<String> = vec![
         "env".into(),
@@ -128,7 +142,7 @@ fn etcdctl(lab: &Lab, ns: &str, certs_of: usize, endpoints: &str, args: &[&str])
     ];
     argv.extend(args.iter().map(|a| a.to_string()));
     let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let o = lab.exec_in(ns, &refs);
+    let o = exec_in(ns, &refs);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -139,16 +153,7 @@ fn etcdctl(lab: &Lab, ns: &str, certs_of: usize, endpoints: &str, args: &[&str])
 
 /// `GET http://addr/healthz` from the test's own host on the bridge: the body.
 fn vip_holder(lab: &Lab, addr: &str) -> Option<String> {
-    let o = lab.exec_in(
-        lab.bridge_ns(),
-        &[
-            env!("CARGO_BIN_EXE_habuild-agent"),
-            "probe",
-            addr,
-            "--http",
-            "/healthz",
-        ],
-    );
+    let o = exec_in(lab.net(), &[AGENT, "probe", addr, "--http", "/healthz"]);
     o.status
         .success()
         .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
@@ -180,9 +185,9 @@ fn require_tools() {
 #[test]
 fn three_agents_assemble_tls_etcd_and_the_vip() {
     require_tools();
-    let mut lab = Lab::new("hbasm", "10.92.0", 3);
-    let file = lab.dir.path().join("cluster.toml");
-    std::fs::write(&file, cluster_toml(lab.net)).unwrap();
+    let mut lab = Lab::new("hbasm", [10, 92, 0], 3).unwrap_or_else(|e| panic!("{e}"));
+    let file = lab.dir().join("cluster.toml");
+    std::fs::write(&file, cluster_toml(&net(&lab))).unwrap();
     let all = [0usize, 1, 2];
     let t0 = Instant::now();
     for i in all {
@@ -209,14 +214,14 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
     let eps = endpoints(&lab, &all);
     let (ok, out) = etcdctl(
         &lab,
-        lab.ns(0),
+        lab.host(0),
         0,
         &eps,
         &["endpoint", "health", "--cluster"],
     );
     assert!(ok, "endpoint health failed:\n{out}");
     assert_eq!(out.matches("is healthy").count(), 3, "{out}");
-    let (ok, members) = etcdctl(&lab, lab.ns(0), 0, &eps, &["member", "list"]);
+    let (ok, members) = etcdctl(&lab, lab.host(0), 0, &eps, &["member", "list"]);
     assert!(ok, "{members}");
     assert_eq!(
         members.lines().filter(|l| l.contains("started")).count(),
@@ -229,8 +234,8 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
             "{members}"
         );
     }
-    let no_cert = lab.exec_in(
-        lab.ns(1),
+    let no_cert = exec_in(
+        lab.host(1),
         &[
             "env",
             "ETCDCTL_API=3",
@@ -253,7 +258,7 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
         "etcd answered a client without a certificate"
     );
     // A certificate from another CA (a node that is not ours) is refused too.
-    let alien = lab.dir.path().join("alien");
+    let alien = lab.dir().join("alien");
     std::fs::create_dir_all(&alien).unwrap();
     let o = std::process::Command::new("openssl")
         .args([
@@ -272,8 +277,8 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
         .output()
         .expect("openssl not found: run scripts/setup");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let wrong = lab.exec_in(
-        lab.ns(1),
+    let wrong = exec_in(
+        lab.host(1),
         &[
             "env",
             "ETCDCTL_API=3",
@@ -301,7 +306,7 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
     // 3. a write through one member is read through another
     let (ok, out) = etcdctl(
         &lab,
-        lab.ns(0),
+        lab.host(0),
         0,
         &format!("https://{}:2379", lab.node_ip(0)),
         &["put", "habuild/a", "written-through-node0"],
@@ -309,7 +314,7 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
     assert!(ok, "{out}");
     let (ok, out) = etcdctl(
         &lab,
-        lab.ns(1),
+        lab.host(1),
         1,
         &format!("https://{}:2379", lab.node_ip(1)),
         &["get", "habuild/a", "--print-value-only"],
@@ -317,12 +322,12 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
     assert!(ok && out.trim() == "written-through-node0", "{out}");
 
     // 4. the VIP answers from haproxy; etcd is reachable through it (TLS end to end)
-    let vip = format!("{}.250", lab.net);
+    let vip = format!("{}.250", net(&lab));
     let holder = vip_holder(&lab, &format!("{vip}:8404")).expect("VIP answers");
     assert!(holder.starts_with("habuild-vip node-"), "{holder}");
     let (ok, out) = etcdctl(
         &lab,
-        lab.bridge_ns(),
+        lab.net(),
         2,
         &format!("https://{vip}:2379"),
         &["get", "habuild/a", "--print-value-only"],
@@ -338,8 +343,8 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
     let holders: usize = all
         .iter()
         .filter(|i| {
-            let o = lab.exec_in(
-                lab.ns(**i),
+            let o = exec_in(
+                lab.host(**i),
                 &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
             );
             String::from_utf8_lossy(&o.stdout).contains(&format!(" {vip}/"))
@@ -369,7 +374,7 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
     let write_ok = loop {
         let (ok, out) = etcdctl(
             &lab,
-            lab.ns(survivor),
+            lab.host(survivor),
             survivor,
             &endpoints(&lab, &rest),
             &["put", "habuild/b", "written-while-one-was-down"],
@@ -403,13 +408,13 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
     );
     let (ok, out) = etcdctl(
         &lab,
-        lab.ns(holder_idx),
+        lab.host(holder_idx),
         holder_idx,
         &format!("https://{}:2379", lab.node_ip(holder_idx)),
         &["get", "habuild/b", "--print-value-only", "--consistency=s"],
     );
     assert!(ok && out.trim() == "written-while-one-was-down", "{out}");
-    let (ok, members_after) = etcdctl(&lab, lab.ns(0), 0, &eps, &["member", "list"]);
+    let (ok, members_after) = etcdctl(&lab, lab.host(0), 0, &eps, &["member", "list"]);
     assert!(ok, "{members_after}");
     let ids = |s: &str| -> Vec<String> {
         let mut v: Vec<String> = s
@@ -425,33 +430,23 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
         "assembly_netns: node{holder_idx} rejoined etcd with its data after {:.1} s",
         back.elapsed().as_secs_f64()
     );
-    for s in lab.statuses(&all).into_iter().flatten() {
-        assert!(!s.to_string().contains(SECRET), "status leaks the secret");
-        assert!(
-            !s.to_string().contains("PRIVATE KEY"),
-            "status leaks key material"
-        );
+    for s in all.iter().filter_map(|i| lab.status_text(*i)) {
+        assert!(!s.contains(SECRET), "status leaks the secret");
+        assert!(!s.contains("PRIVATE KEY"), "status leaks key material");
     }
 }
 
 #[test]
 fn faults_are_reported_and_nothing_is_stolen() {
     require_tools();
-    let mut lab = Lab::new("hbflt", "10.93.0", 3);
-    let file = lab.dir.path().join("cluster.toml");
-    std::fs::write(&file, cluster_toml(lab.net)).unwrap();
-    let vip = format!("{}.250", lab.net);
+    let mut lab = Lab::new("hbflt", [10, 93, 0], 3).unwrap_or_else(|e| panic!("{e}"));
+    let file = lab.dir().join("cluster.toml");
+    std::fs::write(&file, cluster_toml(&net(&lab))).unwrap();
+    let vip = format!("{}.250", net(&lab));
     // Another host on the L2 already uses the VIP (the test's own bridge host).
-    common::ip(&[
-        "-n",
-        lab.bridge_ns(),
-        "addr",
-        "add",
-        &format!("{vip}/24"),
-        "dev",
-        "br0",
-    ])
-    .unwrap();
+    lab.net()
+        .ip(&["addr", "add", &format!("{vip}/24"), "dev", "br0"])
+        .unwrap();
     // Node 2's data partition holds etcd data of another cluster.
     let foreign = root(&lab, 2).join("var/lib/etcd");
     std::fs::create_dir_all(foreign.join("member/snap")).unwrap();
@@ -487,16 +482,15 @@ fn faults_are_reported_and_nothing_is_stolen() {
         "foreign etcd data untouched"
     );
     // The refusal is in the replicated state too, where operators' status sees it.
-    let recorded = st[0].as_ref().unwrap()["cluster_steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|r| r["node"] == hex(node_id(2)) && r["step"] == "etcd" && r["status"] == "failed");
+    let recorded =
+        st[0].as_ref().unwrap().cluster_steps.iter().any(|r| {
+            r.node == hex(node_id(2)) && r.step == "etcd" && r.status == StepStatus::Failed
+        });
     assert!(recorded, "{}", lab.dump(&[0]));
     // Two members still make a healthy etcd (quorum of the planned three).
     let (ok, out) = etcdctl(
         &lab,
-        lab.ns(0),
+        lab.host(0),
         0,
         &endpoints(&lab, &[0, 1]),
         &["put", "habuild/x", "quorum-of-two"],
@@ -504,8 +498,8 @@ fn faults_are_reported_and_nothing_is_stolen() {
     assert!(ok, "{out}");
     // Nobody took the VIP away from its owner.
     for i in all {
-        let o = lab.exec_in(
-            lab.ns(i),
+        let o = exec_in(
+            lab.host(i),
             &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
         );
         assert!(

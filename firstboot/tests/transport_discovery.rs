@@ -236,105 +236,14 @@ async fn run_role(role: Role) {
     out("EXIT".into());
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let o = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {args:?}: {e}"))?;
-    if !o.status.success() {
-        return Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
-/// Namespaces and processes of one test run; removed on every path (Drop
-/// also runs while unwinding from a failed assertion).
-struct Lab {
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // node namespaces first (their veth ends go with them), then the bridge
-        for ns in self.namespaces.iter().rev() {
-            let _ = ip(&["netns", "del", ns]);
-        }
-    }
-}
-
+/// Namespaces `hbdisc<pid>-<n>`: the bridge's and one per role (testlab).
 const NS_PREFIX: &str = "hbdisc";
-
-/// Removes namespaces left by an earlier run that was killed (SIGKILL skips Drop).
-fn remove_stale_namespaces() {
-    let Ok(o) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&o.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = ip(&["netns", "del", name]);
-        }
-    }
-}
-
-fn setup(lab: &mut Lab, nodes: usize) -> Result<Vec<String>, String> {
-    let pid = std::process::id();
-    let br = format!("{NS_PREFIX}{pid}-br");
-    ip(&["netns", "add", &br])?;
-    lab.namespaces.push(br.clone());
-    ip(&["-n", &br, "link", "set", "lo", "up"])?;
-    ip(&[
-        "-n",
-        &br,
-        "link",
-        "add",
-        "br0",
-        "type",
-        "bridge",
-        "mcast_snooping",
-        "0",
-    ])?;
-    ip(&["-n", &br, "link", "set", "br0", "up"])?;
-    let mut names = Vec::new();
-    for i in 0..nodes {
-        let ns = format!("{NS_PREFIX}{pid}-{i}");
-        ip(&["netns", "add", &ns])?;
-        lab.namespaces.push(ns.clone());
-        let v = format!("v{i}");
-        ip(&[
-            "-n", &br, "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ])?;
-        ip(&["-n", &br, "link", "set", &v, "master", "br0"])?;
-        ip(&["-n", &br, "link", "set", &v, "up"])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        let addr = format!("10.88.0.{}/24", 10 + i);
-        ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
-        names.push(ns);
-    }
-    Ok(names)
-}
 
 #[test]
 fn mdns_in_namespaces() {
     if std::env::var(ROLE_ENV).is_ok() {
         return; // we are a helper process
     }
-    remove_stale_namespaces();
     let roles: Vec<Role> = GOOD_IDS
         .iter()
         .map(|id| ("lab", LAB_SECRET, *id))
@@ -348,25 +257,27 @@ fn mdns_in_namespaces() {
         })
         .collect();
 
-    let mut lab = Lab {
-        namespaces: Vec::new(),
-        children: Vec::new(),
-    };
-    let namespaces = match setup(&mut lab, roles.len()) {
-        Ok(n) => n,
-        // Never skipped: a test that cannot run fails and says what is missing.
-        Err(e) => panic!(
-            "cannot create network namespaces: {e} (needs root and iproute2: run scripts/setup as root)"
-        ),
-    };
+    // Never skipped: a test that cannot run fails and says what is missing.
+    // Removed on every path (Drop also runs while unwinding from a failed
+    // assertion); stale namespaces of killed runs are swept first.
+    let lab =
+        testlab::Lab::new(NS_PREFIX, [10, 88, 0], roles.len()).unwrap_or_else(|e| panic!("{e}"));
+    for (i, role) in roles.iter().enumerate() {
+        assert_eq!(
+            lab.node_ip(i),
+            role.ip,
+            "the lab's addresses are the roles'"
+        );
+    }
+    // Dropped before the lab: killed and reaped.
+    let mut children: Vec<testlab::ChildGuard> = Vec::new();
 
     let exe = std::env::current_exe().unwrap();
     let outputs: Vec<Arc<Mutex<Vec<String>>>> = (0..roles.len()).map(|_| Arc::default()).collect();
     let mut stdins: Vec<ChildStdin> = Vec::new();
-    for (role, ns) in roles.iter().zip(&namespaces) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(&exe)
+    for (i, role) in roles.iter().enumerate() {
+        let mut cmd: Command = lab.host(i).exec(&exe);
+        let mut child: Child = cmd
             .args([
                 "--exact",
                 "mdns_role_helper",
@@ -380,7 +291,7 @@ fn mdns_in_namespaces() {
             .spawn()
             .unwrap();
         stdins.push(child.stdin.take().unwrap());
-        let idx = lab.children.len();
+        let idx = children.len();
         let sink = outputs[idx].clone();
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -397,7 +308,7 @@ fn mdns_in_namespaces() {
                 sink.lock().unwrap().push(format!("stderr: {line}"));
             }
         });
-        lab.children.push(child);
+        children.push(testlab::ChildGuard::new(child));
     }
 
     let report = |outputs: &[Arc<Mutex<Vec<String>>>]| -> String {
@@ -444,7 +355,7 @@ fn mdns_in_namespaces() {
     }
     drop(stdins);
     let deadline = Instant::now() + Duration::from_secs(20);
-    for c in &mut lab.children {
+    for c in &mut children {
         while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -501,11 +412,10 @@ fn mdns_in_namespaces() {
     assert!(stats(4)["other_cluster"] >= good as u64, "{text}");
     assert!(stats(4)["bad_mac"] == 0, "{text}");
 
+    drop(children);
     drop(lab);
-    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let left = String::from_utf8_lossy(&left.stdout).to_string();
-    assert!(
-        !left.contains(&format!("{NS_PREFIX}{}-", std::process::id())),
-        "namespaces left behind: {left}"
-    );
+    let left =
+        testlab::netns::namespaces_with_prefix(&format!("{NS_PREFIX}{}-", std::process::id()))
+            .unwrap();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }

@@ -7,7 +7,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use builder::cluster_status::{GlusterOutput, StatusOutput};
@@ -145,18 +145,10 @@ pub fn step<'a>(agent: &'a StatusDoc, name: &str) -> Option<&'a StepView> {
     agent.steps.iter().find(|s| s.step == name)
 }
 
-/// Polls `f` every 2 s until it gives a value or `limit` passes.
-pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if t0.elapsed() > limit {
-            bail!("{what}: not reached within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
+/// Polls `f` every 2 s until it gives a value or `limit` passes
+/// ([`testlab::wait_until`]).
+pub fn wait_until<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> Result<T> {
+    Ok(testlab::wait_until(what, limit, Duration::from_secs(2), f)?)
 }
 
 /// The running VMs of a scenario where some may be powered off.

@@ -2,17 +2,12 @@
 //! running commands with errors that name the command.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-
-/// Directories searched after `$PATH`: root-only tools such as `ip` and
-/// `dnsmasq` live in the sbin directories, which a non-login `PATH` may lack.
-const EXTRA_DIRS: [&str; 4] = ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin"];
 
 /// Where Debian's `ovmf` package puts the firmware.
 const OVMF_DIR: &str = "/usr/share/OVMF";
@@ -23,25 +18,13 @@ const OVMF_PAIRS: [(&str, &str); 2] = [
     ("OVMF_CODE.fd", "OVMF_VARS.fd"),
 ];
 
-/// Finds the executable `bin` in `$PATH`, then in the sbin directories.
+/// Finds the executable `bin` in `$PATH`, then in the sbin directories
+/// (root-only tools such as `ip` and `dnsmasq` live there, and a non-login
+/// `PATH` may lack them): [`testlab::cmd::require`].
 ///
 /// The error reads exactly `"<bin> not found: run scripts/setup"`.
 pub fn require(bin: &str) -> Result<PathBuf> {
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path_var).chain(EXTRA_DIRS.iter().map(PathBuf::from));
-    for dir in dirs {
-        let candidate = dir.join(bin);
-        if is_executable(&candidate) {
-            return Ok(candidate);
-        }
-    }
-    bail!("{bin} not found: run scripts/setup")
-}
-
-fn is_executable(path: &Path) -> bool {
-    std::fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    Ok(testlab::cmd::require(bin)?)
 }
 
 /// Returns `(code, vars_template)` of the OVMF firmware: the 4 MiB build if
@@ -174,39 +157,20 @@ fn probe_kvm() -> Result<()> {
 
 /// Runs `cmd` to completion and returns its stdout (lossy UTF-8). Fails,
 /// naming the command and quoting its stderr, if it cannot start or exits
-/// non-zero.
+/// non-zero ([`testlab::cmd::run`]).
 pub fn run(cmd: &mut Command) -> Result<String> {
-    let out = output(cmd)?;
-    if !out.status.success() {
-        bail!(
-            "command {cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(testlab::cmd::run(cmd)?)
 }
 
-/// Runs `cmd` to completion with captured output, whatever its exit status.
+/// Runs `cmd` to completion with captured output, whatever its exit status
+/// ([`testlab::cmd::output`]).
 pub fn output(cmd: &mut Command) -> Result<Output> {
-    tracing::debug!("running {cmd:?}");
-    cmd.stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))
+    Ok(testlab::cmd::output(cmd)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn missing_binary_error_text() {
-        let err = require("definitely-not-here").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "definitely-not-here not found: run scripts/setup"
-        );
-    }
 
     #[test]
     fn finds_sh() {
@@ -233,12 +197,5 @@ mod tests {
         std::fs::write(dir.path().join("OVMF_VARS.fd"), b"v").unwrap();
         let (code, vars) = ovmf_in(dir.path()).unwrap();
         assert!(code.ends_with("OVMF_CODE.fd") && vars.ends_with("OVMF_VARS.fd"));
-    }
-
-    #[test]
-    fn run_names_failing_command() {
-        let err = run(Command::new("sh").args(["-c", "echo oops >&2; exit 3"])).unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("\"sh\"") && msg.contains("oops"), "{msg}");
     }
 }

@@ -16,7 +16,7 @@
 //!   these are wall-clock times; there is no simulated clock.
 //! - **netns**: real `habuild-agent` processes (release build), each in its
 //!   own network namespace on a bridge this bench creates (namespaces
-//!   `hbbench<pid>-<run>-*`, subnet 10.91.0.0/24, mDNS only on `eth0`),
+//!   `hbbench<pid>-<n>`, made by `testlab`, subnet 10.91.0.0/24, mDNS only on `eth0`),
 //!   consensus-only (`--services none`, `--root` in a temp dir: no converge
 //!   steps, nothing written outside the temp dir).
 //!   Time from spawning the agents to every agent reporting the same
@@ -58,11 +58,9 @@
 //! | `HABUILD_BENCH_KEEP_LOGS` | (unset) | directory to copy every agent's log (and last status) into |
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::net::Ipv4Addr;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -2,33 +2,16 @@
 
 use super::*;
 
+use firstboot::protocol::{hex, StatusDoc};
+use testlab::status::{converged, Converged};
+use testlab::{AgentArgs, Lab};
+
 pub const NS_PREFIX: &str = "hbbench";
 const FORM_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(50);
 
-/// What a signal handler must clean up: agent pids and namespaces alive now.
-struct Registry {
-    pids: Vec<u32>,
-    namespaces: Vec<String>,
-}
-
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    pids: Vec::new(),
-    namespaces: Vec::new(),
-});
-
-fn registry() -> std::sync::MutexGuard<'static, Registry> {
-    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn kill_pid(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// On SIGINT/SIGTERM/SIGHUP: kill the agents, delete the namespaces, exit.
+/// On SIGINT/SIGTERM/SIGHUP: remove every namespace of the lab (the
+/// agents inside are killed with them) and exit.
 pub fn install_signal_cleanup() {
     let spawned = std::thread::Builder::new()
         .name("bench-signals".into())
@@ -48,18 +31,8 @@ pub fn install_signal_cleanup() {
                     _ = hup.recv() => 129,
                 }
             });
-            let reg = registry();
-            eprintln!(
-                "bench agent: signal: killing {} agents, deleting {} namespaces",
-                reg.pids.len(),
-                reg.namespaces.len()
-            );
-            for pid in &reg.pids {
-                kill_pid(*pid);
-            }
-            for ns in reg.namespaces.iter().rev() {
-                let _ = ip(&["netns", "del", ns]);
-            }
+            eprintln!("bench agent: signal: deleting the namespaces and the agents in them");
+            testlab::netns::teardown_all();
             std::process::exit(code);
         });
     if let Err(e) = spawned {
@@ -67,287 +40,53 @@ pub fn install_signal_cleanup() {
     }
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let o = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if !o.status.success() {
-        return Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
-/// Namespaces `hbbench<pid>-*` whose bench process is gone (a SIGKILLed
-/// run): kill what still runs inside, then delete them.
-pub fn remove_stale_namespaces() {
-    let Ok(o) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&o.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if pid.is_empty()
-            || !pid.bytes().all(|b| b.is_ascii_digit())
-            || Path::new(&format!("/proc/{pid}")).exists()
-        {
-            continue;
-        }
-        if let Ok(p) = Command::new("ip").args(["netns", "pids", name]).output() {
-            for pid in String::from_utf8_lossy(&p.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse() {
-                    kill_pid(pid);
-                }
-            }
-        }
-        eprintln!("bench agent: removing stale namespace {name}");
-        let _ = ip(&["netns", "del", name]);
-    }
-}
-
-/// One run's namespaces and agents; removed on every path (Drop also
-/// runs while unwinding).
-struct Lab {
-    tag: String,
-    namespaces: Vec<String>,
-    children: Vec<Option<Child>>,
-    dir: tempfile::TempDir,
-    keep_logs: Option<PathBuf>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(keep) = &self.keep_logs {
-            let _ = std::fs::create_dir_all(keep);
-            for i in 0..self.children.len() {
-                let name = format!("{}-node{i}", self.tag);
-                if let Some(st) = self.status(i) {
-                    let _ =
-                        std::fs::write(keep.join(format!("{name}.status.json")), st.to_string());
-                }
-                let _ = std::fs::write(keep.join(format!("{name}.log")), self.log(i));
-            }
-        }
-        let mut pids = Vec::new();
-        for c in self.children.iter_mut().flatten() {
-            pids.push(c.id());
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = ip(&["netns", "del", ns]);
-        }
-        let mut reg = registry();
-        reg.pids.retain(|p| !pids.contains(p));
-        reg.namespaces.retain(|n| !self.namespaces.contains(n));
-    }
-}
-
-impl Lab {
-    fn new(run: usize, o: &Opts) -> Self {
-        Lab {
-            tag: format!("{NS_PREFIX}{}-{run}", std::process::id()),
-            namespaces: Vec::new(),
-            children: Vec::new(),
-            dir: tempfile::tempdir().expect("tempdir"),
-            keep_logs: o.keep_logs.clone(),
-        }
-    }
-
-    fn add_ns(&mut self, name: &str) -> Result<(), String> {
-        ip(&["netns", "add", name])?;
-        self.namespaces.push(name.to_string());
-        registry().namespaces.push(name.to_string());
-        Ok(())
-    }
-
-    fn setup(&mut self, nodes: usize) -> Result<(), String> {
-        let br = format!("{}-br", self.tag);
-        self.add_ns(&br)?;
-        ip(&["-n", &br, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &br,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ])?;
-        ip(&["-n", &br, "link", "set", "br0", "up"])?;
-        for i in 0..nodes {
-            let ns = format!("{}-{i}", self.tag);
-            self.add_ns(&ns)?;
-            let v = format!("v{i}");
-            ip(&[
-                "-n", &br, "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ])?;
-            ip(&["-n", &br, "link", "set", &v, "master", "br0"])?;
-            ip(&["-n", &br, "link", "set", &v, "up"])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &ns, "addr", "add", &node_cidr(i), "dev", "eth0"])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
-        }
-        Ok(())
-    }
-
-    fn node_dir(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("node{i}"))
-    }
-
-    fn socket(&self, i: usize) -> PathBuf {
-        self.node_dir(i).join("status.sock")
-    }
-
-    fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.node_dir(i).join("agent.log")).unwrap_or_default()
-    }
-
-    fn start(&mut self, i: usize, o: &Opts, cluster_file: &Path) -> Result<(), String> {
-        let dir = self.node_dir(i);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(dir.join("agent.log")).map_err(|e| e.to_string())?;
-        let ns = &self.namespaces[i + 1];
-        // `ip netns exec` execs the agent: the child's pid is the agent's.
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(&o.agent)
-            .arg("run")
-            .arg("--cluster")
-            .arg(cluster_file)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--status-socket")
-            .arg(self.socket(i))
-            .args(["--node-id", &node_id(i).to_string()])
-            .args(["--advertise", &node_cidr(i)])
-            .args(["--interface", "eth0"])
-            .args(["--hostname", &format!("node{i}")])
-            // Discovery, consensus and the plan only: no converge steps
-            // (no etcd/keepalived/haproxy, no writes to the host's /etc
-            // or /var); any file a step would write stays in the temp dir.
-            .args(["--services", "none"])
-            .arg("--root")
-            .arg(dir.join("root"))
-            .env("RUST_LOG", &o.agent_log)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("spawning {}: {e}", o.agent.display()))?;
-        registry().pids.push(child.id());
-        while self.children.len() <= i {
-            self.children.push(None);
-        }
-        self.children[i] = Some(child);
-        Ok(())
-    }
-
-    fn pid(&self, i: usize) -> u32 {
-        self.children[i].as_ref().map_or(0, |c| c.id())
-    }
-
-    /// An agent that exited is an error worth stopping for.
-    fn check_alive(&mut self) -> Result<(), String> {
-        for (i, c) in self.children.iter_mut().enumerate() {
-            if let Some(c) = c {
-                if let Ok(Some(st)) = c.try_wait() {
-                    return Err(format!("agent node{i} exited: {st}"));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn status(&self, i: usize) -> Option<Value> {
-        let mut s = UnixStream::connect(self.socket(i)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        serde_json::from_str(&out).ok()
-    }
-
-    fn statuses(&self, nodes: usize) -> Vec<Option<Value>> {
-        (0..nodes).map(|i| self.status(i)).collect()
-    }
-
-    /// One line per agent: phase, what it waits for, rejected
-    /// announcements (full logs: `HABUILD_BENCH_KEEP_LOGS`).
-    fn summary(&self, nodes: usize) -> String {
-        let mut s = String::new();
-        for i in 0..nodes {
-            s += &match self.status(i) {
-                None => format!("  node{i}: no status\n"),
-                Some(v) => format!(
-                    "  node{i}: phase {} waiting for {} peers {} rejected {}\n",
-                    v["phase"],
-                    v["waiting_for"],
-                    v["peers"].as_array().map_or(0, Vec::len),
-                    v["rejected"]
-                ),
-            };
-        }
-        s
-    }
-}
-
-fn node_cidr(i: usize) -> String {
-    format!("{}/24", node_ip(i))
-}
-
 fn node_id(i: usize) -> u64 {
     0x1000 + i as u64
 }
 
-fn hex(id: u64) -> String {
-    format!("{id:016x}")
-}
-
-fn str_set(v: &Value) -> BTreeSet<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str().map(String::from))
-        .collect()
-}
-
-/// Every node a member in phase `planned` with a role, one leader, one
-/// voter set and one plan placing all of `ids` (the agent_netns check).
-fn converged(statuses: &[Option<Value>], ids: &BTreeSet<String>) -> Option<(String, Value)> {
-    let mut seen: Option<(String, BTreeSet<String>, Value)> = None;
-    for s in statuses {
-        let s = s.as_ref()?;
-        if s["raft"]["member"] != true || s["phase"] != "planned" || s["role"].is_null() {
-            return None;
-        }
-        let leader = s["raft"]["leader"].as_str()?.to_string();
-        let voters = str_set(&s["raft"]["voters"]);
-        let plan = s["plan"].clone();
-        if plan["version"].as_u64().unwrap_or(0) < 1 {
-            return None;
-        }
-        let mut placed = str_set(&plan["control_plane"]);
-        placed.extend(str_set(&plan["workers"]));
-        if &placed != ids {
-            return None;
-        }
-        match &seen {
-            None => seen = Some((leader, voters, plan)),
-            Some((l, v, p)) if *l == leader && *v == voters && *p == plan => {}
-            Some(_) => return None,
-        }
+/// Starts every agent of the run: discovery, consensus and the plan only,
+/// no converge steps (no etcd/keepalived/haproxy, no writes to the host's
+/// /etc or /var); any file a step would write stays in the lab's temp dir.
+fn start_agents(lab: &mut Lab, o: &Opts, cluster_file: &Path) -> Result<(), String> {
+    for i in 0..o.netns_nodes {
+        let mut args = AgentArgs::new(&o.agent, cluster_file, node_id(i), &format!("node{i}"))
+            .args(["--services", "none"])
+            .args(["--root".as_ref(), lab.node_dir(i).join("root").as_os_str()]);
+        args.rust_log = o.agent_log.clone();
+        lab.start(i, &args).map_err(|e| e.to_string())?;
     }
-    seen.map(|(l, _, p)| (l, p))
+    Ok(())
+}
+
+/// An agent that exited is an error worth stopping for.
+fn check_alive(lab: &mut Lab) -> Result<(), String> {
+    match lab.exited() {
+        Some((i, st)) => Err(format!("agent node{i} exited: {st}")),
+        None => Ok(()),
+    }
+}
+
+/// One line per agent: phase, what it waits for, rejected announcements
+/// (full logs: `HABUILD_BENCH_KEEP_LOGS`).
+fn agents_summary(lab: &Lab, nodes: usize) -> String {
+    let mut s = String::new();
+    for i in 0..nodes {
+        s += &match lab.status(i) {
+            None => format!("  node{i}: no status\n"),
+            Some(v) => format!(
+                "  node{i}: phase {} waiting for {:?} peers {} rejected {:?}\n",
+                v.phase,
+                v.waiting_for,
+                v.peers.len(),
+                v.rejected
+            ),
+        };
+    }
+    s
+}
+
+fn all(nodes: usize) -> Vec<usize> {
+    (0..nodes).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -531,43 +270,52 @@ enum FormError {
     Run(String),
 }
 
-/// One fresh formation: spawn all agents, poll their status sockets
-/// until the plan is everywhere. The Lab stays up for the caller.
-fn form(lab: &mut Lab, o: &Opts) -> Result<(Formation, String), FormError> {
+/// One fresh formation in a new lab: spawn all agents, poll their status
+/// sockets until the plan is everywhere. The lab is handed to the caller,
+/// still up.
+fn form(o: &Opts) -> Result<(Lab, Formation, String), FormError> {
     let n = o.netns_nodes;
-    lab.setup(n).map_err(|e| {
+    let mut lab = Lab::new(NS_PREFIX, SUBNET_PREFIX, n).map_err(|e| {
         FormError::Setup(format!(
-            "cannot create network namespaces: {e} (needs root, iproute2 and veth/bridge \
-             support: run scripts/bench-agent as root, or HABUILD_BENCH_PARTS=inproc)"
+            "{e} (run scripts/bench-agent as root, or HABUILD_BENCH_PARTS=inproc)"
         ))
     })?;
-    let cluster_file = lab.dir.path().join("cluster.toml");
+    // The in-process part numbers nodes the same way (main.rs's node_ip).
+    if let Some(i) = (0..n).find(|i| lab.node_ip(*i) != node_ip(*i)) {
+        return Err(FormError::Setup(format!(
+            "node{i}: the lab put it at {}, the bench expects {}",
+            lab.node_ip(i),
+            node_ip(i)
+        )));
+    }
+    if let Some(keep) = &o.keep_logs {
+        lab.keep_logs(keep.clone());
+    }
+    let cluster_file = lab.dir().join("cluster.toml");
     std::fs::write(&cluster_file, cluster_toml(o.expect))
         .map_err(|e| FormError::Setup(e.to_string()))?;
     let ids: BTreeSet<String> = (0..n).map(|i| hex(node_id(i))).collect();
     let t0 = Instant::now();
-    for i in 0..n {
-        lab.start(i, o, &cluster_file).map_err(FormError::Setup)?;
-    }
+    start_agents(&mut lab, o, &cluster_file).map_err(FormError::Setup)?;
     let mut first_leader = None;
     let mut first_plan = None;
     loop {
-        lab.check_alive()
-            .map_err(|e| FormError::Run(format!("{e}\n{}", lab.summary(n))))?;
-        let st = lab.statuses(n);
+        check_alive(&mut lab)
+            .map_err(|e| FormError::Run(format!("{e}\n{}", agents_summary(&lab, n))))?;
+        let st = lab.statuses(&all(n));
         let t = t0.elapsed().as_secs_f64();
         let flat = st.iter().flatten();
-        if first_leader.is_none() && flat.clone().any(|s| s["raft"]["leader"].is_string()) {
+        if first_leader.is_none() && flat.clone().any(|s| s.raft.leader.is_some()) {
             first_leader = Some(t);
         }
         if first_plan.is_none()
             && flat
                 .clone()
-                .any(|s| s["plan"]["version"].as_u64() >= Some(1))
+                .any(|s| s.plan.as_ref().is_some_and(|p| p.version >= 1))
         {
             first_plan = Some(t);
         }
-        if let Some((leader, plan)) = converged(&st, &ids) {
+        if let Some(Converged { leader, plan, .. }) = converged(&st, &ids) {
             // `initialize()` calls per agent: one agent must be the
             // only initializer (it may call more than once: a repeat on
             // an initialized node is refused by openraft, harmless).
@@ -579,32 +327,30 @@ fn form(lab: &mut Lab, o: &Opts) -> Result<(Formation, String), FormError> {
                 return Err(FormError::Run(format!(
                     "{initializers} agents initialized a group (calls per agent {inits:?}), \
                      want exactly 1\n{}",
-                    lab.summary(n)
+                    agents_summary(&lab, n)
                 )));
             }
             let f = Formation {
                 first_leader: first_leader.unwrap_or(t),
                 first_plan: first_plan.unwrap_or(t),
                 full_plan: t,
-                plan_version: plan["version"].as_u64().unwrap_or(0),
+                plan_version: plan.version,
                 initialize_calls: inits.iter().sum(),
             };
-            return Ok((f, leader));
+            return Ok((lab, f, leader));
         }
         if t0.elapsed() > FORM_TIMEOUT {
             return Err(FormError::Run(format!(
                 "no common plan after {FORM_TIMEOUT:?}\n{}",
-                lab.summary(n)
+                agents_summary(&lab, n)
             )));
         }
         std::thread::sleep(POLL);
     }
 }
 
-fn rejected_malformed(st: &Option<Value>) -> u64 {
-    st.as_ref()
-        .and_then(|s| s["rejected"]["malformed"].as_u64())
-        .unwrap_or(0)
+fn rejected_malformed(st: &Option<StatusDoc>) -> u64 {
+    st.as_ref().map_or(0, |s| s.rejected.malformed)
 }
 
 fn steady_state(lab: &mut Lab, leader: &str, o: &Opts) -> Result<(Vec<Steady>, f64), String> {
@@ -615,8 +361,8 @@ fn steady_state(lab: &mut Lab, leader: &str, o: &Opts) -> Result<(Vec<Steady>, f
         o.steady.as_secs()
     );
     std::thread::sleep(o.settle);
-    lab.check_alive()?;
-    let pids: Vec<u32> = (0..n).map(|i| lab.pid(i)).collect();
+    check_alive(lab)?;
+    let pids: Vec<u32> = (0..n).map(|i| lab.agent_pid(i).unwrap_or(0)).collect();
     for (i, pid) in pids.iter().enumerate() {
         let comm = read(&format!("/proc/{pid}/comm"))?;
         if comm.trim() != "habuild-agent" {
@@ -626,18 +372,18 @@ fn steady_state(lab: &mut Lab, leader: &str, o: &Opts) -> Result<(Vec<Steady>, f
             ));
         }
     }
-    let st0 = lab.statuses(n);
+    let st0 = lab.statuses(&all(n));
     let t0 = Instant::now();
     let before: Vec<Sample> = pids.iter().map(|p| sample(*p)).collect::<Result<_, _>>()?;
     std::thread::sleep(o.steady);
     let after: Vec<Sample> = pids.iter().map(|p| sample(*p)).collect::<Result<_, _>>()?;
     let window = t0.elapsed().as_secs_f64();
-    lab.check_alive()?;
-    let st = lab.statuses(n);
+    check_alive(lab)?;
+    let st = lab.statuses(&all(n));
     if converged(&st, &(0..n).map(|i| hex(node_id(i))).collect()).is_none() {
         return Err(format!(
             "the cluster is no longer converged after the window\n{}",
-            lab.summary(n)
+            agents_summary(lab, n)
         ));
     }
     let hz = clock_ticks_per_sec() as f64;
@@ -667,9 +413,7 @@ fn steady_state(lab: &mut Lab, leader: &str, o: &Opts) -> Result<(Vec<Steady>, f
             ),
             link_tx: per_min(a.link_tx - b.link_tx),
             link_rx: per_min(a.link_rx - b.link_rx),
-            announcements_last_minute: st[i]
-                .as_ref()
-                .map_or(0, |s| s["announcements_last_minute"].as_u64().unwrap_or(0)),
+            announcements_last_minute: st[i].as_ref().map_or(0, |s| s.announcements_last_minute),
             rss_kib: status_field(pid, "VmRSS:")?,
             hwm_kib: status_field(pid, "VmHWM:")?,
             threads: status_field(pid, "Threads:")?,
@@ -685,7 +429,10 @@ fn steady_state(lab: &mut Lab, leader: &str, o: &Opts) -> Result<(Vec<Steady>, f
 /// measured on the last run, or, if that one failed, on the first of at
 /// most 3 extra runs that converges (those count as runs too).
 pub fn run_all(o: &Opts) -> Result<NetnsResult, String> {
-    remove_stale_namespaces();
+    // Leftovers of SIGKILLed runs go first (Lab::new sweeps them too).
+    if let Err(e) = testlab::sweep_stale(NS_PREFIX) {
+        eprintln!("bench agent: sweeping stale namespaces: {e}");
+    }
     if !o.agent.exists() {
         return Err(format!("agent binary {} not found", o.agent.display()));
     }
@@ -696,9 +443,8 @@ pub fn run_all(o: &Opts) -> Result<NetnsResult, String> {
         window: 0.0,
     };
     for run in 1..=o.netns_runs + 3 {
-        let mut lab = Lab::new(run, o);
-        match form(&mut lab, o) {
-            Ok((f, leader)) => {
+        match form(o) {
+            Ok((mut lab, f, leader)) => {
                 eprintln!(
                     "netns run {run}: {} agents: leader {:.2}s, first plan {:.2}s, plan on all \
                      {:.2}s (v{}, leader {leader}, initialize() called {}x by one agent)",
