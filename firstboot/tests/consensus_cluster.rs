@@ -46,9 +46,9 @@ control_plane_size = 3
 
 [network]
 interface = "eth0"
-subnet = "10.0.0.0/8"
-vip = "10.255.255.250"
-metallb_range = "10.255.255.200-10.255.255.215"
+subnet = "10.0.0.0/12"
+vip = "10.15.255.250"
+metallb_range = "10.15.255.200-10.15.255.215"
 pod_cidr = "10.244.0.0/16"
 service_cidr = "10.96.0.0/12"
 
@@ -70,7 +70,7 @@ fn member(id: NodeId, i: usize) -> Member {
         id,
         hostname: format!("n{id:016x}"),
         ip: Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 1),
-        prefix: 8,
+        prefix: 12,
         port: 7946,
         cpus: 2,
         mem_bytes: 4 << 30,
