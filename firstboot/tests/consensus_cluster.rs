@@ -85,7 +85,7 @@ fn member(id: NodeId, i: usize) -> Member {
 /// grown by joins up to `max_voters`, always to an odd count.
 fn want_voters(n: usize, expect: usize, max_voters: usize) -> usize {
     let mut v = expect.min(n);
-    if v % 2 == 0 && v < max_voters && v < n {
+    if v.is_multiple_of(2) && v < max_voters && v < n {
         v += 1;
     }
     while v + 2 <= max_voters.min(n) {

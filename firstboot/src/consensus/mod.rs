@@ -430,7 +430,7 @@ pub fn promotion(
     let room = max_voters.saturating_sub(voters);
     match others.first() {
         _ if room == 0 => BTreeSet::new(),
-        _ if voters % 2 == 0 => BTreeSet::from([joiner]),
+        _ if voters.is_multiple_of(2) => BTreeSet::from([joiner]),
         Some(other) if room >= 2 => BTreeSet::from([joiner, *other]),
         _ => BTreeSet::new(),
     }
@@ -491,7 +491,7 @@ mod tests {
                 for others in [&[][..], &[100][..], &[100, 101][..]] {
                     let p = promotion(voters, 99, others, max);
                     let after = voters + p.len();
-                    assert!(p.is_empty() || (after % 2 == 1 && after <= max));
+                    assert!(p.is_empty() || (!after.is_multiple_of(2) && after <= max));
                 }
             }
         }
