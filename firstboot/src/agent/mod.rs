@@ -39,6 +39,8 @@ use crate::consensus::{ConsensusConfig, ConsensusNode};
 use crate::discovery::{
     Announcement, Discovery, DiscoveryConfig, Interfaces, MdnsKey, Peer, PeerEvent, RaftState,
 };
+use crate::host::real::HostExec;
+use crate::host::{Cmd, Exec};
 use crate::protocol::{self, hex, hex_list, StatusDoc, STATUS_VERSION};
 use crate::secretbox::SecretBox;
 use crate::state::{Member, NodeId};
@@ -394,43 +396,43 @@ fn member_facts(cfg: &AgentConfig) -> Member {
         port: cfg.listen.port(),
         cpus: facts.cpus as u32,
         mem_bytes: facts.mem_bytes,
-        spare_disks: spare_disks(),
+        spare_disks: spare_disks(&HostExec),
         // whole GiB, so the record does not change with every write
-        data_free_bytes: free_bytes(&cfg.state_dir) >> 30 << 30,
+        data_free_bytes: free_bytes(&HostExec, &cfg.state_dir) >> 30 << 30,
         labels: BTreeMap::new(),
         healthy: true,
     }
 }
 
-/// Empty whole disks (no partitions, signatures or mounts), from lsblk.
-fn spare_disks() -> Vec<String> {
-    std::process::Command::new("lsblk")
-        .args([
-            "-J",
-            "-b",
-            "-o",
-            "NAME,PATH,TYPE,SIZE,FSTYPE,RO,MOUNTPOINT,PTTYPE",
-        ])
-        .output()
+/// Empty whole disks (no partitions, signatures or mounts), from lsblk;
+/// none when lsblk fails or says something unparsable.
+fn spare_disks(exec: &dyn Exec) -> Vec<String> {
+    let cmd = Cmd::new([
+        "lsblk",
+        "-J",
+        "-b",
+        "-o",
+        "NAME,PATH,TYPE,SIZE,FSTYPE,RO,MOUNTPOINT,PTTYPE",
+    ]);
+    exec.run_ok(&cmd)
         .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| crate::gluster::parse_lsblk(&String::from_utf8_lossy(&o.stdout)).ok())
+        .and_then(|o| crate::gluster::parse_lsblk(&o.stdout).ok())
         .map(|ds| crate::gluster::spare_disks(&ds))
         .unwrap_or_default()
 }
 
-fn free_bytes(dir: &Path) -> u64 {
-    std::process::Command::new("df")
-        .args(["-B1", "--output=avail"])
-        .arg(dir)
-        .output()
+/// Bytes available to unprivileged users on the file system of `dir`, from
+/// df; 0 when df fails.
+fn free_bytes(exec: &dyn Exec, dir: &Path) -> u64 {
+    let cmd = Cmd::new([
+        "df".to_string(),
+        "-B1".into(),
+        "--output=avail".into(),
+        dir.display().to_string(),
+    ]);
+    exec.run_ok(&cmd)
         .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .nth(1)
-                .and_then(|l| l.trim().parse().ok())
-        })
+        .and_then(|o| o.stdout.lines().nth(1).and_then(|l| l.trim().parse().ok()))
         .unwrap_or(0)
 }
 
@@ -501,4 +503,54 @@ pub fn detect_ipv4(interface: Option<&str>) -> anyhow::Result<Ipv4Cidr> {
         .ok_or_else(|| {
             anyhow::anyhow!("no non-loopback IPv4 address found; pass --advertise ADDR/PREFIX")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::Recording;
+
+    #[test]
+    fn free_bytes_from_df() {
+        let r = Recording::default();
+        r.answer(
+            "df -B1 --output=avail /var/lib/habuild",
+            0,
+            "   Avail\n 123456\n",
+            "",
+        );
+        let host = r.host();
+        assert_eq!(free_bytes(&*host.exec, Path::new(STATE_DIR)), 123456);
+        assert_eq!(
+            r.commands(),
+            vec!["df -B1 --output=avail /var/lib/habuild".to_string()]
+        );
+        let failing = Recording::default();
+        failing.answer("df", 1, "", "df: no such file");
+        assert_eq!(free_bytes(&*failing.host().exec, Path::new("/x")), 0);
+    }
+
+    #[test]
+    fn spare_disks_from_lsblk() {
+        let r = Recording::default();
+        r.answer(
+            "lsblk",
+            0,
+            r#"{"blockdevices": [
+                {"name": "vda", "path": "/dev/vda", "type": "disk", "size": 10737418240,
+                 "fstype": null, "ro": false, "mountpoint": null, "pttype": "gpt",
+                 "children": [{"name": "vda1", "path": "/dev/vda1", "type": "part",
+                   "size": 1048576, "fstype": "vfat", "ro": false, "mountpoint": "/boot",
+                   "pttype": "gpt"}]},
+                {"name": "vdb", "path": "/dev/vdb", "type": "disk", "size": 10737418240,
+                 "fstype": null, "ro": false, "mountpoint": null, "pttype": null}
+            ]}"#,
+            "",
+        );
+        assert_eq!(spare_disks(&*r.host().exec), vec!["/dev/vdb".to_string()]);
+        assert!(r.commands()[0].starts_with("lsblk -J -b -o "));
+        let failing = Recording::default();
+        failing.answer("lsblk", 32, "", "lsblk: failed");
+        assert!(spare_disks(&*failing.host().exec).is_empty());
+    }
 }
