@@ -1,7 +1,17 @@
 //! In-process consensus clusters: N agents in one process, each with its own
 //! store directory and Raft instance, over the in-memory `MemRouter` and an
-//! in-memory discovery view, running the `bootstrap_expect` decision loop,
-//! with seeded faults (drops, delays, partitions, crash + restart).
+//! in-memory discovery view, with seeded faults (drops, delays, partitions,
+//! crash + restart).
+//!
+//! Every node runs the agent's own bootstrap component,
+//! `firstboot::agent::driver::Driver` (the decide → record → initialize →
+//! join → leader-duties loop that `habuild-agent run` runs over mDNS and the
+//! Noise transport), here over `agent::sim::MemView` (announcements shared
+//! between nodes, honouring `MemRouter::can_talk`) and `agent::sim::MemReporter`
+//! (counts `initialize()` calls). Call path: `Cluster::start` →
+//! `Driver::new` → a task calling `Driver::step` every 25 ms while holding
+//! the node's init gate. The leader duties run too, so a converged cluster
+//! also has a committed plan placing every node, with every member healthy.
 //!
 //! Replay one seed: `HABUILD_RAFT_SEED=<seed> cargo test -p habuild-firstboot
 //! --test consensus_cluster faulty -- --nocapture`. The suite runs 200 seeds;
@@ -9,29 +19,58 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use firstboot::consensus::bootstrap::{decide, Advert, BootstrapState, Decision, Peer};
+use firstboot::agent::driver::{first_announcement, Driver, DriverConfig};
+use firstboot::agent::sim::{mem_addr, InitLog, MemDiscovery, MemReporter};
+use firstboot::cluster::ClusterConfig;
+use firstboot::consensus::bootstrap::BootstrapState;
 use firstboot::consensus::router::{Faults, MemRouter};
 use firstboot::consensus::{ConsensusConfig, ConsensusNode};
+use firstboot::secretbox::SecretBox;
+use firstboot::source::SourceFile;
 use firstboot::state::{Member, NodeId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-type Adverts = Arc<Mutex<BTreeMap<NodeId, Advert>>>;
+/// The cluster.toml every simulated node reads.
+fn cluster_config(expect: usize) -> ClusterConfig {
+    let text = format!(
+        r#"[cluster]
+name = "sim"
+secret = "5151515151515151515151515151515151515151515151515151515151515151"
+bootstrap_expect = {expect}
+control_plane_size = 3
 
-fn addr(id: NodeId) -> String {
-    format!("mem://{id:016x}")
+[network]
+interface = "eth0"
+subnet = "10.0.0.0/12"
+vip = "10.15.255.250"
+metallb_range = "10.15.255.200-10.15.255.215"
+pod_cidr = "10.244.0.0/16"
+service_cidr = "10.96.0.0/12"
+
+[storage]
+enabled = true
+brick_file_size_gib = 1
+devices = []
+replica = 3
+mount_path = "/mnt/gluster"
+"#
+    );
+    ClusterConfig::from_source(&SourceFile::from_text("sim-cluster.toml", text))
+        .expect("the simulation's cluster.toml")
 }
 
-fn member(id: NodeId) -> Member {
+/// Node number `i`'s facts (addresses 10.1.x.y, away from the VIP and MetalLB).
+fn member(id: NodeId, i: usize) -> Member {
     Member {
         id,
         hostname: format!("n{id:016x}"),
-        ip: Ipv4Addr::from((id as u32) | 0x0a00_0000),
-        prefix: 24,
+        ip: Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 1),
+        prefix: 12,
         port: 7946,
         cpus: 2,
         mem_bytes: 4 << 30,
@@ -42,20 +81,28 @@ fn member(id: NodeId) -> Member {
     }
 }
 
-#[derive(Default)]
-struct Counters {
-    /// (node, voter set) for every `initialize()` call made.
-    inits: Mutex<Vec<(NodeId, BTreeSet<NodeId>, bool)>>,
+/// Voters a converged group of `n` nodes has: `expect` to start with, then
+/// grown by joins up to `max_voters`, always to an odd count.
+fn want_voters(n: usize, expect: usize, max_voters: usize) -> usize {
+    let mut v = expect.min(n);
+    if v.is_multiple_of(2) && v < max_voters && v < n {
+        v += 1;
+    }
+    while v + 2 <= max_voters.min(n) {
+        v += 2;
+    }
+    v
 }
 
 struct Running {
     node: ConsensusNode,
     task: tokio::task::JoinHandle<()>,
-    /// Held by the agent loop across `initialize()` and the recording of its
-    /// result, and by `crash` across the abort: a crash never lands inside
-    /// an initialize (a check-then-abort on a flag raced on the
-    /// multi-thread runtime: the group got initialized, the call was never
-    /// counted, and seed 1164 failed with "got []" in CI).
+    /// Held by the node's task across each `Driver::step` (so across
+    /// `initialize()` and the recording of its result), and by `crash`
+    /// across the abort: a crash never lands inside an initialize (a
+    /// check-then-abort on a flag raced on the multi-thread runtime: the
+    /// group got initialized, the call was never counted, and seed 1164
+    /// failed with "got []" in CI).
     init_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -63,82 +110,14 @@ struct Cluster {
     ids: Vec<NodeId>,
     expect: usize,
     cfg: ConsensusConfig,
+    cluster: ClusterConfig,
     router: MemRouter,
-    adverts: Adverts,
-    counters: Arc<Counters>,
+    discovery: MemDiscovery,
+    inits: InitLog,
     dirs: BTreeMap<NodeId, tempfile::TempDir>,
     running: BTreeMap<NodeId, Running>,
     /// Every applied log id seen, by index, with the node that applied it.
     applied: Mutex<BTreeMap<u64, (NodeId, openraft::LogId<NodeId>)>>,
-}
-
-/// One agent's loop: advertise, decide, initialize / join.
-#[allow(clippy::too_many_arguments)] // test harness plumbing
-async fn agent_loop(
-    id: NodeId,
-    node: ConsensusNode,
-    dir: PathBuf,
-    router: MemRouter,
-    adverts: Adverts,
-    expect: usize,
-    counters: Arc<Counters>,
-    init_gate: Arc<tokio::sync::Mutex<()>>,
-) {
-    let mut bs = BootstrapState::load(&dir).expect("bootstrap state");
-    let mut last_join = Instant::now() - Duration::from_secs(10);
-    loop {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        if let Some(adv) = node.member_advert() {
-            let leader = match &adv {
-                Advert::Member { leader } => *leader,
-                Advert::Booting { .. } => None,
-            };
-            adverts.lock().unwrap().insert(id, adv);
-            if !node.state().members.contains_key(&id)
-                && last_join.elapsed() > Duration::from_millis(300)
-            {
-                if let Some(l) = leader {
-                    last_join = Instant::now();
-                    let _ = node.join_via(l, &addr(id), Some(member(id))).await;
-                }
-            }
-            continue;
-        }
-        let peers: Vec<Peer> = {
-            let ads = adverts.lock().unwrap();
-            ads.iter()
-                .filter(|(&p, _)| p != id && router.can_talk(id, p))
-                .map(|(&p, a)| Peer {
-                    id: p,
-                    advert: a.clone(),
-                })
-                .collect()
-        };
-        let d = decide(id, expect, &bs, &peers);
-        match &d {
-            Decision::Propose { .. } | Decision::Lock { .. } => {
-                if bs.record(&d) {
-                    bs.save(&dir).expect("save bootstrap state");
-                }
-            }
-            Decision::Initialize(set) => {
-                let _gate = init_gate.lock().await;
-                let voters = set.iter().map(|&v| (v, addr(v))).collect();
-                let ok = node.initialize(voters).await.is_ok();
-                counters.inits.lock().unwrap().push((id, set.clone(), ok));
-            }
-            Decision::JoinExisting { via } => {
-                if last_join.elapsed() > Duration::from_millis(300) {
-                    last_join = Instant::now();
-                    let _ = node.join_via(*via, &addr(id), Some(member(id))).await;
-                }
-            }
-            Decision::Wait(_) => {}
-        }
-        if node.member_advert().is_none() {
-            adverts.lock().unwrap().insert(id, bs.advert());
-        }
-    }
 }
 
 impl Cluster {
@@ -153,13 +132,15 @@ impl Cluster {
             .iter()
             .map(|&id| (id, tempfile::tempdir().expect("tempdir")))
             .collect();
+        let router = MemRouter::new(seed, faults);
         Cluster {
             ids,
             expect,
             cfg,
-            router: MemRouter::new(seed, faults),
-            adverts: Arc::default(),
-            counters: Arc::default(),
+            cluster: cluster_config(expect),
+            discovery: MemDiscovery::new(router.clone()),
+            router,
+            inits: InitLog::default(),
             dirs,
             running: BTreeMap::new(),
             applied: Mutex::default(),
@@ -175,17 +156,38 @@ impl Cluster {
             .await
             .expect("open node");
         self.router.register(id, Arc::new(node.clone()));
-        let init_gate = Arc::new(tokio::sync::Mutex::new(()));
-        let task = tokio::spawn(agent_loop(
-            id,
+        let boot = BootstrapState::load(self.dir(id)).expect("bootstrap state");
+        let announced = first_announcement(&node, &boot);
+        let index = self
+            .ids
+            .iter()
+            .position(|i| *i == id)
+            .expect("a node of the cluster");
+        let mut driver = Driver::new(
+            DriverConfig {
+                me: member(id, index),
+                addr: mem_addr(id),
+                cluster: self.cluster.clone(),
+                state_dir: self.dir(id).to_path_buf(),
+                token_seed: [7; 32],
+                sbox: Arc::new(SecretBox::derive(&self.cluster.cluster.secret)),
+                down_after: Duration::from_millis(self.cfg.down_after_ms),
+            },
             node.clone(),
-            self.dir(id).to_path_buf(),
-            self.router.clone(),
-            self.adverts.clone(),
-            self.expect,
-            self.counters.clone(),
-            init_gate.clone(),
-        ));
+            boot,
+            announced,
+            self.discovery.view(id, announced),
+            MemReporter::new(id, self.inits.clone()),
+        );
+        let init_gate = Arc::new(tokio::sync::Mutex::new(()));
+        let gate = init_gate.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                let _held = gate.lock().await;
+                driver.step().await.expect("driver step");
+            }
+        });
         self.running.insert(
             id,
             Running {
@@ -210,7 +212,7 @@ impl Cluster {
         let _ = r.task.await;
         drop(held);
         self.router.unregister(id);
-        self.adverts.lock().unwrap().remove(&id);
+        self.discovery.remove(id);
         r.node.shutdown().await;
     }
 
@@ -224,9 +226,10 @@ impl Cluster {
     /// Checks that the cluster converged to one group; `Err(why not)` otherwise.
     fn converged(&self) -> Result<NodeId, String> {
         let all: BTreeSet<NodeId> = self.ids.iter().copied().collect();
-        let want_voters = self.cfg.max_voters.max(self.expect).min(self.ids.len());
+        let want_voters = want_voters(self.ids.len(), self.expect, self.cfg.max_voters);
         let mut leader = None;
         let mut mem_log = None;
+        let mut plans = None;
         for id in &self.ids {
             let r = self.running.get(id).ok_or(format!("{id:x} down"))?;
             let m = r.node.metrics();
@@ -253,7 +256,8 @@ impl Cluster {
             if voters != want_voters {
                 return Err(format!("{id:x}: {voters} voters, want {want_voters}"));
             }
-            let members: BTreeSet<NodeId> = r.node.state().members.keys().copied().collect();
+            let state = r.node.state();
+            let members: BTreeSet<NodeId> = state.members.keys().copied().collect();
             if members != all {
                 return Err(format!(
                     "{id:x} state has {} of {} members",
@@ -261,13 +265,35 @@ impl Cluster {
                     all.len()
                 ));
             }
+            if let Some(m) = state.members.values().find(|m| !m.healthy) {
+                return Err(format!("{id:x} state has {:x} down", m.id));
+            }
+            // The leader duty: a committed plan that places every node.
+            let plan = state.plan.ok_or(format!("{id:x} has no plan"))?;
+            let placed: BTreeSet<NodeId> = plan
+                .control_plane
+                .iter()
+                .chain(&plan.workers)
+                .copied()
+                .collect();
+            if placed != all {
+                return Err(format!(
+                    "{id:x}: plan v{} places {} of {} nodes",
+                    plan.version,
+                    placed.len(),
+                    all.len()
+                ));
+            }
+            if *plans.get_or_insert(plan.clone()) != plan {
+                return Err(format!("{id:x}: plan v{} differs", plan.version));
+            }
         }
         Ok(leader.expect("non-empty"))
     }
 
     /// The safety invariants, checked all along.
     fn check_safety(&self) -> Result<(), String> {
-        let inits = self.counters.inits.lock().unwrap();
+        let inits = self.inits.calls();
         if inits.len() > 1 {
             return Err(format!(
                 "initialize() called {} times: {inits:?}",
@@ -405,8 +431,8 @@ async fn run(seed: u64, o: RunOpts) -> Result<RunStats, String> {
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
-        let inits = c.counters.inits.lock().unwrap().clone();
-        if inits.len() != 1 || !inits[0].2 {
+        let inits = c.inits.calls();
+        if inits.len() != 1 || !inits[0].ok {
             return Err(format!(
                 "want exactly one successful initialize(), got {inits:?}"
             ));
@@ -414,10 +440,10 @@ async fn run(seed: u64, o: RunOpts) -> Result<RunStats, String> {
         // Nodes boot one after another, so the first `expect` that see each
         // other form the group (not necessarily the lowest ids overall).
         let all: BTreeSet<NodeId> = ids.iter().copied().collect();
-        if inits[0].1.len() != o.expect || !inits[0].1.is_subset(&all) {
+        if inits[0].voters.len() != o.expect || !inits[0].voters.is_subset(&all) {
             return Err(format!(
                 "initial voters {:?}, want {} of the cluster's ids",
-                inits[0].1, o.expect
+                inits[0].voters, o.expect
             ));
         }
         Ok(())
@@ -571,11 +597,7 @@ fn restarted_nodes_rejoin_their_group() {
             after.membership(),
             "same group after restarts"
         );
-        assert_eq!(
-            c.counters.inits.lock().unwrap().len(),
-            1,
-            "no re-initialization"
-        );
+        assert_eq!(c.inits.calls().len(), 1, "no re-initialization");
 
         // A full-cluster restart also comes back as the same group.
         c.stop_all().await;
@@ -591,11 +613,92 @@ fn restarted_nodes_rejoin_their_group() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(
-            c.counters.inits.lock().unwrap().len(),
-            1,
-            "no re-initialization"
+        assert_eq!(c.inits.calls().len(), 1, "no re-initialization");
+        c.stop_all().await;
+    });
+}
+
+/// Waits until `c` converged (see `Cluster::converged`), or panics with `what`.
+async fn wait_converged(c: &Cluster, what: &str) -> NodeId {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match c.converged() {
+            Ok(l) => return l,
+            Err(e) => assert!(Instant::now() < deadline, "{what}: no convergence: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn voter_count_stays_odd() {
+    for (n, voters, learners) in [(4, 3, 1), (5, 5, 0), (6, 5, 1)] {
+        runtime().block_on(async {
+            let mut c = Cluster::new(11, n, 3, ConsensusConfig::fast(), Faults::default());
+            let ids = c.ids.clone();
+            for id in &ids {
+                c.start(*id).await;
+            }
+            wait_converged(&c, &format!("{n} nodes")).await;
+            for id in &ids {
+                let m = c.running[id].node.metrics();
+                let membership = m.membership_config.membership();
+                assert_eq!(
+                    membership.voter_ids().count(),
+                    voters,
+                    "{n} nodes: voters on {id:x}"
+                );
+                assert_eq!(
+                    membership.learner_ids().count(),
+                    learners,
+                    "{n} nodes: learners on {id:x}"
+                );
+            }
+            c.stop_all().await;
+        });
+    }
+}
+
+#[test]
+fn down_member_is_marked_and_recovers() {
+    runtime().block_on(async {
+        let mut c = Cluster::new(21, 3, 3, ConsensusConfig::fast(), Faults::default());
+        let ids = c.ids.clone();
+        for id in &ids {
+            c.start(*id).await;
+        }
+        let leader = wait_converged(&c, "3 nodes").await;
+        let victim = *ids.iter().find(|&&i| i != leader).unwrap();
+        let health_everywhere = |c: &Cluster, want: bool| {
+            c.running
+                .values()
+                .all(|r| r.node.state().members.get(&victim).map(|m| m.healthy) == Some(want))
+        };
+        c.crash(victim).await;
+        let crashed = Instant::now();
+        let deadline = crashed + Duration::from_secs(20);
+        while !health_everywhere(&c, false) {
+            assert!(
+                Instant::now() < deadline,
+                "{victim:x} still healthy 20 s after its crash"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            crashed.elapsed() >= Duration::from_millis(c.cfg.down_after_ms),
+            "marked down before the threshold"
         );
+        c.start(victim).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !health_everywhere(&c, true) {
+            assert!(
+                Instant::now() < deadline,
+                "{victim:x} not healthy again 20 s after its restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Healthy in the restarted node's own state too (it is in `running`).
+        wait_converged(&c, "after the restart").await;
         c.stop_all().await;
     });
 }

@@ -1,106 +1,19 @@
-//! In-process part of the agent bench (see main.rs).
+//! In-process part of the agent bench (see main.rs): N nodes, each running
+//! the agent's own bootstrap component
+//! ([`firstboot::agent::driver::Driver`], with its leader duties: plan
+//! commit, PKI issue, member health) over the in-memory discovery view and
+//! [`MemRouter`] ([`firstboot::agent::sim`]). Call path: [`run`] →
+//! `Driver::new` per node → a task per node calling `Driver::step` every
+//! tick.
 
 use super::*;
-use openraft::ServerState;
+use firstboot::agent::driver::{first_announcement, Driver, DriverConfig};
+use firstboot::agent::sim::{mem_addr, InitLog, MemDiscovery, MemReporter};
+use firstboot::consensus::bootstrap::BootstrapState;
+use firstboot::secretbox::SecretBox;
 
-/// Between join attempts of one node (the test harness's value).
-const JOIN_EVERY: Duration = Duration::from_millis(300);
-/// How often the driver looks at the cluster.
+/// How often the bench looks at the cluster.
 const POLL: Duration = Duration::from_millis(20);
-
-fn addr(id: NodeId) -> String {
-    format!("mem://{id:016x}")
-}
-
-/// What the nodes share: the in-memory network and discovery view, and
-/// what the planner needs.
-struct World {
-    expect: usize,
-    tick: Duration,
-    router: MemRouter,
-    adverts: Mutex<BTreeMap<NodeId, Advert>>,
-    /// (initializer, voters, ok) of every `initialize()` call.
-    inits: Mutex<Vec<(NodeId, BTreeSet<NodeId>, bool)>>,
-    cluster: ClusterConfig,
-    token_seed: [u8; 32],
-    facts: BTreeMap<NodeId, Member>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// One node's loop: advertise, decide, initialize / join; once a member,
-/// make sure its facts are in the state and, on the leader, commit the
-/// plan when the planner's answer moved (as `agent::Agent::plan`).
-async fn agent_loop(id: NodeId, node: ConsensusNode, dir: PathBuf, w: Arc<World>) {
-    let me = w.facts[&id].clone();
-    let mut bs = BootstrapState::load(&dir).expect("bootstrap state");
-    let mut last_join: Option<Instant> = None;
-    loop {
-        tokio::time::sleep(w.tick).await;
-        let join_due = match last_join {
-            None => true,
-            Some(t) => t.elapsed() >= JOIN_EVERY,
-        };
-        if let Some(adv) = node.member_advert() {
-            let leader = match &adv {
-                Advert::Member { leader } => *leader,
-                Advert::Booting { .. } => None,
-            };
-            lock(&w.adverts).insert(id, adv);
-            let state = node.state();
-            if state.members.get(&id) != Some(&me) && join_due {
-                if let Some(l) = leader {
-                    last_join = Some(Instant::now());
-                    let _ = node.join_via(l, &addr(id), Some(me.clone())).await;
-                }
-            }
-            if node.metrics().state == ServerState::Leader && state.members.len() >= w.expect {
-                let prev = state.plan.as_ref();
-                if let Ok(p) =
-                    firstboot::plan::plan(&state.members, &w.cluster, prev, &w.token_seed)
-                {
-                    if Some(p.version) != prev.map(|p| p.version) {
-                        let _ = node.write(StateCommand::SetPlan(p)).await;
-                    }
-                }
-            }
-            continue;
-        }
-        let peers: Vec<Peer> = lock(&w.adverts)
-            .iter()
-            .filter(|(&p, _)| p != id && w.router.can_talk(id, p))
-            .map(|(&p, a)| Peer {
-                id: p,
-                advert: a.clone(),
-            })
-            .collect();
-        let d = decide(id, w.expect, &bs, &peers);
-        match &d {
-            Decision::Propose { .. } | Decision::Lock { .. } => {
-                if bs.record(&d) {
-                    bs.save(&dir).expect("save bootstrap state");
-                }
-            }
-            Decision::Initialize(set) => {
-                let voters = set.iter().map(|&v| (v, addr(v))).collect();
-                let ok = node.initialize(voters).await.is_ok();
-                lock(&w.inits).push((id, set.clone(), ok));
-            }
-            Decision::JoinExisting { via } => {
-                if join_due {
-                    last_join = Some(Instant::now());
-                    let _ = node.join_via(*via, &addr(id), Some(me.clone())).await;
-                }
-            }
-            Decision::Wait(_) => {}
-        }
-        if node.member_advert().is_none() {
-            lock(&w.adverts).insert(id, bs.advert());
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct RunResult {
@@ -126,7 +39,7 @@ async fn run(seed: u64, n: usize, o: &Opts) -> Result<RunResult, String> {
     }
     let ids: Vec<NodeId> = ids.into_iter().collect();
     let all: BTreeSet<NodeId> = ids.iter().copied().collect();
-    let facts = ids
+    let mut facts: BTreeMap<NodeId, Member> = ids
         .iter()
         .enumerate()
         .map(|(i, &id)| {
@@ -150,16 +63,10 @@ async fn run(seed: u64, n: usize, o: &Opts) -> Result<RunResult, String> {
         .collect();
     let src = SourceFile::from_text("bench-cluster.toml", cluster_toml(o.expect));
     let cluster = ClusterConfig::from_source(&src).map_err(|e| e.to_string())?;
-    let w = Arc::new(World {
-        expect: o.expect,
-        tick: o.tick,
-        router: MemRouter::new(seed, Faults::default()),
-        adverts: Mutex::default(),
-        inits: Mutex::default(),
-        cluster,
-        token_seed: [7; 32],
-        facts,
-    });
+    let router = MemRouter::new(seed, Faults::default());
+    let discovery = MemDiscovery::new(router.clone());
+    let inits = InitLog::default();
+    let sbox = Arc::new(SecretBox::derive(&cluster.cluster.secret));
     let dirs: BTreeMap<NodeId, tempfile::TempDir> = ids
         .iter()
         .map(|&id| (id, tempfile::tempdir().expect("tempdir")))
@@ -175,11 +82,38 @@ async fn run(seed: u64, n: usize, o: &Opts) -> Result<RunResult, String> {
     let mut nodes: Vec<(ConsensusNode, tokio::task::JoinHandle<()>)> = Vec::new();
     for &id in &order {
         let dir = dirs[&id].path();
-        let node = ConsensusNode::open(id, dir, &cfg, w.router.transport(id))
+        let node = ConsensusNode::open(id, dir, &cfg, router.transport(id))
             .await
             .map_err(|e| format!("open {id:016x}: {e}"))?;
-        w.router.register(id, Arc::new(node.clone()));
-        let task = tokio::spawn(agent_loop(id, node.clone(), dir.to_path_buf(), w.clone()));
+        router.register(id, Arc::new(node.clone()));
+        let boot = BootstrapState::load(dir).map_err(|e| format!("bootstrap state: {e}"))?;
+        let announced = first_announcement(&node, &boot);
+        let mut driver = Driver::new(
+            DriverConfig {
+                me: facts.remove(&id).expect("facts of every node"),
+                addr: mem_addr(id),
+                cluster: cluster.clone(),
+                state_dir: dir.to_path_buf(),
+                token_seed: [7; 32],
+                sbox: sbox.clone(),
+                down_after: Duration::from_millis(cfg.down_after_ms),
+            },
+            node.clone(),
+            boot,
+            announced,
+            discovery.view(id, announced),
+            MemReporter::new(id, inits.clone()),
+        );
+        let tick = o.tick;
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                if let Err(e) = driver.step().await {
+                    eprintln!("inproc: node {id:016x}: {e}");
+                    return;
+                }
+            }
+        });
         nodes.push((node, task));
     }
     let started = t0.elapsed().as_secs_f64();
@@ -187,7 +121,7 @@ async fn run(seed: u64, n: usize, o: &Opts) -> Result<RunResult, String> {
     let mut first_leader = None;
     let mut first_plan = None;
     let res = loop {
-        let inits = lock(&w.inits).clone();
+        let inits = inits.calls();
         if inits.len() > 1 {
             break Err(format!(
                 "initialize() called {} times: {inits:?}",
@@ -216,7 +150,7 @@ async fn run(seed: u64, n: usize, o: &Opts) -> Result<RunResult, String> {
                 full_plan: t,
                 plan_version: plan,
                 term: m.current_term,
-                rpcs: w.router.stats().0,
+                rpcs: router.stats().0,
             });
         }
         if t0.elapsed() > o.timeout {
@@ -230,7 +164,7 @@ async fn run(seed: u64, n: usize, o: &Opts) -> Result<RunResult, String> {
     for (node, task) in nodes {
         task.abort();
         let _ = task.await;
-        w.router.unregister(node.id());
+        router.unregister(node.id());
         node.shutdown().await;
     }
     drop(dirs);

@@ -5,11 +5,12 @@
 //!
 //! Two parts:
 //!
-//! - **inproc**: N consensus nodes in this process (the shape of
-//!   `tests/consensus_cluster.rs`, rebuilt here on the public API:
-//!   [`MemRouter`] without faults, an in-memory discovery view, the
-//!   `bootstrap_expect` decision, joins, and a leader that runs the planner
-//!   and commits the plan like the agent does). Measured per run, from the
+//! - **inproc**: N consensus nodes in this process, each running the
+//!   agent's own bootstrap component (`firstboot::agent::driver::Driver`:
+//!   the `bootstrap_expect` decision, joins, and the leader duties: plan
+//!   commit, PKI issue, member health) over [`MemRouter`] without faults and
+//!   the in-memory discovery view of `firstboot::agent::sim`, as
+//!   `tests/consensus_cluster.rs` does. Measured per run, from the
 //!   first node's start: first leader, first plan committed, and the plan
 //!   that covers all N nodes applied on every node. The harness runs on real
 //!   tokio time (2 worker threads, real files and fsyncs in temp dirs), so
@@ -61,15 +62,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use firstboot::cluster::ClusterConfig;
-use firstboot::consensus::bootstrap::{decide, Advert, BootstrapState, Decision, Peer};
 use firstboot::consensus::router::{Faults, MemRouter};
 use firstboot::consensus::{ConsensusConfig, ConsensusNode};
 use firstboot::source::SourceFile;
-use firstboot::state::{Command as StateCommand, Member, NodeId};
+use firstboot::state::{Member, NodeId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};

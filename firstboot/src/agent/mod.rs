@@ -1,44 +1,48 @@
 //! The running agent (`habuild-agent run`): transport, consensus, discovery,
-//! the bootstrap decision and the planner wired into one tokio loop.
+//! the bootstrap driver and the planner wired into one tokio loop.
 //!
 //! [`run`] reads like the steps: load or make the node's Noise static key →
 //! listen on the agent port → open the Raft node (state in
 //! `<state dir>/raft`) with RPCs over the transport ([`rpc`]) → serve RPCs
-//! and the status socket ([`status`]) → announce over mDNS → loop over peer
-//! events and a short tick ([`Agent::step`]): while not in a group, run
-//! [`bootstrap::decide`] and act on it; once in a group, make sure this
-//! node's facts are in the replicated state (a join request to the leader),
-//! and, on the leader, commit the plan when it changes. Each phase change
-//! prints one human line and one `HABUILD-PHASE {json}` line ([`phase`]).
+//! and the status socket ([`status`]) → start the converge loop
+//! ([`converge`]) → announce over mDNS → loop over peer events and a short
+//! tick, running one [`driver::Driver::step`] per wake-up (bootstrap
+//! decision, joins, leader duties: see [`driver`], the same component the
+//! fault simulation and the bench run) over [`MdnsView`] and the console
+//! reporter, then publishing the typed status document
+//! ([`crate::protocol::StatusDoc`]).
 
 pub mod advert;
 pub mod converge;
+pub mod driver;
 pub mod phase;
 pub mod rpc;
+pub mod sim;
 pub mod status;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::ServerState;
-use serde_json::json;
 
-use self::phase::Phase;
+use self::driver::{ConsoleReporter, Driver, DriverConfig, PeerView};
 use self::rpc::{AddrBook, TransportRpc};
 use crate::cluster::{ClusterConfig, Ipv4Cidr};
-use crate::consensus::bootstrap::{self, Advert, BootstrapState, Decision, WaitReason};
-use crate::consensus::router::JoinResponse;
+use crate::consensus::bootstrap::BootstrapState;
 use crate::consensus::{ConsensusConfig, ConsensusNode};
 use crate::discovery::{
     Announcement, Discovery, DiscoveryConfig, Interfaces, MdnsKey, Peer, PeerEvent, RaftState,
 };
+use crate::host::real::HostExec;
+use crate::host::{Cmd, Exec};
+use crate::protocol::{self, hex, hex_list, StatusDoc, STATUS_VERSION};
 use crate::secretbox::SecretBox;
-use crate::state::{Command, Member, NodeId};
+use crate::state::{Member, NodeId};
 use crate::transport::{self, Keys};
 
 /// The agent's TCP port (Raft RPCs, joins, status), on every node.
@@ -49,8 +53,6 @@ pub const STATE_DIR: &str = "/var/lib/habuild";
 const KEY_FILE: &str = "transport.key";
 /// How often the loop re-evaluates without a peer event.
 const TICK: Duration = Duration::from_millis(300);
-/// At most one join request in flight, and at most one per this interval.
-const JOIN_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct AgentConfig {
@@ -136,13 +138,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     ));
 
     let boot = BootstrapState::load(&cfg.state_dir).context("loading bootstrap state")?;
-    let announced = match node.member_advert() {
-        Some(_) => RaftState::Member,
-        None => match boot.advert() {
-            Advert::Booting { proposal, locked } => advert::encode(proposal.as_deref(), locked),
-            Advert::Member { .. } => RaftState::Member,
-        },
-    };
+    let announced = driver::first_announcement(&node, &boot);
     let (discovery, mut events) = Discovery::start(
         DiscoveryConfig {
             key: MdnsKey::derive(&cfg.cluster.cluster.secret),
@@ -162,449 +158,222 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     )
     .context("starting mDNS discovery")?;
 
-    let mut agent = Agent {
-        me: member_facts(&cfg),
-        my_addr,
-        token_seed: token_seed(&cfg.cluster),
-        cfg,
-        node,
+    let view = MdnsView {
         discovery,
-        announced,
-        addrs,
-        status,
-        handshakes,
+        cluster: cfg.cluster.cluster.name.clone(),
+        me: cfg.node_id,
+        port: my_addr.port(),
         peers: BTreeMap::new(),
-        boot,
-        phase: None,
-        waiting: None,
-        joining: Arc::new(AtomicBool::new(false)),
-        last_join: None,
-        sbox,
-        step_views,
-        pki_checked: None,
-        error: None,
-        join_refused: Arc::default(),
-        initialized: false,
+        addrs,
     };
+    let driver_cfg = DriverConfig {
+        me: member_facts(&cfg),
+        addr: my_addr.to_string(),
+        cluster: cfg.cluster.clone(),
+        state_dir: cfg.state_dir.clone(),
+        token_seed: token_seed(&cfg.cluster),
+        sbox,
+        down_after: Duration::from_millis(cfg.consensus.down_after_ms),
+    };
+    let mut driver = Driver::new(
+        driver_cfg,
+        node,
+        boot,
+        announced,
+        view,
+        ConsoleReporter::default(),
+    );
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(PeerEvent::Seen(p)) => { agent.peers.insert(p.id, p); }
-                Some(PeerEvent::Gone(id)) => { agent.peers.remove(&id); }
+                Some(PeerEvent::Seen(p)) => driver.view_mut().seen(p),
+                Some(PeerEvent::Gone(id)) => { driver.view_mut().peers.remove(&id); }
                 None => anyhow::bail!("discovery stopped"),
             },
             _ = tick.tick() => {}
         }
-        agent.step().await?;
+        driver.step().await?;
+        let doc = status_doc(&driver, &step_views, &handshakes);
+        *status.write().unwrap_or_else(|e| e.into_inner()) = doc;
     }
 }
 
-struct Agent {
-    cfg: AgentConfig,
-    me: Member,
-    my_addr: SocketAddr,
-    token_seed: [u8; 32],
-    node: ConsensusNode,
+/// The driver's [`PeerView`] over mDNS [`Discovery`]: verified peers from
+/// its events, addresses into the transport's [`AddrBook`].
+pub struct MdnsView {
     discovery: Discovery,
-    announced: RaftState,
-    addrs: AddrBook,
-    status: status::Shared,
-    handshakes: Arc<transport::HandshakeCounters>,
+    cluster: String,
+    me: NodeId,
+    port: u16,
     peers: BTreeMap<NodeId, Peer>,
-    boot: BootstrapState,
-    phase: Option<Phase>,
-    waiting: Option<String>,
-    joining: Arc<AtomicBool>,
-    last_join: Option<Instant>,
-    sbox: Arc<SecretBox>,
-    step_views: converge::StepViews,
-    /// (plan version, secret count) the PKI was last checked against.
-    pki_checked: Option<(u64, usize)>,
-    /// A condition the operator must fix (shown in status).
-    error: Option<String>,
-    /// The last reason a join request was refused.
-    join_refused: Arc<std::sync::Mutex<Option<String>>>,
-    /// This agent initialized the group (it does so at most once).
-    initialized: bool,
+    addrs: AddrBook,
 }
 
-impl Agent {
-    async fn step(&mut self) -> anyhow::Result<()> {
-        self.learn_addresses();
-        if let Some(ip) = self.discovery.stats().duplicate_id_addr {
-            // Two hosts with one id would corrupt the group: do nothing but say so.
-            let msg = format!(
-                "a fresh machine-id: {ip} announces this node's id {:016x} too (a cloned disk \
-                 that kept /etc/machine-id? empty it on one of them and reboot)",
-                self.cfg.node_id
-            );
-            if self.error.as_deref() != Some(msg.as_str()) {
-                println!("habuild-agent: error: duplicate node id; waiting for {msg}");
-                self.error = Some(msg.clone());
-            }
-            // A member keeps serving its group; a node that is not in one
-            // yet must not bootstrap or join under a shared id.
-            if self.node.member_advert().is_none() {
-                self.waiting = Some(msg);
-                self.publish_status();
-                return Ok(());
-            }
+impl MdnsView {
+    /// A peer appeared or changed: remember it and its address (a hint).
+    fn seen(&mut self, p: Peer) {
+        let ip = p
+            .addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or_else(|| p.addrs.first());
+        if let Some(ip) = ip {
+            self.addrs.set(p.id, SocketAddr::new(*ip, p.port));
         }
-        let next = match self.node.member_advert() {
-            Some(_) => self.as_member().await,
-            None => self.bootstrap().await?,
-        };
-        phase::report(&mut self.phase, next, self.cfg.node_id);
-        self.publish_status();
-        Ok(())
+        self.peers.insert(p.id, p);
+    }
+}
+
+impl PeerView for MdnsView {
+    fn peers(&self) -> Vec<Peer> {
+        self.peers.values().cloned().collect()
     }
 
-    /// Agent addresses from discovery (hints) and from the Raft membership.
-    fn learn_addresses(&self) {
-        for p in self.peers.values() {
-            let ip = p
-                .addrs
-                .iter()
-                .find(|a| a.is_ipv4())
-                .or_else(|| p.addrs.first());
-            if let Some(ip) = ip {
-                self.addrs.set(p.id, SocketAddr::new(*ip, p.port));
-            }
-        }
-        let m = self.node.metrics();
-        for (id, n) in m.membership_config.membership().nodes() {
-            if let Ok(a) = n.addr.parse() {
-                self.addrs.set(*id, a);
-            }
-        }
+    fn announce(&mut self, state: RaftState) -> Result<(), String> {
+        self.discovery
+            .update(Announcement {
+                cluster: self.cluster.clone(),
+                node: self.me,
+                port: self.port,
+                state,
+            })
+            .map_err(|e| e.to_string())
     }
 
-    fn announce(&mut self, state: RaftState) {
-        if state == self.announced {
-            return;
-        }
-        let a = Announcement {
-            cluster: self.cfg.cluster.cluster.name.clone(),
-            node: self.cfg.node_id,
-            port: self.my_addr.port(),
-            state,
-        };
-        match self.discovery.update(a) {
-            Ok(()) => self.announced = state,
-            Err(e) => tracing::warn!(error = %e, "mdns update"),
-        }
+    fn duplicate_id(&self) -> Option<IpAddr> {
+        self.discovery.stats().duplicate_id_addr
     }
 
-    /// Not in a group yet: the bootstrap decision.
-    async fn bootstrap(&mut self) -> anyhow::Result<Phase> {
-        let me = self.cfg.node_id;
-        let expect = self.cfg.cluster.cluster.bootstrap_expect as usize;
-        let peers = self.bootstrap_peers(expect);
-        let decision = bootstrap::decide(me, expect, &self.boot, &peers);
-        let phase = match &decision {
-            Decision::Wait(WaitReason::NotEnoughPeers { seen, expected }) => {
-                self.waiting = Some(format!(
-                    "verified peers: sees {seen} of the {expected} nodes needed to form"
-                ));
-                Phase::Discovering {
-                    seen: *seen,
-                    expected: *expected,
-                }
-            }
-            Decision::Wait(WaitReason::WaitingForLocks { missing }) => {
-                self.waiting = Some(format!("voter-set locks from {}", hex_ids(missing)));
-                Phase::Forming
-            }
-            Decision::Wait(WaitReason::InitializerIs(id)) => {
-                self.waiting = Some(format!("{id:016x} to initialize the group"));
-                Phase::Forming
-            }
-            Decision::Propose { .. } | Decision::Lock { .. } => {
-                if self.boot.record(&decision) {
-                    self.boot
-                        .save(&self.cfg.state_dir)
-                        .context("saving bootstrap state")?;
-                }
-                self.waiting = Some("agreement on the initial voter set".into());
-                Phase::Forming
-            }
-            Decision::Initialize(set) => {
-                let voters: BTreeMap<NodeId, String> = set
-                    .iter()
-                    .filter_map(|id| self.addrs.get(*id).map(|a| (*id, a.to_string())))
-                    .collect();
-                // Once it succeeded, never again: the membership shows up a
-                // moment later, and a second call would only be refused.
-                if voters.len() == set.len() && !self.initialized {
-                    println!(
-                        "habuild-agent: initializing the group with {}",
-                        hex_ids(set)
-                    );
-                    match self.node.initialize(voters).await {
-                        Ok(()) => self.initialized = true,
-                        Err(e) => tracing::warn!(error = %e, "raft initialize"),
-                    }
-                }
-                self.waiting = Some("the new group to elect a leader".into());
-                Phase::Forming
-            }
-            Decision::JoinExisting { via } => {
-                self.spawn_join(*via);
-                let refused = self
-                    .join_refused
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                self.waiting = Some(match refused {
-                    Some(why) => format!("admission through {via:016x} (last answer: {why})"),
-                    None => format!("admission through {via:016x}"),
-                });
-                Phase::Joining
-            }
-        };
-        if let Advert::Booting { proposal, locked } = self.boot.advert() {
-            self.announce(advert::encode(proposal.as_deref(), locked));
-        }
-        Ok(phase)
+    fn addr_of(&self, id: NodeId) -> Option<String> {
+        self.addrs.get(id).map(|a| a.to_string())
     }
 
-    /// Verified peers as the bootstrap decision sees them.
-    fn bootstrap_peers(&self, expect: usize) -> Vec<bootstrap::Peer> {
-        let leader = self
+    fn learn(&mut self, id: NodeId, addr: &str) {
+        if let Ok(a) = addr.parse() {
+            self.addrs.set(id, a);
+        }
+    }
+}
+
+/// The status document (never the secret, keys or bootstrap token).
+fn status_doc(
+    driver: &Driver<MdnsView, ConsoleReporter>,
+    step_views: &converge::StepViews,
+    handshakes: &transport::HandshakeCounters,
+) -> StatusDoc {
+    let node = driver.node();
+    let me = node.id();
+    let m = node.metrics();
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let learners: Vec<NodeId> = membership.learner_ids().collect();
+    let state = node.state();
+    let plan = state.plan.as_ref().map(|p| protocol::PlanView {
+        version: p.version,
+        control_plane: hex_list(&p.control_plane),
+        workers: hex_list(&p.workers),
+        storage: hex_list(&p.storage),
+        storage_leader: p.storage_leader.map(hex),
+        vip: p.vip.to_string(),
+        metallb: serde_json::Value::String(p.metallb.to_string()),
+        pod_cidrs: p
+            .pod_cidrs
+            .iter()
+            .map(|(k, v)| (hex(*k), v.to_string()))
+            .collect(),
+    });
+    // On the leader: how long ago each member last acknowledged it.
+    let ages = match (m.state == ServerState::Leader, driver.leader_since()) {
+        (true, Some(since)) => driver::member_ack_ages(node, &state, since, Instant::now()),
+        _ => BTreeMap::new(),
+    };
+    let member_health = state
+        .members
+        .values()
+        .map(|mb| protocol::MemberHealth {
+            id: hex(mb.id),
+            hostname: mb.hostname.clone(),
+            ip: mb.ip.to_string(),
+            healthy: mb.healthy,
+            last_ack_secs: ages.get(&mb.id).map(|d| d.as_secs_f64()),
+        })
+        .collect();
+    let gluster = state.plan.as_ref().and_then(|p| {
+        let v = crate::gluster::summary(p, &state.members, &driver.config().cluster.storage);
+        serde_json::from_value::<protocol::GlusterView>(v)
+            .map_err(|e| tracing::warn!(error = %e, "gluster summary"))
+            .ok()
+    });
+    let st = driver.view().discovery.stats();
+    StatusDoc {
+        version: STATUS_VERSION,
+        node_id: hex(me),
+        hostname: driver.config().me.hostname.clone(),
+        address: driver.config().addr.clone(),
+        phase: driver.phase().map_or("starting", |p| p.name()).to_string(),
+        phase_detail: driver.phase().and_then(|p| serde_json::to_value(p).ok()),
+        waiting_for: driver.waiting().map(str::to_string),
+        error: driver.error().map(str::to_string),
+        role: state.plan.as_ref().and_then(|p| p.role_of(me)),
+        raft: protocol::RaftView {
+            member: membership.get_node(&me).is_some(),
+            state: m.state.into(),
+            term: m.current_term,
+            leader: m.current_leader.map(hex),
+            voters: hex_list(&voters),
+            learners: hex_list(&learners),
+            last_applied: m.last_applied.map(|l| l.index),
+        },
+        members: state.members.keys().map(|k| hex(*k)).collect(),
+        member_health,
+        plan,
+        peers: driver
+            .view()
             .peers
             .values()
-            .find(|p| p.state == RaftState::Leader)
-            .map(|p| p.id);
-        let mut view: BTreeSet<NodeId> = self.peers.keys().copied().collect();
-        view.insert(self.cfg.node_id);
-        let candidate: BTreeSet<NodeId> = view.into_iter().take(expect.max(1)).collect();
-        let known: Vec<String> = self
-            .boot
-            .proposed
+            .map(|p| protocol::PeerView {
+                id: hex(p.id),
+                state: p.state.to_string(),
+                addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+                port: p.port,
+            })
+            .collect(),
+        steps: step_views
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .chain(self.boot.locked.iter())
-            .chain([&candidate])
-            .map(bootstrap::voter_set_hash)
-            .collect();
-        self.peers
+            .map(|s| protocol::StepView {
+                step: s.step.clone(),
+                status: s.status.clone(),
+                detail: s.detail.clone(),
+                attempts: s.attempts,
+            })
+            .collect(),
+        gluster,
+        cluster_steps: state
+            .steps
             .values()
-            .map(|p| bootstrap::Peer {
-                id: p.id,
-                advert: match p.state {
-                    RaftState::Leader => Advert::Member { leader: Some(p.id) },
-                    RaftState::Member => Advert::Member { leader },
-                    RaftState::Forming { voters } => advert::decode(voters, &known),
-                },
+            .map(|r| protocol::ClusterStep {
+                node: hex(r.node),
+                step: r.step.clone(),
+                status: r.status,
+                detail: r.detail.clone(),
+                attempts: r.attempts,
             })
-            .collect()
+            .collect(),
+        rejected: protocol::Rejected {
+            other_cluster: st.rejected.other_cluster,
+            bad_mac: st.rejected.bad_mac,
+            malformed: st.rejected.malformed,
+            unauthenticated: handshakes.unauthenticated.load(Ordering::Relaxed),
+            handshake_timeouts: handshakes.timeouts.load(Ordering::Relaxed),
+            handshake_aborted: handshakes.aborted.load(Ordering::Relaxed),
+            transport_handshakes: 0,
+            duplicate_node_id: st.duplicate_id,
+        },
+        announcements_last_minute: st.announcements_last_minute,
     }
-
-    /// Asks `via` (following redirects) to add this node with its facts.
-    fn spawn_join(&mut self, via: NodeId) {
-        if self.joining.load(Ordering::Relaxed)
-            || self.last_join.is_some_and(|t| t.elapsed() < JOIN_EVERY)
-        {
-            return;
-        }
-        self.joining.store(true, Ordering::Relaxed);
-        self.last_join = Some(Instant::now());
-        let (node, joining) = (self.node.clone(), self.joining.clone());
-        let (addr, member) = (self.my_addr.to_string(), self.me.clone());
-        let refused = self.join_refused.clone();
-        tokio::spawn(async move {
-            let why = match node.join_via(via, &addr, Some(member)).await {
-                Ok(JoinResponse::Retry(why)) => Some(why),
-                Ok(r) => {
-                    tracing::debug!(?r, "join");
-                    None
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "join");
-                    None
-                }
-            };
-            *refused.lock().unwrap_or_else(|e| e.into_inner()) = why;
-            joining.store(false, Ordering::Relaxed);
-        });
-    }
-
-    /// In the group: our facts in the state; on the leader, the plan.
-    async fn as_member(&mut self) -> Phase {
-        let m = self.node.metrics();
-        let me = self.cfg.node_id;
-        self.announce(if m.state == ServerState::Leader {
-            RaftState::Leader
-        } else {
-            RaftState::Member
-        });
-        let state = self.node.state();
-        if state.members.get(&me) != Some(&self.me) {
-            if let Some(l) = m.current_leader {
-                self.spawn_join(l);
-            }
-        }
-        self.waiting = None;
-        if m.current_leader.is_none() {
-            self.waiting = Some("a leader to be elected".into());
-        }
-        if m.state == ServerState::Leader {
-            self.plan(&state).await;
-            self.issue_pki().await;
-        }
-        let state = self.node.state();
-        match &state.plan {
-            Some(p) => Phase::Planned {
-                role: p.role_of(me),
-                plan: p.version,
-            },
-            None => {
-                if self.waiting.is_none() {
-                    self.waiting = Some(format!(
-                        "the leader to commit the first plan ({} of {} members known)",
-                        state.members.len(),
-                        self.cfg.cluster.cluster.bootstrap_expect
-                    ));
-                }
-                Phase::Member {
-                    leader: m.current_leader,
-                    term: m.current_term,
-                }
-            }
-        }
-    }
-
-    /// Leader: commit a new plan when the planner's answer moved.
-    async fn plan(&mut self, state: &crate::state::ClusterState) {
-        if state.members.len() < self.cfg.cluster.cluster.bootstrap_expect as usize {
-            return;
-        }
-        let prev = state.plan.as_ref();
-        match crate::plan::plan(&state.members, &self.cfg.cluster, prev, &self.token_seed) {
-            Ok(p) if Some(p.version) != prev.map(|p| p.version) => {
-                let v = p.version;
-                match self.node.write(Command::SetPlan(p)).await {
-                    Ok(r) => tracing::info!(version = v, response = ?r, "plan committed"),
-                    Err(e) => tracing::warn!(error = %e, "committing the plan"),
-                }
-            }
-            Ok(_) => {}
-            Err(e) => self.waiting = Some(format!("a valid plan: {e}")),
-        }
-    }
-
-    /// Leader: issue the PKI items the committed plan still needs.
-    async fn issue_pki(&mut self) {
-        let state = self.node.state();
-        let Some(plan) = &state.plan else { return };
-        let key = (plan.version, state.secrets.len());
-        if self.pki_checked == Some(key) {
-            return;
-        }
-        match converge::issue_pki(&state, &self.cfg.cluster, &self.sbox) {
-            Ok(None) => self.pki_checked = Some(key),
-            Ok(Some(cmd)) => match self.node.write(cmd).await {
-                Ok(_) => println!(
-                    "habuild-agent: issued the cluster PKI for plan v{}",
-                    plan.version
-                ),
-                Err(e) => tracing::warn!(error = %e, "committing the PKI"),
-            },
-            Err(e) => {
-                self.waiting = Some(format!("issuing the PKI: {e}"));
-                tracing::warn!(error = %e, "issuing the PKI");
-            }
-        }
-    }
-
-    /// The status document (never the secret, keys or bootstrap token).
-    fn publish_status(&self) {
-        let m = self.node.metrics();
-        let membership = m.membership_config.membership();
-        let voters: Vec<NodeId> = membership.voter_ids().collect();
-        let learners: Vec<NodeId> = membership.learner_ids().collect();
-        let member = membership.get_node(&self.cfg.node_id).is_some();
-        let state = self.node.state();
-        let plan = state.plan.as_ref().map(|p| {
-            json!({
-                "version": p.version,
-                "control_plane": hex_list(&p.control_plane),
-                "workers": hex_list(&p.workers),
-                "storage": hex_list(&p.storage),
-                "storage_leader": p.storage_leader.map(hex),
-                "vip": p.vip,
-                "metallb": p.metallb,
-                "pod_cidrs": p.pod_cidrs.iter().map(|(k, v)| (hex(*k), v.to_string())).collect::<BTreeMap<_, _>>(),
-            })
-        });
-        let role = state
-            .plan
-            .as_ref()
-            .and_then(|p| p.role_of(self.cfg.node_id));
-        let st = self.discovery.stats();
-        let doc = json!({
-            "node_id": hex(self.cfg.node_id),
-            "hostname": self.me.hostname,
-            "address": self.my_addr.to_string(),
-            "phase": self.phase.as_ref().map_or("starting", |p| p.name()),
-            "phase_detail": self.phase,
-            "waiting_for": self.waiting,
-            "error": self.error,
-            "role": role,
-            "raft": {
-                "member": member,
-                "state": format!("{:?}", m.state),
-                "term": m.current_term,
-                "leader": m.current_leader.map(hex),
-                "voters": hex_list(&voters),
-                "learners": hex_list(&learners),
-                "last_applied": m.last_applied.map(|l| l.index),
-            },
-            "members": state.members.keys().map(|k| hex(*k)).collect::<Vec<_>>(),
-            "plan": plan,
-            "peers": self.peers.values().map(|p| json!({
-                "id": hex(p.id),
-                "state": p.state.to_string(),
-                "addrs": p.addrs,
-                "port": p.port,
-            })).collect::<Vec<_>>(),
-            "steps": *self.step_views.read().unwrap_or_else(|e| e.into_inner()),
-            "gluster": state.plan.as_ref().map(|p| crate::gluster::summary(p, &state.members, &self.cfg.cluster.storage)),
-            "cluster_steps": state.steps.values().map(|r| json!({
-                "node": hex(r.node),
-                "step": r.step,
-                "status": r.status,
-                "detail": r.detail,
-                "attempts": r.attempts,
-            })).collect::<Vec<_>>(),
-            "rejected": {
-                "other_cluster": st.rejected.other_cluster,
-                "bad_mac": st.rejected.bad_mac,
-                "malformed": st.rejected.malformed,
-                "unauthenticated": self.handshakes.unauthenticated.load(Ordering::Relaxed),
-                "handshake_timeouts": self.handshakes.timeouts.load(Ordering::Relaxed),
-                "handshake_aborted": self.handshakes.aborted.load(Ordering::Relaxed),
-                "duplicate_node_id": st.duplicate_id,
-            },
-            "announcements_last_minute": st.announcements_last_minute,
-        });
-        *self.status.write().unwrap_or_else(|e| e.into_inner()) = doc;
-    }
-}
-
-fn hex(id: NodeId) -> String {
-    format!("{id:016x}")
-}
-
-fn hex_list(ids: &[NodeId]) -> Vec<String> {
-    ids.iter().map(|i| hex(*i)).collect()
-}
-
-fn hex_ids<'a>(ids: impl IntoIterator<Item = &'a NodeId>) -> String {
-    ids.into_iter()
-        .map(|i| hex(*i))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// The kubeadm token seed: sha256 of a label and the cluster secret.
@@ -623,43 +392,43 @@ fn member_facts(cfg: &AgentConfig) -> Member {
         port: cfg.listen.port(),
         cpus: facts.cpus as u32,
         mem_bytes: facts.mem_bytes,
-        spare_disks: spare_disks(),
+        spare_disks: spare_disks(&HostExec),
         // whole GiB, so the record does not change with every write
-        data_free_bytes: free_bytes(&cfg.state_dir) >> 30 << 30,
+        data_free_bytes: free_bytes(&HostExec, &cfg.state_dir) >> 30 << 30,
         labels: BTreeMap::new(),
         healthy: true,
     }
 }
 
-/// Empty whole disks (no partitions, signatures or mounts), from lsblk.
-fn spare_disks() -> Vec<String> {
-    std::process::Command::new("lsblk")
-        .args([
-            "-J",
-            "-b",
-            "-o",
-            "NAME,PATH,TYPE,SIZE,FSTYPE,RO,MOUNTPOINT,PTTYPE",
-        ])
-        .output()
+/// Empty whole disks (no partitions, signatures or mounts), from lsblk;
+/// none when lsblk fails or says something unparsable.
+fn spare_disks(exec: &dyn Exec) -> Vec<String> {
+    let cmd = Cmd::new([
+        "lsblk",
+        "-J",
+        "-b",
+        "-o",
+        "NAME,PATH,TYPE,SIZE,FSTYPE,RO,MOUNTPOINT,PTTYPE",
+    ]);
+    exec.run(&cmd)
         .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| crate::gluster::parse_lsblk(&String::from_utf8_lossy(&o.stdout)).ok())
+        .and_then(|o| crate::gluster::parse_lsblk(&o.stdout).ok())
         .map(|ds| crate::gluster::spare_disks(&ds))
         .unwrap_or_default()
 }
 
-fn free_bytes(dir: &Path) -> u64 {
-    std::process::Command::new("df")
-        .args(["-B1", "--output=avail"])
-        .arg(dir)
-        .output()
+/// Bytes available to unprivileged users on the file system of `dir`, from
+/// df; 0 when df fails.
+fn free_bytes(exec: &dyn Exec, dir: &Path) -> u64 {
+    let cmd = Cmd::new([
+        "df".to_string(),
+        "-B1".into(),
+        "--output=avail".into(),
+        dir.display().to_string(),
+    ]);
+    exec.run(&cmd)
         .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .nth(1)
-                .and_then(|l| l.trim().parse().ok())
-        })
+        .and_then(|o| o.stdout.lines().nth(1).and_then(|l| l.trim().parse().ok()))
         .unwrap_or(0)
 }
 
@@ -688,4 +457,53 @@ fn load_or_make_static_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     Ok(key)
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::Recording;
+
+    #[test]
+    fn free_bytes_from_df() {
+        let r = Recording::default();
+        r.answer(
+            "df -B1 --output=avail /var/lib/habuild",
+            0,
+            "   Avail\n 123456\n",
+            "",
+        );
+        let host = r.host();
+        assert_eq!(free_bytes(&*host.exec, Path::new(STATE_DIR)), 123456);
+        assert_eq!(
+            r.commands(),
+            vec!["df -B1 --output=avail /var/lib/habuild".to_string()]
+        );
+        let failing = Recording::default();
+        failing.answer("df", 1, "", "df: no such file");
+        assert_eq!(free_bytes(&*failing.host().exec, Path::new("/x")), 0);
+    }
+
+    #[test]
+    fn spare_disks_from_lsblk() {
+        let r = Recording::default();
+        r.answer(
+            "lsblk",
+            0,
+            r#"{"blockdevices": [
+                {"name": "vda", "path": "/dev/vda", "type": "disk", "size": 10737418240,
+                 "fstype": null, "ro": false, "mountpoint": null, "pttype": "gpt",
+                 "children": [{"name": "vda1", "path": "/dev/vda1", "type": "part",
+                   "size": 1048576, "fstype": "vfat", "ro": false, "mountpoint": "/boot",
+                   "pttype": "gpt"}]},
+                {"name": "vdb", "path": "/dev/vdb", "type": "disk", "size": 10737418240,
+                 "fstype": null, "ro": false, "mountpoint": null, "pttype": null}
+            ]}"#,
+            "",
+        );
+        assert_eq!(spare_disks(&*r.host().exec), vec!["/dev/vdb".to_string()]);
+        assert!(r.commands()[0].starts_with("lsblk -J -b -o "));
+        let failing = Recording::default();
+        failing.answer("lsblk", 32, "", "lsblk: failed");
+        assert!(spare_disks(&*failing.host().exec).is_empty());
+    }
 }

@@ -21,7 +21,7 @@ use crate::transport::{self, Keys};
 pub enum Wire {
     /// A consensus RPC (Raft or join).
     Rpc(RpcRequest),
-    /// The agent's status JSON (what the status socket serves).
+    /// The agent's status document (what the status socket serves).
     Status,
 }
 
@@ -29,6 +29,7 @@ pub enum Wire {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WireResponse {
     Rpc(RpcResponse),
+    /// A serialised [`crate::protocol::StatusDoc`].
     Status(serde_json::Value),
     /// The request could not be decoded.
     Invalid(String),
@@ -87,15 +88,15 @@ impl RpcTransport for TransportRpc {
 }
 
 /// Serves one request received by [`transport::serve`].
-pub async fn handle(
-    node: ConsensusNode,
-    status: Arc<RwLock<serde_json::Value>>,
-    body: Vec<u8>,
-) -> Vec<u8> {
+pub async fn handle(node: ConsensusNode, status: super::status::Shared, body: Vec<u8>) -> Vec<u8> {
     let resp = match serde_json::from_slice::<Wire>(&body) {
         Ok(Wire::Rpc(req)) => WireResponse::Rpc(node.handle_rpc(req).await),
         Ok(Wire::Status) => {
-            WireResponse::Status(status.read().unwrap_or_else(|e| e.into_inner()).clone())
+            let doc = status.read().unwrap_or_else(|e| e.into_inner()).clone();
+            match serde_json::to_value(doc) {
+                Ok(v) => WireResponse::Status(v),
+                Err(e) => WireResponse::Invalid(format!("serialising the status: {e}")),
+            }
         }
         Err(e) => WireResponse::Invalid(e.to_string()),
     };

@@ -1,5 +1,6 @@
-//! The status JSON on a unix socket: each connection gets the current JSON
-//! (one document, then EOF). It never contains the cluster secret or keys.
+//! The status document ([`crate::protocol::StatusDoc`]) on a unix socket:
+//! each connection gets the current document as JSON (one document, then
+//! EOF). It never contains the cluster secret or keys.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -11,8 +12,8 @@ use tokio::net::{UnixListener, UnixStream};
 /// Default path of the status socket.
 pub const STATUS_SOCKET: &str = "/run/habuild/status.sock";
 
-/// Shared, latest status document.
-pub type Shared = Arc<RwLock<serde_json::Value>>;
+/// Shared, latest status document (serialised when served).
+pub type Shared = Arc<RwLock<crate::protocol::StatusDoc>>;
 
 /// Binds `path` (replacing a stale socket, creating the directory) and serves
 /// the status until the task is dropped.

@@ -23,14 +23,14 @@ pub mod types;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 
 use self::bootstrap::Advert;
 use self::router::{
-    BoxFuture, JoinRequest, JoinResponse, Network, ProposeResponse, RpcHandler, RpcRequest,
+    Acks, BoxFuture, JoinRequest, JoinResponse, Network, ProposeResponse, RpcHandler, RpcRequest,
     RpcResponse, RpcTransport, Unreachable,
 };
 use self::store::StateMachine;
@@ -47,6 +47,10 @@ pub struct ConsensusConfig {
     pub max_voters: usize,
     /// Build a snapshot (and purge the log) every this many applied entries.
     pub snapshot_every: u64,
+    /// The leader records a member as down (`Command::SetHealth`) once it
+    /// has not acknowledged an AppendEntries (heartbeats included) for this
+    /// long, and as up again when it answers.
+    pub down_after_ms: u64,
 }
 
 impl Default for ConsensusConfig {
@@ -57,6 +61,7 @@ impl Default for ConsensusConfig {
             election_max_ms: 2000,
             max_voters: 5,
             snapshot_every: 1000,
+            down_after_ms: 10_000,
         }
     }
 }
@@ -70,6 +75,7 @@ impl ConsensusConfig {
             election_max_ms: 300,
             max_voters: 5,
             snapshot_every: 64,
+            down_after_ms: 2_000,
         }
     }
 }
@@ -89,6 +95,7 @@ struct NodeInner {
     raft: Raft,
     sm: StateMachine,
     transport: Arc<dyn RpcTransport>,
+    acks: Acks,
     max_voters: usize,
     had_state: bool,
     /// Serializes membership changes made for joiners.
@@ -126,15 +133,11 @@ impl ConsensusNode {
             ..Default::default()
         }
         .validate()?;
-        let raft = Raft::new(
-            id,
-            Arc::new(config),
-            Network::new(transport.clone()),
-            log,
-            sm.clone(),
-        )
-        .await
-        .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        let network = Network::new(transport.clone());
+        let acks = network.acks();
+        let raft = Raft::new(id, Arc::new(config), network, log, sm.clone())
+            .await
+            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
         // Publish the restored membership before anyone asks (a restarted
         // node must advertise itself as a member, never bootstrap again).
         let restored = raft
@@ -155,6 +158,7 @@ impl ConsensusNode {
                 raft,
                 sm,
                 transport,
+                acks,
                 max_voters: cfg.max_voters.max(1),
                 had_state,
                 join_lock: tokio::sync::Mutex::new(()),
@@ -182,6 +186,12 @@ impl ConsensusNode {
 
     pub fn metrics(&self) -> RaftMetrics {
         self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// When each node last acknowledged this node's AppendEntries
+    /// (heartbeats included): meaningful on the leader.
+    pub fn acks(&self) -> BTreeMap<NodeId, Instant> {
+        self.inner.acks.snapshot()
     }
 
     /// `Some(Advert::Member)` once this node is in a group's membership
@@ -357,16 +367,17 @@ impl ConsensusNode {
                 Ok(Ok(_)) => {}
             }
         }
-        let voters: BTreeSet<NodeId> = self
-            .metrics()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let mut voter = voters.contains(&req.id);
-        if !voter && voters.len() < self.inner.max_voters {
-            let ch =
-                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])), false);
+        // Other learners, the one that answered most recently first.
+        let acks = self.acks();
+        let mut others: Vec<NodeId> = membership.learner_ids().filter(|l| *l != req.id).collect();
+        others.sort_by_key(|l| std::cmp::Reverse(acks.get(l).copied()));
+        let promote = promotion(voters.len(), req.id, &others, self.inner.max_voters);
+        if !voter && !promote.is_empty() {
+            let ch = raft.change_membership(ChangeMembers::AddVoterIds(promote), false);
             match tokio::time::timeout(JOIN_TIMEOUT, ch).await {
                 Err(_) => return JoinResponse::Retry("promotion timed out".into()),
                 Ok(Err(e)) => {
@@ -402,6 +413,29 @@ impl ConsensusNode {
     }
 }
 
+/// The learners to promote to voters when `joiner` (a learner) asks to
+/// join a group of `voters` voters with room for `max_voters`: the voter
+/// count stays odd (an even count tolerates no more failures than one
+/// voter fewer and needs one more ack per commit). An even count (a group
+/// initialized with an even `bootstrap_expect`) grows by the joiner alone;
+/// an odd one by two, the joiner and the first of `others` (the other
+/// learners, by preference), or not at all while the joiner is the only
+/// learner. Empty: the joiner stays a learner.
+pub fn promotion(
+    voters: usize,
+    joiner: NodeId,
+    others: &[NodeId],
+    max_voters: usize,
+) -> BTreeSet<NodeId> {
+    let room = max_voters.saturating_sub(voters);
+    match others.first() {
+        _ if room == 0 => BTreeSet::new(),
+        _ if voters.is_multiple_of(2) => BTreeSet::from([joiner]),
+        Some(other) if room >= 2 => BTreeSet::from([joiner, *other]),
+        _ => BTreeSet::new(),
+    }
+}
+
 /// A leader that finds the membership in a joint configuration completes
 /// the change to its target (the last config). openraft leaves a joint
 /// configuration in place when the leader that started the change is gone;
@@ -430,5 +464,36 @@ async fn finish_joint_changes(raft: Raft) {
 impl RpcHandler for ConsensusNode {
     fn handle(&self, rpc: RpcRequest) -> BoxFuture<'_, RpcResponse> {
         Box::pin(self.handle_rpc(rpc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promotions_keep_the_voter_count_odd() {
+        // 3 voters, the joiner the only learner: it waits (4 nodes = 3 + 1).
+        assert!(promotion(3, 4, &[], 5).is_empty());
+        // The fifth node joins: it and the waiting learner become voters.
+        assert_eq!(promotion(3, 5, &[4], 5), BTreeSet::from([4, 5]));
+        // Full: learners stay learners.
+        assert!(promotion(5, 6, &[7], 5).is_empty());
+        assert!(promotion(7, 8, &[9], 5).is_empty());
+        // One slot left: never an even count.
+        assert!(promotion(5, 6, &[7], 6).is_empty());
+        // An even group (bootstrap_expect 4) grows by one to odd.
+        assert_eq!(promotion(4, 5, &[], 5), BTreeSet::from([5]));
+        // A single-voter group grows to 3.
+        assert_eq!(promotion(1, 2, &[3], 5), BTreeSet::from([2, 3]));
+        for voters in 1..9 {
+            for max in 1..9 {
+                for others in [&[][..], &[100][..], &[100, 101][..]] {
+                    let p = promotion(voters, 99, others, max);
+                    let after = voters + p.len();
+                    assert!(p.is_empty() || (!after.is_multiple_of(2) && after <= max));
+                }
+            }
+        }
     }
 }

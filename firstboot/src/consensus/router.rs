@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError};
 use openraft::network::RPCOption;
@@ -114,11 +114,40 @@ pub trait RpcHandler: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Network {
     transport: Arc<dyn RpcTransport>,
+    acks: Acks,
 }
 
 impl Network {
     pub fn new(transport: Arc<dyn RpcTransport>) -> Self {
-        Network { transport }
+        Network {
+            transport,
+            acks: Acks::default(),
+        }
+    }
+
+    /// When each target last answered an AppendEntries (heartbeats
+    /// included), shared with the clients this factory makes.
+    pub fn acks(&self) -> Acks {
+        self.acks.clone()
+    }
+}
+
+/// When each node last answered this node's AppendEntries (a heartbeat or
+/// replication): how a leader tells a member that stopped answering.
+#[derive(Debug, Clone, Default)]
+pub struct Acks(Arc<Mutex<BTreeMap<NodeId, Instant>>>);
+
+impl Acks {
+    fn record(&self, id: NodeId) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
+    }
+
+    /// Every node's last answer.
+    pub fn snapshot(&self) -> BTreeMap<NodeId, Instant> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -126,6 +155,7 @@ impl Network {
 pub struct Connection {
     target: NodeId,
     transport: Arc<dyn RpcTransport>,
+    acks: Acks,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -135,6 +165,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Connection {
             target,
             transport: self.transport.clone(),
+            acks: self.acks.clone(),
         }
     }
 }
@@ -180,7 +211,12 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         match self.call(RpcRequest::AppendEntries(rpc), &option).await? {
-            RpcResponse::AppendEntries(r) => remote(self.target, r),
+            RpcResponse::AppendEntries(r) => {
+                if r.is_ok() {
+                    self.acks.record(self.target);
+                }
+                remote(self.target, r)
+            }
             _ => Err(self.mismatch()),
         }
     }
