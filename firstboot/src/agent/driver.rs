@@ -62,6 +62,10 @@ use crate::state::{ClusterState, Command, Member, NodeId};
 
 /// At most one join request in flight, and at most one per this interval.
 const JOIN_EVERY: Duration = Duration::from_secs(1);
+/// A leader-duty write that has not committed by then is given up (and
+/// retried next round): a leader cut off from its quorum would otherwise
+/// hold the loop (and the status) until the partition heals.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the driver sees of discovery, and how it announces itself.
 pub trait PeerView: Send {
@@ -493,6 +497,14 @@ impl<V: PeerView, R: Reporter> Driver<V, R> {
         }
     }
 
+    /// Proposes `cmd` on this (leader) node, giving up after [`WRITE_TIMEOUT`].
+    async fn write(&self, cmd: Command) -> Result<crate::state::Response, String> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.node.write(cmd)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("not committed within {WRITE_TIMEOUT:?}")),
+        }
+    }
+
     /// Leader: commit a new plan when the planner's answer moved.
     async fn plan(&mut self, state: &ClusterState) {
         if state.members.len() < self.cfg.cluster.cluster.bootstrap_expect as usize {
@@ -507,7 +519,7 @@ impl<V: PeerView, R: Reporter> Driver<V, R> {
         ) {
             Ok(p) if Some(p.version) != prev.map(|p| p.version) => {
                 let v = p.version;
-                match self.node.write(Command::SetPlan(p)).await {
+                match self.write(Command::SetPlan(p)).await {
                     Ok(r) => tracing::info!(version = v, response = ?r, "plan committed"),
                     Err(e) => tracing::warn!(error = %e, "committing the plan"),
                 }
@@ -527,7 +539,7 @@ impl<V: PeerView, R: Reporter> Driver<V, R> {
         }
         match super::converge::issue_pki(&state, &self.cfg.cluster, &self.cfg.sbox) {
             Ok(None) => self.pki_checked = Some(key),
-            Ok(Some(cmd)) => match self.node.write(cmd).await {
+            Ok(Some(cmd)) => match self.write(cmd).await {
                 Ok(_) => self.report.event(&format!(
                     "issued the cluster PKI for plan v{}",
                     plan.version
@@ -556,11 +568,7 @@ impl<V: PeerView, R: Reporter> Driver<V, R> {
                 continue;
             }
             let healthy = !down;
-            match self
-                .node
-                .write(Command::SetHealth { id: *id, healthy })
-                .await
-            {
+            match self.write(Command::SetHealth { id: *id, healthy }).await {
                 Ok(_) => self.report.event(&format!(
                     "member {id:016x} ({}) is {}",
                     m.hostname,
@@ -570,7 +578,12 @@ impl<V: PeerView, R: Reporter> Driver<V, R> {
                         "down: it stopped acknowledging the leader"
                     }
                 )),
-                Err(e) => tracing::warn!(error = %e, "recording member health"),
+                Err(e) => {
+                    // Not committing (lost the quorum?): the rest waits for
+                    // the next round.
+                    tracing::warn!(error = %e, "recording member health");
+                    break;
+                }
             }
         }
     }
