@@ -65,7 +65,7 @@ fn doc(i: u64, leader: u64, plan: Option<u64>) -> StatusDoc {
     }
 }
 
-/// A version 0 document, shaped exactly as `publish_status` wrote it before
+/// A version 0 document, shaped exactly as the agent wrote it (with `json!`) before
 /// the typed protocol: no `version`, no `member_health`, one
 /// `transport_handshakes` counter for every failed handshake.
 const V0: &str = r#"{
