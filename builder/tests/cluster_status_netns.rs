@@ -50,29 +50,7 @@ fn node_id(i: usize) -> u64 {
 }
 
 fn cluster_toml(secret: &str) -> String {
-    format!(
-        r#"[cluster]
-name = "statlab"
-secret = "{secret}"
-bootstrap_expect = 3
-control_plane_size = 3
-
-[network]
-interface = "eth0"
-subnet = "10.90.0.0/24"
-vip = "10.90.0.250"
-metallb_range = "10.90.0.200-10.90.0.215"
-pod_cidr = "10.244.0.0/16"
-service_cidr = "10.96.0.0/12"
-
-[storage]
-enabled = true
-brick_file_size_gib = 1
-devices = []
-replica = 3
-mount_path = "/mnt/gluster"
-"#
-    )
+    testlab::ClusterToml::lab("statlab", secret, 3, [10, 90, 0])
 }
 
 /// What one `habuild` run printed and how it ended.

@@ -25,29 +25,7 @@ fn node_id(i: usize) -> u64 {
 }
 
 fn cluster_toml(secret: &str) -> String {
-    format!(
-        r#"[cluster]
-name = "nslab"
-secret = "{secret}"
-bootstrap_expect = 3
-control_plane_size = 3
-
-[network]
-interface = "eth0"
-subnet = "10.89.0.0/24"
-vip = "10.89.0.250"
-metallb_range = "10.89.0.200-10.89.0.215"
-pod_cidr = "10.244.0.0/16"
-service_cidr = "10.96.0.0/12"
-
-[storage]
-enabled = true
-brick_file_size_gib = 1
-devices = []
-replica = 3
-mount_path = "/mnt/gluster"
-"#
-    )
+    testlab::ClusterToml::lab("nslab", secret, 3, [10, 89, 0])
 }
 
 /// Consensus only: these agents start no etcd, keepalived or haproxy.
@@ -246,11 +224,23 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    std::thread::sleep(Duration::from_secs(3));
-    let st = lab.statuses(&all);
+    // Every agent publishes its status every 300 ms, so one snapshot of
+    // five can catch a commit half-seen; the group must be (still or
+    // again) converged within a few seconds, with the same voters and plan.
+    let t_conv = Instant::now();
     let Converged {
         voters: v, plan: p, ..
-    } = converged(&st, &ids).expect("group still converged");
+    } = loop {
+        if let Some(c) = converged(&lab.statuses(&all), &ids) {
+            break c;
+        }
+        assert!(
+            t_conv.elapsed() < Duration::from_secs(20),
+            "group not converged with the clone on the L2\n{}",
+            lab.dump(&all)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
     assert_eq!(v, voters, "same voters");
     assert_eq!(p, plan, "plan unchanged by the clone");
     println!(

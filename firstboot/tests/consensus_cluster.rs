@@ -37,29 +37,15 @@ use rand::{Rng, SeedableRng};
 
 /// The cluster.toml every simulated node reads.
 fn cluster_config(expect: usize) -> ClusterConfig {
-    let text = format!(
-        r#"[cluster]
-name = "sim"
-secret = "5151515151515151515151515151515151515151515151515151515151515151"
-bootstrap_expect = {expect}
-control_plane_size = 3
-
-[network]
-interface = "eth0"
-subnet = "10.0.0.0/12"
-vip = "10.15.255.250"
-metallb_range = "10.15.255.200-10.15.255.215"
-pod_cidr = "10.244.0.0/16"
-service_cidr = "10.96.0.0/12"
-
-[storage]
-enabled = true
-brick_file_size_gib = 1
-devices = []
-replica = 3
-mount_path = "/mnt/gluster"
-"#
-    );
+    let text = testlab::ClusterToml {
+        name: "sim",
+        secret: "5151515151515151515151515151515151515151515151515151515151515151",
+        bootstrap_expect: expect,
+        subnet: "10.0.0.0/12",
+        vip: "10.15.255.250",
+        metallb_range: "10.15.255.200-10.15.255.215",
+    }
+    .render();
     ClusterConfig::from_source(&SourceFile::from_text("sim-cluster.toml", text))
         .expect("the simulation's cluster.toml")
 }

@@ -18,6 +18,7 @@
 //! - [`lab`]: [`Lab`], the shape most agent tests want: a bridge with N
 //!   hosts at `<net>.10+i/24`, a temp directory with one directory per
 //!   node, and the agents.
+//! - [`fixture`]: the test clusters' `cluster.toml`.
 //! - [`wait`]: polling with a deadline.
 //! - [`cmd`]: finding host tools and running them with errors that name
 //!   the command.
@@ -31,6 +32,7 @@ pub mod agent;
 pub mod bridge;
 pub mod cmd;
 pub mod dhcp;
+pub mod fixture;
 pub mod lab;
 pub mod netns;
 pub mod status;
@@ -39,6 +41,7 @@ pub mod wait;
 pub use agent::{Agent, AgentArgs, ChildGuard};
 pub use bridge::{Host, TestNet};
 pub use dhcp::{Dhcp, Lease};
+pub use fixture::ClusterToml;
 pub use lab::Lab;
 pub use netns::{sweep_stale, Netns};
 pub use wait::wait_until;

@@ -81,29 +81,7 @@ const MAX_NODES: usize = 180;
 const SECRET: &str = "3333333333333333333333333333333333333333333333333333333333333333";
 
 fn cluster_toml(expect: usize) -> String {
-    format!(
-        r#"[cluster]
-name = "bench"
-secret = "{SECRET}"
-bootstrap_expect = {expect}
-control_plane_size = 3
-
-[network]
-interface = "eth0"
-subnet = "10.91.0.0/24"
-vip = "10.91.0.250"
-metallb_range = "10.91.0.200-10.91.0.215"
-pod_cidr = "10.244.0.0/16"
-service_cidr = "10.96.0.0/12"
-
-[storage]
-enabled = true
-brick_file_size_gib = 1
-devices = []
-replica = 3
-mount_path = "/mnt/gluster"
-"#
-    )
+    testlab::ClusterToml::lab("bench", SECRET, expect, SUBNET_PREFIX)
 }
 
 fn node_ip(i: usize) -> Ipv4Addr {
