@@ -1,6 +1,7 @@
 //! The status protocol: the one document every agent serves (on its unix
 //! socket and to `habuild cluster status` over the authenticated channel),
-//! typed on both ends. The agent builds a [`StatusDoc`]; readers
+//! and the requests agents and `habuild` send each other ([`Wire`],
+//! [`WireResponse`]), typed on both ends. The agent builds a [`StatusDoc`]; readers
 //! (`habuild cluster status`, the namespace and QEMU tests) parse it back
 //! into the same struct.
 //!
@@ -20,7 +21,29 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::consensus::router::{RpcRequest, RpcResponse};
 use crate::state::{NodeId, Role, StepStatus};
+
+/// A request over the authenticated channel (serde_json in one frame).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Wire {
+    /// A consensus RPC (Raft, join, a follower's proposal).
+    Rpc(RpcRequest),
+    /// The agent's status document (what its status socket serves).
+    Status,
+}
+
+/// The answer to a [`Wire`] request.
+#[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // one short-lived value per frame
+pub enum WireResponse {
+    Rpc(RpcResponse),
+    /// The status document. An older agent's document reads too: every
+    /// field of [`StatusDoc`] has a default.
+    Status(Box<StatusDoc>),
+    /// The request could not be decoded.
+    Invalid(String),
+}
 
 /// The revision of [`StatusDoc`] this build writes. 0 = unversioned (the
 /// first agents); 1 = typed document with member health and split

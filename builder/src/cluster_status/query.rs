@@ -108,10 +108,7 @@ async fn ask(peer: &Peer, keys: &Keys, timeout: Duration) -> Result<StatusDoc, S
             )),
             Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
             Ok(Ok(resp)) => match serde_json::from_slice::<WireResponse>(&resp) {
-                Ok(WireResponse::Status(v)) => match serde_json::from_value::<StatusDoc>(v) {
-                    Ok(doc) => return Ok(doc),
-                    Err(e) => errors.push(format!("{addr}: status document does not parse: {e}")),
-                },
+                Ok(WireResponse::Status(doc)) => return Ok(*doc),
                 Ok(WireResponse::Rpc(_)) => errors.push(format!("{addr}: answered with an RPC")),
                 Ok(WireResponse::Invalid(m)) => {
                     errors.push(format!("{addr}: request refused: {}", clip(&m, 120)))

@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
-use serde::{Deserialize, Serialize};
-
 use crate::consensus::router::{
     BoxFuture, JoinResponse, RpcRequest, RpcResponse, RpcTransport, Unreachable,
 };
@@ -16,24 +14,7 @@ use crate::consensus::ConsensusNode;
 use crate::state::NodeId;
 use crate::transport::{self, Keys};
 
-/// A request between agents.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum Wire {
-    /// A consensus RPC (Raft or join).
-    Rpc(RpcRequest),
-    /// The agent's status document (what the status socket serves).
-    Status,
-}
-
-/// The answer to a [`Wire`] request.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum WireResponse {
-    Rpc(RpcResponse),
-    /// A serialised [`crate::protocol::StatusDoc`].
-    Status(serde_json::Value),
-    /// The request could not be decoded.
-    Invalid(String),
-}
+pub use crate::protocol::{Wire, WireResponse};
 
 /// Where each node's agent listens: from discovery and from the Raft membership.
 #[derive(Debug, Clone, Default)]
@@ -91,13 +72,9 @@ impl RpcTransport for TransportRpc {
 pub async fn handle(node: ConsensusNode, status: super::status::Shared, body: Vec<u8>) -> Vec<u8> {
     let resp = match serde_json::from_slice::<Wire>(&body) {
         Ok(Wire::Rpc(req)) => WireResponse::Rpc(node.handle_rpc(req).await),
-        Ok(Wire::Status) => {
-            let doc = status.read().unwrap_or_else(|e| e.into_inner()).clone();
-            match serde_json::to_value(doc) {
-                Ok(v) => WireResponse::Status(v),
-                Err(e) => WireResponse::Invalid(format!("serialising the status: {e}")),
-            }
-        }
+        Ok(Wire::Status) => WireResponse::Status(Box::new(
+            status.read().unwrap_or_else(|e| e.into_inner()).clone(),
+        )),
         Err(e) => WireResponse::Invalid(e.to_string()),
     };
     serde_json::to_vec(&resp).unwrap_or_else(|e| {
