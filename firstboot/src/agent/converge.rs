@@ -141,7 +141,6 @@ pub fn issue_pki(
     };
     let items = decrypt_items(state, sbox);
     let inputs = PkiInputs {
-        cluster_name: cfg.cluster.name.clone(),
         vip: plan.vip,
         service_cidr: cfg.network.service_cidr,
         dns_domain: "cluster.local".into(),

@@ -97,7 +97,6 @@ pub struct PkiNode {
 
 #[derive(Debug, Clone)]
 pub struct PkiInputs {
-    pub cluster_name: String,
     pub vip: Ipv4Addr,
     /// Its first host address is the `kubernetes` service IP.
     pub service_cidr: Ipv4Cidr,

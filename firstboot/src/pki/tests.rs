@@ -20,7 +20,6 @@ fn node(i: usize, id: NodeId) -> PkiNode {
 
 fn inputs(nodes: Vec<PkiNode>, now: OffsetDateTime) -> PkiInputs {
     PkiInputs {
-        cluster_name: "test".into(),
         vip: Ipv4Addr::new(10, 0, 0, 100),
         service_cidr: "10.96.0.0/12".parse().unwrap(),
         dns_domain: "cluster.local".into(),
