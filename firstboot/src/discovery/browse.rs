@@ -85,15 +85,7 @@ impl Browsed {
         let original = without_conflict_suffix(&fullname);
         match props.and_then(|p| verify_resolved(&original, &p, key, cluster)) {
             Ok(a) => {
-                let mut addrs: Vec<IpAddr> = addrs.into_iter().collect();
-                addrs.sort_unstable();
-                addrs.dedup();
-                let peer = Peer {
-                    id: a.node,
-                    addrs,
-                    port: a.port,
-                    state: a.state,
-                };
+                let peer = Peer::from_announcement(&a, addrs);
                 self.seq += 1;
                 self.peers.insert(fullname, (self.seq, peer));
             }

@@ -447,16 +447,8 @@ fn event_loop(
                     }
                     continue;
                 }
-                let mut addrs: Vec<IpAddr> =
-                    rs.get_addresses().iter().map(|a| a.to_ip_addr()).collect();
-                addrs.sort_unstable();
-                addrs.dedup();
-                let peer = Peer {
-                    id: a.node,
-                    addrs,
-                    port: a.port,
-                    state: a.state,
-                };
+                let peer =
+                    Peer::from_announcement(&a, rs.get_addresses().iter().map(|a| a.to_ip_addr()));
                 if known.get(&fullname) != Some(&peer) {
                     // The newest instance of a node replaces its older names.
                     known.retain(|name, p| p.id != peer.id || *name == fullname);

@@ -85,6 +85,23 @@ pub struct Peer {
     pub state: RaftState,
 }
 
+impl Peer {
+    /// The peer a verified announcement describes, with its resolved
+    /// addresses sorted and deduplicated (so an unchanged record set gives
+    /// an equal peer).
+    pub fn from_announcement(a: &Announcement, addrs: impl IntoIterator<Item = IpAddr>) -> Self {
+        let mut addrs: Vec<IpAddr> = addrs.into_iter().collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        Peer {
+            id: a.node,
+            addrs,
+            port: a.port,
+            state: a.state,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerEvent {
     /// A peer appeared, or its addresses, port or state changed.
