@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use firstboot::agent::driver::{first_announcement, Driver, DriverConfig};
-use firstboot::agent::sim::{mem_addr, InitLog, MemDiscovery, MemReporter};
+use firstboot::agent::sim::{self, mem_addr, InitLog, MemDiscovery, MemReporter};
 use firstboot::cluster::ClusterConfig;
 use firstboot::consensus::bootstrap::BootstrapState;
 use firstboot::consensus::router::{Faults, MemRouter};
@@ -52,19 +52,12 @@ fn cluster_config(expect: usize) -> ClusterConfig {
 
 /// Node number `i`'s facts (addresses 10.1.x.y, away from the VIP and MetalLB).
 fn member(id: NodeId, i: usize) -> Member {
-    Member {
+    sim::member(
         id,
-        hostname: format!("n{id:016x}"),
-        ip: Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 1),
-        prefix: 12,
-        port: 7946,
-        cpus: 2,
-        mem_bytes: 4 << 30,
-        spare_disks: vec![],
-        data_free_bytes: 10 << 30,
-        labels: BTreeMap::new(),
-        healthy: true,
-    }
+        format!("n{id:016x}"),
+        Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 1),
+        12,
+    )
 }
 
 /// Voters a converged group of `n` nodes has: `expect` to start with, then

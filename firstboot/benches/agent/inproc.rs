@@ -8,7 +8,7 @@
 
 use super::*;
 use firstboot::agent::driver::{first_announcement, Driver, DriverConfig};
-use firstboot::agent::sim::{mem_addr, InitLog, MemDiscovery, MemReporter};
+use firstboot::agent::sim::{self, mem_addr, InitLog, MemDiscovery, MemReporter};
 use firstboot::consensus::bootstrap::BootstrapState;
 use firstboot::secretbox::SecretBox;
 
@@ -42,24 +42,7 @@ async fn run(seed: u64, n: usize, o: &Opts) -> Result<RunResult, String> {
     let mut facts: BTreeMap<NodeId, Member> = ids
         .iter()
         .enumerate()
-        .map(|(i, &id)| {
-            (
-                id,
-                Member {
-                    id,
-                    hostname: format!("node{i}"),
-                    ip: node_ip(i),
-                    prefix: 24,
-                    port: 7946,
-                    cpus: 2,
-                    mem_bytes: 4 << 30,
-                    spare_disks: vec![],
-                    data_free_bytes: 10 << 30,
-                    labels: BTreeMap::new(),
-                    healthy: true,
-                },
-            )
-        })
+        .map(|(i, &id)| (id, sim::member(id, format!("node{i}"), node_ip(i), 24)))
         .collect();
     let src = SourceFile::from_text("bench-cluster.toml", cluster_toml(o.expect));
     let cluster = ClusterConfig::from_source(&src).map_err(|e| e.to_string())?;

@@ -21,7 +21,25 @@ use super::phase::Phase;
 use crate::consensus::router::MemRouter;
 use crate::consensus::ConsensusError;
 use crate::discovery::{Peer, RaftState};
-use crate::state::NodeId;
+use crate::state::{Member, NodeId};
+
+/// A simulated node's facts: 2 cpus, 4 GiB, 10 GiB free on the data
+/// partition, no spare disks, healthy (the simulation and the bench).
+pub fn member(id: NodeId, hostname: String, ip: std::net::Ipv4Addr, prefix: u8) -> Member {
+    Member {
+        id,
+        hostname,
+        ip,
+        prefix,
+        port: 7946,
+        cpus: 2,
+        mem_bytes: 4 << 30,
+        spare_disks: vec![],
+        data_free_bytes: 10 << 30,
+        labels: BTreeMap::new(),
+        healthy: true,
+    }
+}
 
 /// The agent address of an in-process node (what the Raft membership stores).
 pub fn mem_addr(id: NodeId) -> String {
