@@ -15,7 +15,8 @@
 //!
 //! Replay one seed: `HABUILD_RAFT_SEED=<seed> cargo test -p habuild-firstboot
 //! --test consensus_cluster faulty -- --nocapture`. The suite runs 200 seeds;
-//! fewer or more with `HABUILD_RAFT_RUNS=N`.
+//! fewer or more with `HABUILD_RAFT_RUNS=N`, 8 side by side
+//! (`HABUILD_RAFT_JOBS=N`; 1 runs them in order).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -445,20 +446,64 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn run_seed(seed: u64, o: RunOpts) -> RunStats {
+    match run_one(seed, o) {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Run one seed on its own runtime; the error names the seed and how to
+/// replay it.
+fn run_one(seed: u64, o: RunOpts) -> Result<RunStats, String> {
     match runtime().block_on(run(seed, o)) {
         Ok(s) => {
             eprintln!(
                 "seed {seed} n={} expect={} faults={}: first leader {:?}, converged {:?}",
                 o.n, o.expect, o.faults, s.first_leader, s.converge
             );
-            s
+            Ok(s)
         }
-        Err(e) => panic!(
+        Err(e) => Err(format!(
             "seed {seed} failed (n={}, expect={}, faults={}): {e}\n\
              replay: HABUILD_RAFT_SEED={seed} cargo test -p habuild-firstboot --test consensus_cluster",
             o.n, o.expect, o.faults
-        ),
+        )),
     }
+}
+
+/// Run seeds side by side: each seed is its own simulated cluster on its own
+/// runtime, and a run spends nearly all its time waiting on Raft timers (a
+/// 12-seed sweep measured 28 s wall for 1 s of CPU), so running several at
+/// once shortens the sweep without changing what one seed does.
+/// `HABUILD_RAFT_JOBS` sets how many (default 8; 1 runs them in order).
+/// Every failing seed is reported, not only the first.
+fn run_seeds(runs: Vec<(u64, RunOpts)>) {
+    let jobs = env_u64("HABUILD_RAFT_JOBS").unwrap_or(8).max(1) as usize;
+    let queue = Mutex::new(runs.into_iter());
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let next = queue.lock().expect("queue").next();
+                let Some((seed, o)) = next else { break };
+                if let Err(e) = run_one(seed, o) {
+                    failures.lock().expect("failures").push((seed, e));
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().expect("failures");
+    failures.sort_by_key(|(seed, _)| *seed);
+    assert!(
+        failures.is_empty(),
+        "{} seed(s) failed:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .map(|(_, e)| e.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -467,29 +512,21 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn clean_bootstrap_3_5_7() {
+    let clean = |n, expect| RunOpts {
+        n,
+        expect,
+        faults: false,
+        timeout: Duration::from_secs(30),
+    };
+    let mut runs: Vec<(u64, RunOpts)> = Vec::new();
     for n in [3, 5, 7] {
         for seed in [1, 2] {
-            run_seed(
-                seed,
-                RunOpts {
-                    n,
-                    expect: 3,
-                    faults: false,
-                    timeout: Duration::from_secs(30),
-                },
-            );
+            runs.push((seed, clean(n, 3)));
         }
     }
     // bootstrap_expect == N.
-    run_seed(
-        3,
-        RunOpts {
-            n: 5,
-            expect: 5,
-            faults: false,
-            timeout: Duration::from_secs(30),
-        },
-    );
+    runs.push((3, clean(5, 5)));
+    run_seeds(runs);
 }
 
 #[test]
@@ -499,19 +536,21 @@ fn faulty_bootstrap_seeds() {
         Some(s) => vec![s],
         None => (1000..1000 + runs).collect(),
     };
-    for seed in seeds {
-        let n = [3, 5, 7][(seed % 3) as usize];
-        let expect = if seed % 4 == 0 { n } else { 3 };
-        run_seed(
-            seed,
-            RunOpts {
+    let runs = seeds
+        .into_iter()
+        .map(|seed| {
+            let n = [3, 5, 7][(seed % 3) as usize];
+            let expect = if seed % 4 == 0 { n } else { 3 };
+            let o = RunOpts {
                 n,
                 expect,
                 faults: true,
                 timeout: Duration::from_secs(60),
-            },
-        );
-    }
+            };
+            (seed, o)
+        })
+        .collect();
+    run_seeds(runs);
 }
 
 #[test]
