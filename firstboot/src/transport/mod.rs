@@ -31,6 +31,19 @@
 //!   [`MAX_FRAME`], a chunk that overruns its frame, a failed decryption) is a
 //!   [`TransportError`]; after any error the stream must be dropped.
 //!
+//! # Connections
+//!
+//! - Agents keep one connection per peer ([`Pool`], in [`pool`]): opened on
+//!   the first request, every later request to that peer goes over it,
+//!   concurrently, each frame prefixed by a request id ([`mux`]); it is
+//!   reopened (with backoff) after it breaks, dropped when a timed-out
+//!   request reveals a silent peer, and closed when idle. Each connection
+//!   starts with the full handshake and confirmation above.
+//! - [`serve`] answers many requests per connection: multiplexed ones
+//!   concurrently, and those of one-shot clients ([`call`]: `habuild
+//!   cluster status`, or an agent from before multiplexing) in order, as
+//!   before. The wire stays compatible both ways (see [`mux`]).
+//!
 //! # What an attacker on the network can and cannot do
 //!
 //! Without the cluster secret an attacker:
@@ -50,7 +63,7 @@
 //! the handshake is accepted; binding node ids to static keys is the
 //! replicated state's job.
 
-mod mux;
+pub mod mux;
 pub mod pool;
 #[cfg(test)]
 mod pool_tests;
@@ -87,7 +100,8 @@ const LEN_PREFIX: usize = 4;
 
 /// How long a peer has to complete the handshake (in [`serve`] and [`call`]).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upper bound on a whole [`call`] (connect, handshake, request, response).
+/// Upper bound on a whole [`call`] or [`Pool::call`] (connect, handshake,
+/// request, response).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`serve`] closes an authenticated connection idle for this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);

@@ -9,7 +9,9 @@
 //! Life of a connection:
 //! - opened on the first request to a peer: TCP connect, the Noise handshake
 //!   with the responder's confirmation (exactly as [`super::call`]), then
-//!   the [`mux::HELLO`] exchange, all within [`HANDSHAKE_TIMEOUT`]; requests
+//!   the [`mux::HELLO`] exchange, all within [`HANDSHAKE_TIMEOUT`], in a
+//!   task of its own (a request that gives up, e.g. openraft's AppendEntries
+//!   after one heartbeat interval, does not abort the handshake); requests
 //!   arriving meanwhile wait for that one attempt;
 //! - a failed attempt makes the next ones wait: requests to that peer fail
 //!   at once ([`TransportError::Unavailable`]) until 50 ms, doubling up to
@@ -171,54 +173,78 @@ impl Pool {
     /// The open connection to `addr`, or a new one.
     async fn conn(&self, addr: SocketAddr) -> Result<Conn, TransportError> {
         let slot = self.slot(addr);
-        let mut slot = slot.lock().await;
-        if let Some(s) = &slot.session {
-            if s.is_open() {
-                return Ok(Conn::Mux(s.clone()));
-            }
-            slot.session = None;
+        if let Some(s) = slot.lock().await.session.as_ref().filter(|s| s.is_open()) {
+            return Ok(Conn::Mux(s.clone()));
         }
-        let now = Instant::now();
-        if slot.legacy_until.is_some_and(|t| now < t) {
+        // Connecting runs in a task of its own: a caller giving up (openraft
+        // allows an AppendEntries one heartbeat interval) does not abort
+        // the handshake, and the next request finds the connection ready.
+        let connecting = tokio::spawn(connect_slot(
+            slot,
+            addr,
+            self.keys.clone(),
+            self.stats.clone(),
+            self.idle,
+        ));
+        connecting
+            .await
+            .map_err(|e| TransportError::Unavailable(format!("{addr}: connecting: {e}")))?
+    }
+}
+
+/// Under the peer's slot: the open connection, or (unless backing off) a
+/// new one.
+async fn connect_slot(
+    slot: Arc<tokio::sync::Mutex<Slot>>,
+    addr: SocketAddr,
+    keys: Arc<Keys>,
+    stats: Arc<PoolStats>,
+    idle: Duration,
+) -> Result<Conn, TransportError> {
+    let mut slot = slot.lock().await;
+    if let Some(s) = &slot.session {
+        if s.is_open() {
+            return Ok(Conn::Mux(s.clone()));
+        }
+        slot.session = None;
+    }
+    let now = Instant::now();
+    if slot.legacy_until.is_some_and(|t| now < t) {
+        return Ok(Conn::Legacy);
+    }
+    if let Some(at) = slot.retry_at.filter(|at| now < *at) {
+        return Err(TransportError::Unavailable(format!(
+            "{addr}: reconnecting in {:?} after {} failed attempt(s), last: {}",
+            at - now,
+            slot.failures,
+            slot.last_error
+        )));
+    }
+    let e = match tokio::time::timeout(HANDSHAKE_TIMEOUT, open(addr, &keys)).await {
+        Ok(Ok(Some(stream))) => {
+            slot.failures = 0;
+            slot.retry_at = None;
+            slot.legacy_until = None;
+            stats.opened.fetch_add(1, Ordering::Relaxed);
+            let s = Session::start(stream, stats, idle);
+            slot.session = Some(s.clone());
+            tracing::debug!(%addr, "transport: connection opened");
+            return Ok(Conn::Mux(s));
+        }
+        Ok(Ok(None)) => {
+            tracing::info!(%addr, "transport: peer without multiplexing, one connection per request");
+            slot.legacy_until = Some(now + LEGACY_RECHECK);
             return Ok(Conn::Legacy);
         }
-        if let Some(at) = slot.retry_at.filter(|at| now < *at) {
-            return Err(TransportError::Unavailable(format!(
-                "{addr}: reconnecting in {:?} after {} failed attempt(s), last: {}",
-                at - now,
-                slot.failures,
-                slot.last_error
-            )));
-        }
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, open(addr, &self.keys)).await {
-            Ok(Ok(Some(stream))) => {
-                slot.failures = 0;
-                slot.retry_at = None;
-                slot.legacy_until = None;
-                self.stats.opened.fetch_add(1, Ordering::Relaxed);
-                let s = Session::start(stream, self.stats.clone(), self.idle);
-                slot.session = Some(s.clone());
-                tracing::debug!(%addr, "transport: connection opened");
-                Ok(Conn::Mux(s))
-            }
-            Ok(Ok(None)) => {
-                tracing::info!(%addr, "transport: peer without multiplexing, one connection per request");
-                slot.legacy_until = Some(now + LEGACY_RECHECK);
-                Ok(Conn::Legacy)
-            }
-            Ok(Err(e)) => Err(self.failed(&mut slot, addr, e)),
-            Err(_) => Err(self.failed(&mut slot, addr, TransportError::Timeout("handshake"))),
-        }
-    }
-
-    fn failed(&self, slot: &mut Slot, addr: SocketAddr, e: TransportError) -> TransportError {
-        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        slot.failures = slot.failures.saturating_add(1);
-        slot.retry_at = Some(Instant::now() + backoff(slot.failures));
-        slot.last_error = e.to_string();
-        tracing::debug!(%addr, error = %e, failures = slot.failures, "transport: connecting failed");
-        e
-    }
+        Ok(Err(e)) => e,
+        Err(_) => TransportError::Timeout("handshake"),
+    };
+    stats.failed.fetch_add(1, Ordering::Relaxed);
+    slot.failures = slot.failures.saturating_add(1);
+    slot.retry_at = Some(Instant::now() + backoff(slot.failures));
+    slot.last_error = e.to_string();
+    tracing::debug!(%addr, error = %e, failures = slot.failures, "transport: connecting failed");
+    Err(e)
 }
 
 impl Drop for Pool {
