@@ -67,6 +67,22 @@ async fn serve_and_call_over_loopback() {
     want.extend_from_slice(&member.public_key().unwrap()[..4]);
     assert_eq!(resp, want);
 
+    // the agents' persistent connection: many concurrent requests over one
+    // connection, beside the one-shot clients
+    let pool = Arc::new(transport::Pool::new(Arc::new(member.clone())));
+    let calls: Vec<_> = (0..20u8)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(async move { (i, pool.call(addr, &[i; 3]).await.unwrap()) })
+        })
+        .collect();
+    for c in calls {
+        let (i, resp) = c.await.unwrap();
+        assert_eq!(&resp[..5], b"pong:");
+        assert_eq!(&resp[5..8], &[i; 3]);
+    }
+    assert_eq!(pool.stats().opened.load(Ordering::Relaxed), 1);
+
     // a long-lived connection carrying several requests, one of them large
     let tcp = TcpStream::connect(addr).await.unwrap();
     let mut s = transport::connect(tcp, &member).await.unwrap();

@@ -26,9 +26,13 @@
 //!   steady-state window on the last run: per agent, mDNS datagrams sent and
 //!   received (the UDP counters of the agent's network namespace, in which
 //!   the only UDP sockets are mdns-sd's on port 5353: checked), every packet
-//!   on its `eth0` (all protocols), the status JSON's
+//!   on its `eth0` (all protocols), TCP segments and connections opened
+//!   (the transport: one persistent connection per peer), the status JSON's
 //!   `announcements_last_minute`, VmRSS, and CPU (utime+stime over the
-//!   window, % of one core).
+//!   window, % of one core); then the leader's packets per minute and CPU
+//!   and the steady-state mDNS rate (the periodic re-announcement included)
+//!   on one line and as `BENCH` figures (`leader_*`,
+//!   `mdns_steady_state_sent_per_node_per_min`).
 //!
 //! Every packet stays inside the namespaces created here. They and the
 //! agents are removed on every path: Drop (also while unwinding from a

@@ -108,6 +108,10 @@ struct Sample {
     udp6_out: u64,
     link_rx: u64,
     link_tx: u64,
+    /// TCP ActiveOpens + PassiveOpens (connections made, either side).
+    tcp_opens: u64,
+    /// TCP InSegs + OutSegs.
+    tcp_segs: u64,
     cpu_ticks: u64,
 }
 
@@ -115,23 +119,40 @@ fn read(path: &str) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
 }
 
-/// `Udp:` InDatagrams / OutDatagrams from /proc/<pid>/net/snmp (the
-/// agent's network namespace).
-fn udp4(pid: u32) -> Result<(u64, u64), String> {
+/// The `<proto>:` header/value rows of /proc/<pid>/net/snmp (the agent's
+/// network namespace) as a map.
+fn snmp(pid: u32, proto: &str) -> Result<BTreeMap<String, u64>, String> {
     let text = read(&format!("/proc/{pid}/net/snmp"))?;
-    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("Udp: ")).collect();
+    let prefix = format!("{proto}: ");
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
     let [head, vals] = rows[..] else {
-        return Err("no Udp rows in snmp".into());
+        return Err(format!("no {proto} rows in snmp"));
     };
-    let map: BTreeMap<&str, u64> = head
+    Ok(head
         .split_whitespace()
         .zip(vals.split_whitespace())
-        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
-        .collect();
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect())
+}
+
+/// `Udp:` InDatagrams / OutDatagrams.
+fn udp4(pid: u32) -> Result<(u64, u64), String> {
+    let map = snmp(pid, "Udp")?;
     match (map.get("InDatagrams"), map.get("OutDatagrams")) {
         (Some(i), Some(o)) => Ok((*i, *o)),
         _ => Err("Udp InDatagrams/OutDatagrams missing".into()),
     }
+}
+
+/// `Tcp:` (ActiveOpens + PassiveOpens, InSegs + OutSegs), IPv4 and IPv6
+/// together (the kernel counts both in these rows).
+fn tcp(pid: u32) -> Result<(u64, u64), String> {
+    let map = snmp(pid, "Tcp")?;
+    let get = |k: &str| map.get(k).copied().ok_or(format!("Tcp {k} missing"));
+    Ok((
+        get("ActiveOpens")? + get("PassiveOpens")?,
+        get("InSegs")? + get("OutSegs")?,
+    ))
 }
 
 fn udp6(pid: u32) -> Result<(u64, u64), String> {
@@ -207,7 +228,10 @@ fn sample(pid: u32) -> Result<Sample, String> {
     let (udp4_in, udp4_out) = udp4(pid)?;
     let (udp6_in, udp6_out) = udp6(pid)?;
     let (link_rx, link_tx) = link(pid)?;
+    let (tcp_opens, tcp_segs) = tcp(pid)?;
     Ok(Sample {
+        tcp_opens,
+        tcp_segs,
         udp4_in,
         udp4_out,
         udp6_in,
@@ -242,6 +266,8 @@ pub struct Steady {
     pub malformed: f64,
     pub link_tx: f64,
     pub link_rx: f64,
+    pub tcp_opens: f64,
+    pub tcp_segs: f64,
     pub announcements_last_minute: u64,
     pub rss_kib: u64,
     pub hwm_kib: u64,
@@ -413,6 +439,8 @@ fn steady_state(lab: &mut Lab, leader: &str, o: &Opts) -> Result<(Vec<Steady>, f
             ),
             link_tx: per_min(a.link_tx - b.link_tx),
             link_rx: per_min(a.link_rx - b.link_rx),
+            tcp_opens: per_min(a.tcp_opens - b.tcp_opens),
+            tcp_segs: per_min(a.tcp_segs - b.tcp_segs),
             announcements_last_minute: st[i].as_ref().map_or(0, |s| s.announcements_last_minute),
             rss_kib: status_field(pid, "VmRSS:")?,
             hwm_kib: status_field(pid, "VmHWM:")?,
@@ -490,10 +518,11 @@ pub fn report(o: &Opts, r: &NetnsResult) {
     let runs = fs.len() + r.failures.len();
     println!();
     println!(
-        "(b) {n} habuild-agent processes (release) in network namespaces on one bridge, \
+        "(b) {n} habuild-agent processes ({}) in network namespaces on one bridge, \
          bootstrap_expect {}, agent Raft timing (heartbeat 250 ms, election 1-2 s); \
          wall-clock seconds from spawning the agents; {} of {runs} fresh runs converged \
          (times are of those)",
+        o.agent.display(),
         o.expect,
         fs.len()
     );
@@ -555,7 +584,7 @@ pub fn report(o: &Opts, r: &NetnsResult) {
         o.settle.as_secs()
     );
     println!(
-        "{:<6} {:<6} | {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>8} {:>8} {:>4} | {:>7}",
+        "{:<6} {:<6} | {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>8} {:>6} | {:>8} {:>8} {:>4} | {:>7}",
         "node",
         "role",
         "mdns sent",
@@ -565,6 +594,8 @@ pub fn report(o: &Opts, r: &NetnsResult) {
         "malformed",
         "eth0 tx",
         "eth0 rx",
+        "tcp seg",
+        "tcp con",
         "RSS KiB",
         "peak KiB",
         "thr",
@@ -572,7 +603,7 @@ pub fn report(o: &Opts, r: &NetnsResult) {
     );
     for a in &r.steady {
         println!(
-            "{:<6} {:<6} | {:>9.1} {:>9} {:>9.1} | {:>9} {:>9.1} | {:>9.1} {:>9.1} | {:>8} {:>8} {:>4} | {:>7.3}",
+            "{:<6} {:<6} | {:>9.1} {:>9} {:>9.1} | {:>9} {:>9.1} | {:>9.1} {:>9.1} | {:>8.1} {:>6.1} | {:>8} {:>8} {:>4} | {:>7.3}",
             format!("node{}", a.node),
             if a.leader { "leader" } else { "follow" },
             a.mdns_sent,
@@ -582,6 +613,8 @@ pub fn report(o: &Opts, r: &NetnsResult) {
             a.malformed,
             a.link_tx,
             a.link_rx,
+            a.tcp_segs,
+            a.tcp_opens,
             a.rss_kib,
             a.hwm_kib,
             a.threads,
@@ -589,14 +622,16 @@ pub fn report(o: &Opts, r: &NetnsResult) {
         );
     }
     let col = |g: fn(&Steady) -> f64| summary(&r.steady.iter().map(g).collect::<Vec<_>>());
-    let figures: [Figure; 9] = [
+    let figures: [Figure; 11] = [
         (
             "mdns_sent_per_node_per_min",
             "packets/min",
             |a| a.mdns_sent,
             "UDP datagrams sent from the agent's network namespace (Udp OutDatagrams + \
              Udp6OutDatagrams of /proc/<pid>/net/snmp{,6}); the only UDP sockets there are \
-             mdns-sd's on :5353, so these are mDNS packets put on eth0 (IPv4 and IPv6)",
+             mdns-sd's on :5353, so these are mDNS packets put on eth0 (IPv4 and IPv6); \
+             in the steady state: the periodic re-announcement of the unchanged record \
+             set (every 60 +- 10 s) and answers to others' queries",
         ),
         (
             "mdns_received_per_node_per_min",
@@ -634,6 +669,21 @@ pub fn report(o: &Opts, r: &NetnsResult) {
             |a| a.link_tx + a.link_rx,
             "all packets (tx + rx) on the agent's eth0 from /proc/<pid>/net/dev: mDNS, \
              Raft/transport TCP, ARP, IPv6 ND/MLD",
+        ),
+        (
+            "tcp_segments_per_node_per_min",
+            "segments/min",
+            |a| a.tcp_segs,
+            "TCP InSegs + OutSegs of the agent's network namespace (/proc/<pid>/net/snmp): \
+             the transport's traffic (Raft, joins, status), handshakes and ACKs included",
+        ),
+        (
+            "tcp_connections_opened_per_node_per_min",
+            "connections/min",
+            |a| a.tcp_opens,
+            "TCP ActiveOpens + PassiveOpens of the agent's network namespace: connections \
+             it made or accepted (one per peer with persistent connections, one per RPC \
+             without)",
         ),
         (
             "rss_kib",
@@ -675,6 +725,55 @@ pub fn report(o: &Opts, r: &NetnsResult) {
             "window_s": round(r.window, 1),
             "how": how,
         }));
+    }
+    // The figures issue 13 asks for, of the leader (which sends the Raft
+    // heartbeats and replication to everyone) and of mDNS.
+    println!();
+    if let Some(l) = r.steady.iter().find(|a| a.leader) {
+        let (mdns, _, _) = col(|a| a.mdns_sent);
+        println!(
+            "leader node{}, per minute: {:.0} packets on eth0 ({:.0} TCP segments, {:.1} TCP \
+             connections opened), CPU {:.2} % of one core; mDNS in the steady state (periodic \
+             re-announcement every 60 +- 10 s included): {:.1} packets sent per agent (median)",
+            l.node,
+            l.link_tx + l.link_rx,
+            l.tcp_segs,
+            l.tcp_opens,
+            l.cpu_pct,
+            mdns
+        );
+        for (figure, unit, value) in [
+            (
+                "leader_eth0_packets_per_min",
+                "packets/min",
+                l.link_tx + l.link_rx,
+            ),
+            ("leader_tcp_segments_per_min", "segments/min", l.tcp_segs),
+            (
+                "leader_tcp_connections_opened_per_min",
+                "connections/min",
+                l.tcp_opens,
+            ),
+            ("leader_cpu_percent_of_one_core", "%", l.cpu_pct),
+            (
+                "mdns_steady_state_sent_per_node_per_min",
+                "packets/min",
+                mdns,
+            ),
+        ] {
+            lines.push(json!({
+                "part": "netns",
+                "figure": figure,
+                "n": n,
+                "node": l.id,
+                "value": round(value, 3),
+                "unit": unit,
+                "window_s": round(r.window, 1),
+                "agent": o.agent.display().to_string(),
+            }));
+        }
+    } else {
+        println!("WARNING: no agent was the leader at the end of the window");
     }
     let (_, _, quietest) = col(|a| a.mdns_sent);
     let noisy: Vec<String> = r

@@ -89,10 +89,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
-    let transport_rpc = Arc::new(TransportRpc {
-        keys: keys.clone(),
-        addrs: addrs.clone(),
-    });
+    let transport_rpc = Arc::new(TransportRpc::new(keys.clone(), addrs.clone()));
     let node = ConsensusNode::open(
         cfg.node_id,
         &cfg.state_dir.join("raft"),

@@ -1,5 +1,6 @@
 //! Consensus RPCs over the authenticated transport: the [`RpcTransport`] the
-//! Raft node calls through ([`TransportRpc`]) and the request handler
+//! Raft node calls through ([`TransportRpc`]: one persistent, multiplexed
+//! connection per peer, [`transport::Pool`]) and the request handler
 //! ([`handle`]) that [`transport::serve`] runs. Bodies are serde_json of
 //! [`Wire`] / [`WireResponse`].
 
@@ -12,7 +13,7 @@ use crate::consensus::router::{
 };
 use crate::consensus::ConsensusNode;
 use crate::state::NodeId;
-use crate::transport::{self, Keys};
+use crate::transport::{self, Keys, Pool};
 
 pub use crate::protocol::{Wire, WireResponse};
 
@@ -37,10 +38,26 @@ impl AddrBook {
     }
 }
 
-/// [`RpcTransport`] over [`transport::call`] (one connection per call).
+/// [`RpcTransport`] over [`transport::Pool`]: every RPC to a node goes over
+/// that node's one persistent connection (opened, and reopened after a
+/// failure, by the pool).
 pub struct TransportRpc {
-    pub keys: Arc<Keys>,
-    pub addrs: AddrBook,
+    addrs: AddrBook,
+    pool: Pool,
+}
+
+impl TransportRpc {
+    pub fn new(keys: Arc<Keys>, addrs: AddrBook) -> Self {
+        TransportRpc {
+            addrs,
+            pool: Pool::new(keys),
+        }
+    }
+
+    /// The connection counters (tests, the bench).
+    pub fn stats(&self) -> &transport::pool::PoolStats {
+        self.pool.stats()
+    }
 }
 
 impl RpcTransport for TransportRpc {
@@ -56,7 +73,9 @@ impl RpcTransport for TransportRpc {
                 .get(target)
                 .ok_or_else(|| fail("no address known".into()))?;
             let body = serde_json::to_vec(&Wire::Rpc(rpc)).map_err(|e| fail(e.to_string()))?;
-            let resp = transport::call(addr, &self.keys, &body)
+            let resp = self
+                .pool
+                .call(addr, &body)
                 .await
                 .map_err(|e| fail(format!("{addr}: {e}")))?;
             match serde_json::from_slice(&resp) {

@@ -31,6 +31,19 @@
 //!   [`MAX_FRAME`], a chunk that overruns its frame, a failed decryption) is a
 //!   [`TransportError`]; after any error the stream must be dropped.
 //!
+//! # Connections
+//!
+//! - Agents keep one connection per peer ([`Pool`], in [`pool`]): opened on
+//!   the first request, every later request to that peer goes over it,
+//!   concurrently, each frame prefixed by a request id ([`mux`]); it is
+//!   reopened (with backoff) after it breaks, dropped when a timed-out
+//!   request reveals a silent peer, and closed when idle. Each connection
+//!   starts with the full handshake and confirmation above.
+//! - [`serve`] answers many requests per connection: multiplexed ones
+//!   concurrently, and those of one-shot clients ([`call`]: `habuild
+//!   cluster status`, or an agent from before multiplexing) in order, as
+//!   before. The wire stays compatible both ways (see [`mux`]).
+//!
 //! # What an attacker on the network can and cannot do
 //!
 //! Without the cluster secret an attacker:
@@ -50,16 +63,24 @@
 //! the handshake is accepted; binding node ids to static keys is the
 //! replicated state's job.
 
-use std::future::Future;
+pub mod mux;
+pub mod pool;
+#[cfg(test)]
+mod pool_tests;
+mod serve;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 
 use crate::cluster::Secret;
+
+pub use pool::Pool;
+pub use serve::{serve, MAX_IN_FLIGHT};
 
 /// The Noise protocol name used by every agent.
 pub const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_SHA256";
@@ -79,7 +100,8 @@ const LEN_PREFIX: usize = 4;
 
 /// How long a peer has to complete the handshake (in [`serve`] and [`call`]).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upper bound on a whole [`call`] (connect, handshake, request, response).
+/// Upper bound on a whole [`call`] or [`Pool::call`] (connect, handshake,
+/// request, response).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`serve`] closes an authenticated connection idle for this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -110,6 +132,10 @@ pub enum TransportError {
     Poisoned,
     #[error("noise: {0}")]
     Noise(String),
+    /// A persistent connection broke, or the peer is in reconnect backoff
+    /// ([`pool`]).
+    #[error("peer unavailable: {0}")]
+    Unavailable(String),
 }
 
 fn noise_err(e: snow::Error) -> TransportError {
@@ -338,7 +364,10 @@ fn accept_io(what: &str, e: TransportError) -> TransportError {
 /// order; after any error the stream is poisoned and must be dropped.
 pub struct SecureStream<S> {
     io: S,
-    noise: snow::TransportState,
+    /// Shared by the two halves of a split stream ([`SecureStream::into_split`]):
+    /// sending uses only the send cipher, receiving only the receive cipher;
+    /// the lock is held only while encrypting or decrypting, never across an await.
+    noise: Arc<Mutex<snow::TransportState>>,
     remote: [u8; 32],
     inbuf: Vec<u8>,
     plain: Vec<u8>,
@@ -353,7 +382,7 @@ impl<S> std::fmt::Debug for SecureStream<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
+impl<S> SecureStream<S> {
     fn new(io: S, noise: snow::TransportState) -> Result<Self, TransportError> {
         let remote: [u8; 32] = noise
             .get_remote_static()
@@ -361,7 +390,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
             .ok_or_else(|| TransportError::Handshake("peer sent no static key".into()))?;
         Ok(Self {
             io,
-            noise,
+            noise: Arc::new(Mutex::new(noise)),
             remote,
             inbuf: Vec::new(),
             plain: vec![0u8; MAX_NOISE_MSG],
@@ -374,6 +403,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
         self.remote
     }
 
+    fn noise(&self) -> std::sync::MutexGuard<'_, snow::TransportState> {
+        self.noise.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite> SecureStream<S> {
+    /// Splits the session into a receiving and a sending half, each usable
+    /// from its own task (the multiplexed connections of [`pool`] and
+    /// [`serve`]). An error on one half does not poison the other: the
+    /// owner drops both.
+    pub fn into_split(self) -> (SecureStream<ReadHalf<S>>, SecureStream<WriteHalf<S>>) {
+        let (r, w) = tokio::io::split(self.io);
+        let read = SecureStream {
+            io: r,
+            noise: self.noise.clone(),
+            remote: self.remote,
+            inbuf: self.inbuf,
+            plain: self.plain,
+            poisoned: self.poisoned,
+        };
+        let write = SecureStream {
+            io: w,
+            noise: self.noise,
+            remote: self.remote,
+            inbuf: Vec::new(),
+            plain: Vec::new(),
+            poisoned: self.poisoned,
+        };
+        (read, write)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> SecureStream<S> {
     /// Sends one frame of at most [`MAX_FRAME`] bytes.
     pub async fn send(&mut self, data: &[u8]) -> Result<(), TransportError> {
         if data.len() > MAX_FRAME {
@@ -400,12 +462,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
         framed.extend_from_slice(data);
         let mut wire = Vec::with_capacity(framed.len() + framed.len() / MAX_CHUNK * 18 + 18);
         let mut msg = vec![0u8; MAX_NOISE_MSG];
-        for chunk in framed.chunks(MAX_CHUNK) {
-            let n = self
-                .noise
-                .write_message(chunk, &mut msg)
-                .map_err(noise_err)?;
-            push_msg(&mut wire, &msg[..n]);
+        {
+            let mut noise = self.noise();
+            for chunk in framed.chunks(MAX_CHUNK) {
+                let n = noise.write_message(chunk, &mut msg).map_err(noise_err)?;
+                push_msg(&mut wire, &msg[..n]);
+            }
         }
         let r = async {
             self.io.write_all(&wire).await?;
@@ -418,6 +480,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
         Ok(r?)
     }
 
+    /// Closes the write side (TCP FIN).
+    pub async fn shutdown(&mut self) -> Result<(), TransportError> {
+        Ok(self.io.shutdown().await?)
+    }
+}
+
+impl<S: AsyncRead + Unpin> SecureStream<S> {
     /// Receives one frame. [`TransportError::Closed`] when the peer closed the
     /// connection cleanly between frames.
     pub async fn recv(&mut self) -> Result<Vec<u8>, TransportError> {
@@ -480,14 +549,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecureStream<S> {
         }
         let n = self
             .noise
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .read_message(&self.inbuf, &mut self.plain)
             .map_err(|_| TransportError::Decrypt)?;
         Ok(self.plain[..n].to_vec())
-    }
-
-    /// Closes the write side (TCP FIN).
-    pub async fn shutdown(&mut self) -> Result<(), TransportError> {
-        Ok(self.io.shutdown().await?)
     }
 }
 
@@ -542,80 +608,6 @@ impl HandshakeCounters {
             _ => &self.unauthenticated,
         };
         c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Accepts connections forever: each one must complete the handshake within
-/// [`HANDSHAKE_TIMEOUT`] (else the failure is counted by cause in
-/// `counters` and the connection dropped);
-/// then every frame it sends is a request answered by `handler`'s returned
-/// bytes, until the peer closes or stays idle for [`IDLE_TIMEOUT`].
-pub async fn serve<H, F>(
-    listener: TcpListener,
-    keys: Arc<Keys>,
-    counters: Arc<HandshakeCounters>,
-    handler: H,
-) where
-    H: Fn(Request) -> F + Send + Sync + 'static,
-    F: Future<Output = Vec<u8>> + Send + 'static,
-{
-    let handler = Arc::new(handler);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (tcp, peer_addr) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE, ECONNABORTED, ...: transient; don't spin.
-                tracing::warn!(error = %e, "transport: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer_addr, "transport: too many connections, dropping one");
-            continue;
-        };
-        let keys = keys.clone();
-        let counters = counters.clone();
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = tcp.set_nodelay(true);
-            let mut s = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(tcp, &keys)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    counters.count(&e);
-                    tracing::debug!(%peer_addr, error = %e, "transport: handshake rejected");
-                    return;
-                }
-                Err(_) => {
-                    counters.count(&TransportError::Timeout("handshake"));
-                    tracing::debug!(%peer_addr, "transport: handshake timed out");
-                    return;
-                }
-            };
-            let peer_static = s.remote_static();
-            loop {
-                let body = match tokio::time::timeout(IDLE_TIMEOUT, s.recv()).await {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(TransportError::Closed)) | Err(_) => return,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer_addr, error = %e, "transport: dropping connection");
-                        return;
-                    }
-                };
-                let resp = handler(Request {
-                    peer_addr,
-                    peer_static,
-                    body,
-                })
-                .await;
-                if let Err(e) = s.send(&resp).await {
-                    tracing::debug!(%peer_addr, error = %e, "transport: sending response failed");
-                    return;
-                }
-            }
-        });
     }
 }
 
@@ -757,7 +749,10 @@ mod tests {
         let (c, s) = tokio::join!(connect(x, &a), accept(y, &b));
         let (mut c, mut s) = (c.unwrap(), s.unwrap());
         let mut msg = vec![0u8; MAX_NOISE_MSG];
-        let n = c.noise.write_message(b"\0\0\0\x05hello", &mut msg).unwrap();
+        let n = c
+            .noise()
+            .write_message(b"\0\0\0\x05hello", &mut msg)
+            .unwrap();
         let mut wire = Vec::new();
         push_msg(&mut wire, &msg[..n]);
         c.io.write_all(&wire[..wire.len() - 3]).await.unwrap();
@@ -770,7 +765,7 @@ mod tests {
         let (a, b) = (keys(5), keys(5));
         let (mut c, mut s) = pair(&a, &b).await;
         let mut msg = vec![0u8; MAX_NOISE_MSG];
-        let n = c.noise.write_message(b"\0\0\0\x01x", &mut msg).unwrap();
+        let n = c.noise().write_message(b"\0\0\0\x01x", &mut msg).unwrap();
         msg[3] ^= 1;
         let mut wire = Vec::new();
         push_msg(&mut wire, &msg[..n]);
