@@ -402,6 +402,86 @@ mod tests {
         assert_eq!(names, ["bin/", "bin/httpd", "etc/", "etc/httpd.conf"]);
     }
 
+    /// containerd (killed and its directories removed on drop).
+    struct Containerd {
+        child: std::process::Child,
+        sock: std::path::PathBuf,
+    }
+
+    impl Drop for Containerd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn ctr(c: &Containerd, args: &[&str]) -> String {
+        let o = Command::new("ctr")
+            .arg("--address")
+            .arg(&c.sock)
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// The archive loads into a real containerd under its full name, with
+    /// the manifest digest [`write_archive`] reported, and unpacks.
+    #[test]
+    #[ignore = "needs containerd and ctr (apt-get install containerd); run with --ignored"]
+    fn containerd_imports_the_archive_under_its_name() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        std::fs::write(
+            d.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        let sock = d.join("containerd.sock");
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let c = Containerd {
+            child: Command::new("containerd")
+                .arg("--config")
+                .arg(d.join("config.toml"))
+                .arg("--address")
+                .arg(&sock)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("containerd"),
+            sock,
+        };
+        let t0 = std::time::Instant::now();
+        while !c.sock.exists() {
+            assert!(t0.elapsed().as_secs() < 30, "containerd did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let (bytes, w) = archive(&pause());
+        let file = d.join("pause.tar");
+        std::fs::write(&file, &bytes).unwrap();
+        ctr(&c, &["images", "import", file.to_str().unwrap()]);
+        let list = ctr(&c, &["images", "ls"]);
+        let line = list
+            .lines()
+            .find(|l| l.starts_with("registry.k8s.io/pause:3.2 "))
+            .unwrap_or_else(|| panic!("not imported under its name:\n{list}"));
+        assert!(line.contains(&w.manifest_digest), "{line}");
+        assert!(line.contains("linux/amd64"), "{line}");
+        // unpacked into the snapshotter: a container could be made from it
+        let check = ctr(&c, &["images", "check"]);
+        assert!(check.contains("complete"), "{check}");
+    }
+
     #[test]
     fn bad_inputs_are_refused() {
         for bad in [
