@@ -73,6 +73,16 @@ pub enum Source {
     Pattern,
 }
 
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Flag => "from --hostname",
+            Source::Persisted => "kept from an earlier boot",
+            Source::Pattern => "chosen by network.hostname",
+        })
+    }
+}
+
 /// The name and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Established {

@@ -178,7 +178,7 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
             let s = lab.status(old).expect("restarted status");
             assert_eq!(s.hostname, pattern_name(node_id(old)), "name kept");
             assert_eq!(
-                lab.log(old).matches("(Persisted)").count(),
+                lab.log(old).matches("(kept from an earlier boot)").count(),
                 1,
                 "the restart read the persisted name\n{}",
                 lab.log(old)

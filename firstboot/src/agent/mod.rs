@@ -133,7 +133,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     )
     .context("naming this host")?;
     println!(
-        "habuild-agent: hostname {} ({:?})",
+        "habuild-agent: hostname {} ({})",
         hostname.name, hostname.source
     );
     tokio::spawn(converge::run(
