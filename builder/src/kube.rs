@@ -84,7 +84,8 @@ fn install(from: &Path, to: &Path) -> Result<()> {
     fs::set_permissions(to, fs::Permissions::from_mode(0o755)).at(to)
 }
 
-/// Every regular file in `dir` (e.g. `_output/bin` of a kube build).
+/// Every regular file in `dir` (e.g. the `bin` directory `scripts/build-kube`
+/// prints, or `_output/bin` of a kube build).
 fn stage_local(dir: &Path, bin: &Path) -> Result<Vec<String>> {
     if !dir.is_dir() {
         return Err(BuildError::Invalid(format!(

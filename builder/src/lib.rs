@@ -11,6 +11,7 @@ pub mod fsimage;
 pub mod kube;
 pub mod locate;
 pub mod manifest;
+pub mod oci;
 pub mod output;
 pub mod overlay;
 pub mod profile;

@@ -70,6 +70,11 @@ pub struct NetworkSection {
     pub pod_cidr: Ipv4Cidr,
     #[serde(default = "default_service_cidr")]
     pub service_cidr: Ipv4Cidr,
+    /// How a node names itself on first boot (kept afterwards): a pattern
+    /// over `{id}` / `{id:N}` (the node id's last N hex digits), `{mac}` (the
+    /// cluster interface's MAC) and `{cluster}`; see [`crate::hostname`].
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
 }
 
 impl Default for NetworkSection {
@@ -81,8 +86,13 @@ impl Default for NetworkSection {
             metallb_range: Auto::Auto,
             pod_cidr: default_pod_cidr(),
             service_cidr: default_service_cidr(),
+            hostname: default_hostname(),
         }
     }
+}
+
+fn default_hostname() -> String {
+    crate::hostname::DEFAULT_PATTERN.into()
 }
 
 fn auto_string() -> String {
@@ -419,6 +429,9 @@ impl ClusterConfig {
                 ),
             ));
         }
+        if let Err(why) = crate::hostname::check_pattern(&n.hostname, &c.name) {
+            return Err(src.error_at("network.hostname", why));
+        }
         if n.pod_cidr.overlaps(&n.service_cidr) {
             return Err(src.error_at(
                 "network.service_cidr",
@@ -642,6 +655,21 @@ metallb_range = "10.77.0.200-10.77.0.220"
             assert_eq!(e.key.as_deref(), Some("network.interface"), "{bad:?}");
             assert_eq!(e.line, Some(text.lines().count()), "{bad:?}");
             assert!(e.message.contains("interface name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn hostname_pattern_is_checked_at_its_line() {
+        let c = ClusterConfig::from_source(&src(GOOD)).unwrap();
+        assert_eq!(c.network.hostname, "node-{id:6}");
+        let text = format!("{GOOD}hostname = \"rack1-{{mac}}\"\n");
+        let c = ClusterConfig::from_source(&src(&text)).unwrap();
+        assert_eq!(c.network.hostname, "rack1-{mac}");
+        for bad in ["node", "Node-{id}", "n-{serial}"] {
+            let text = format!("{GOOD}hostname = \"{bad}\"\n");
+            let e = ClusterConfig::from_source(&src(&text)).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("network.hostname"), "{bad}");
+            assert_eq!(e.line, Some(text.lines().count()), "{bad}");
         }
     }
 

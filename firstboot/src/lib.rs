@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod facts;
 pub mod gluster;
 pub mod host;
+pub mod hostname;
 pub mod keys;
 pub mod netif;
 pub mod pki;

@@ -93,7 +93,8 @@ struct AgentArgs {
     /// non-loopback IPv4 address (inside network.subnet when given).
     #[arg(long)]
     interface: Option<String>,
-    /// Host name recorded for this member; default: the host's.
+    /// Host name of this member; default: the one chosen on first boot by
+    /// cluster.toml's network.hostname pattern (kept in the state dir).
     #[arg(long)]
     hostname: Option<String>,
     /// Unix socket serving the status JSON.
@@ -216,7 +217,8 @@ fn run(cluster_path: &Path, once: bool, args: AgentArgs) -> anyhow::Result<()> {
     let node_id = args
         .node_id
         .unwrap_or_else(|| node_id_from_machine_id(&facts.machine_id));
-    let hostname = args.hostname.unwrap_or(facts.hostname);
+    // The kernel's name until the agent has established its own.
+    let hostname = args.hostname.clone().unwrap_or(facts.hostname);
     let wish = netif::Wish::new(
         args.interface.as_deref(),
         &cluster.network,
@@ -244,7 +246,7 @@ fn run(cluster_path: &Path, once: bool, args: AgentArgs) -> anyhow::Result<()> {
                 state_dir: args.state_dir,
                 listen: args.listen,
                 node_id,
-                hostname,
+                hostname: args.hostname,
                 advertise,
                 interface,
                 status_socket: args.status_socket,

@@ -1,5 +1,7 @@
 //! Five real `habuild-agent` processes, each in its own network namespace on
-//! a bridge this test creates, form one Raft group and commit a plan; the
+//! a bridge this test creates, name themselves by cluster.toml's default
+//! `network.hostname` pattern (distinct names, kept across a restart; each
+//! agent in its own UTS namespace), form one Raft group and commit a plan; the
 //! leader is killed (failover measured), restarted (rejoins, no second
 //! group), and a sixth agent with the wrong secret is never admitted.
 //!
@@ -8,7 +10,7 @@
 //! Without the means to create namespaces the test fails and says why.
 //! The lab (namespaces, agents, status) is `testlab`'s.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -28,10 +30,18 @@ fn cluster_toml(secret: &str) -> String {
     testlab::ClusterToml::lab("nslab", secret, 3, [10, 89, 0])
 }
 
-/// Consensus only: these agents start no etcd, keepalived or haproxy.
+/// The name the default pattern `node-{id:6}` gives node `id`.
+fn pattern_name(id: u64) -> String {
+    format!("node-{:06x}", id & 0xff_ffff)
+}
+
+/// Consensus only: these agents start no etcd, keepalived or haproxy. No
+/// `--hostname`: each names itself by the pattern.
 fn start(lab: &mut Lab, i: usize, file: &Path, id: u64) {
     let agent = Path::new(env!("CARGO_BIN_EXE_habuild-agent"));
-    let args = AgentArgs::new(agent, file, id, &format!("node{i}")).args(["--services", "none"]);
+    let args = AgentArgs::new(agent, file, id, &format!("node{i}"))
+        .without_hostname()
+        .args(["--services", "none"]);
     lab.start(i, &args)
         .unwrap_or_else(|e| panic!("starting node{i}: {e}"));
 }
@@ -92,6 +102,32 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
         .sum();
     assert_eq!(inits, 1, "exactly one initialize\n{}", lab.dump(&all));
 
+    // 1b. every node named itself: distinct names, reported by the node and
+    //     in every node's view of the members (what `cluster status` shows)
+    let names: BTreeMap<String, String> = all
+        .iter()
+        .map(|i| (hex(node_id(*i)), pattern_name(node_id(*i))))
+        .collect();
+    assert_eq!(
+        names.values().collect::<BTreeSet<_>>().len(),
+        NODES,
+        "{names:?}"
+    );
+    for (i, s) in all.iter().zip(lab.statuses(&all)) {
+        let s = s.unwrap_or_else(|| panic!("node{i} has no status"));
+        assert_eq!(s.hostname, names[&s.node_id], "{}", pretty(&s));
+        let seen: BTreeMap<String, String> = s
+            .member_health
+            .iter()
+            .map(|m| (m.id.clone(), m.hostname.clone()))
+            .collect();
+        assert_eq!(seen, names, "{}", pretty(&s));
+    }
+    println!(
+        "agent_netns: hostnames {:?}",
+        names.values().collect::<Vec<_>>()
+    );
+
     // 2. leader failover
     let old = all
         .iter()
@@ -139,6 +175,14 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
         {
             assert_eq!(v, voters, "same group");
             assert_eq!(p, plan, "plan unchanged");
+            let s = lab.status(old).expect("restarted status");
+            assert_eq!(s.hostname, pattern_name(node_id(old)), "name kept");
+            assert_eq!(
+                lab.log(old).matches("(kept from an earlier boot)").count(),
+                1,
+                "the restart read the persisted name\n{}",
+                lab.log(old)
+            );
             println!(
                 "agent_netns: restarted {} rejoined in {:.1} s (leader {l})",
                 hex(node_id(old)),

@@ -478,6 +478,7 @@ const EFFECTS: &[(&str, Effect)] = &[
     ("network.interface", network_interface),
     ("network.subnet", network_subnet),
     ("network.vip", network_vip),
+    ("network.hostname", network_hostname),
     ("network.metallb_range", network_metallb_range),
     ("network.pod_cidr", network_pod_cidr),
     ("network.service_cidr", network_service_cidr),
@@ -656,6 +657,48 @@ fn network_pod_cidr() {
     let p = plan(&cfg, &ms);
     assert_eq!(p.pod_cidrs.len(), 3);
     assert!(inside(&p, "10.200.0.0/16"), "{:?}", p.pod_cidrs);
+}
+
+/// The name a node gives itself on first boot (persisted in its state
+/// directory) and writes to /etc/hostname, /etc/hosts and the kernel through
+/// the recording host; a pattern that cannot name nodes apart is refused at
+/// its line.
+fn network_hostname() {
+    use firstboot::hostname::{apply, establish, Inputs};
+    let named = |cfg: &ClusterConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        let got = establish(dir.path(), None, &cfg.network.hostname, || Inputs {
+            id: 0x0123_4567_89ab_cdef,
+            mac: Some("525400c0ffee".into()),
+            cluster: cfg.cluster.name.clone(),
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let rec = Recording::default();
+        apply(&*rec.host().files, &rec, &got.name).unwrap();
+        let kernel = rec.lock().kernel_hostname.clone();
+        (got.name, rec.file("/etc/hostname").unwrap(), kernel)
+    };
+    assert_eq!(
+        named(&base()),
+        (
+            "node-abcdef".to_string(),
+            "node-abcdef\n".to_string(),
+            "node-abcdef".to_string()
+        )
+    );
+    let cfg = cfg_with(&[("network.hostname", r#""{cluster}-{mac}""#)]);
+    assert_eq!(named(&cfg).0, format!("{}-525400c0ffee", cfg.cluster.name));
+    let src = source_with(&[("network.hostname", r#""worker""#)]);
+    let e = ClusterConfig::from_source(&src).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("network.hostname"));
+    let line = src
+        .text
+        .lines()
+        .position(|l| l.starts_with("hostname"))
+        .unwrap()
+        + 1;
+    assert_eq!(e.line, Some(line));
+    assert!(e.message.contains("every node's name differs"), "{e}");
 }
 
 /// The `kubernetes` service IP in the API server's certificate, and the

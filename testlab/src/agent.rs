@@ -1,4 +1,6 @@
-//! Agents as processes: `habuild-agent run` in a [`Host`]'s namespace,
+//! Agents as processes: `habuild-agent run` in a [`Host`]'s network
+//! namespace and in a UTS namespace of its own (`unshare --uts`: an agent
+//! that sets its hostname can never rename the machine the tests run on),
 //! its stdout and stderr appended to `agent.log` in the node's directory,
 //! its status socket there too, killed on drop. [`ChildGuard`] does the
 //! killing for any other child a test starts.
@@ -50,7 +52,9 @@ pub struct AgentArgs {
     pub bin: PathBuf,
     pub cluster: PathBuf,
     pub node_id: u64,
-    pub hostname: String,
+    /// `--hostname`; `None` lets the agent choose by cluster.toml's
+    /// `network.hostname` pattern.
+    pub hostname: Option<String>,
     /// More arguments (`--services none`, `--root DIR`, …).
     pub extra: Vec<OsString>,
     /// The agent's `RUST_LOG`; by default `$AGENT_RUST_LOG`, else `warn`.
@@ -63,10 +67,16 @@ impl AgentArgs {
             bin: bin.to_path_buf(),
             cluster: cluster.to_path_buf(),
             node_id,
-            hostname: hostname.to_string(),
+            hostname: Some(hostname.to_string()),
             extra: Vec::new(),
             rust_log: std::env::var("AGENT_RUST_LOG").unwrap_or_else(|_| "warn".into()),
         }
+    }
+
+    /// No `--hostname`: the agent names itself (see [`AgentArgs::hostname`]).
+    pub fn without_hostname(mut self) -> AgentArgs {
+        self.hostname = None;
+        self
     }
 
     /// Adds arguments.
@@ -95,8 +105,10 @@ impl Agent {
             .open(&log_path)
             .map_err(Error::io(&log_path))?;
         let log2 = log.try_clone().map_err(Error::io(&log_path))?;
-        let mut cmd = host.exec(&a.bin);
-        cmd.arg("run")
+        let mut cmd = host.exec("unshare");
+        cmd.args(["--uts", "--"])
+            .arg(&a.bin)
+            .arg("run")
             .arg("--cluster")
             .arg(&a.cluster)
             .arg("--state-dir")
@@ -106,7 +118,7 @@ impl Agent {
             .args(["--node-id", &a.node_id.to_string()])
             .args(["--advertise", &host.cidr()])
             .args(["--interface", "eth0"])
-            .args(["--hostname", &a.hostname])
+            .args(a.hostname.iter().flat_map(|h| ["--hostname", h]))
             .args(&a.extra)
             .env("RUST_LOG", &a.rust_log)
             .stdin(Stdio::null())
@@ -122,7 +134,7 @@ impl Agent {
         })
     }
 
-    /// The agent's pid (`ip netns exec` execs it).
+    /// The agent's pid (`ip netns exec` and `unshare` exec it).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -61,7 +61,8 @@ pub struct AgentConfig {
     /// Where the transport listens (port: [`AGENT_PORT`]).
     pub listen: SocketAddr,
     pub node_id: NodeId,
-    pub hostname: String,
+    /// `--hostname`: overrides `network.hostname` (see [`crate::hostname`]).
+    pub hostname: Option<String>,
     /// This node's address on the cluster network and its prefix.
     pub advertise: Ipv4Cidr,
     /// Restrict mDNS to this interface.
@@ -117,6 +118,21 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         None => crate::netif::links(&crate::host::real::HostExec)
             .and_then(|links| crate::netif::interface_of(&links, cfg.advertise.addr))?,
     };
+    let owns_host = matches!(cfg.services, converge::ServiceMode::Systemd);
+    let hostname = crate::hostname::for_agent(
+        &cfg.state_dir,
+        cfg.hostname.as_deref(),
+        &cfg.cluster,
+        cfg.node_id,
+        &interface,
+        &cfg.root,
+        owns_host,
+    )
+    .context("naming this host")?;
+    println!(
+        "habuild-agent: hostname {} ({})",
+        hostname.name, hostname.source
+    );
     tokio::spawn(converge::run(
         node.clone(),
         converge::ConvergeConfig {
@@ -164,7 +180,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         addrs,
     };
     let driver_cfg = DriverConfig {
-        me: member_facts(&cfg),
+        me: member_facts(&cfg, &hostname.name),
         addr: my_addr.to_string(),
         cluster: cfg.cluster.clone(),
         state_dir: cfg.state_dir.clone(),
@@ -379,11 +395,11 @@ fn token_seed(cfg: &ClusterConfig) -> [u8; 32] {
 }
 
 /// This node's facts as stored in the replicated state.
-fn member_facts(cfg: &AgentConfig) -> Member {
+fn member_facts(cfg: &AgentConfig, hostname: &str) -> Member {
     let facts = crate::facts::collect(Path::new("/"));
     Member {
         id: cfg.node_id,
-        hostname: cfg.hostname.clone(),
+        hostname: hostname.to_string(),
         ip: cfg.advertise.addr,
         prefix: cfg.advertise.prefix,
         port: cfg.listen.port(),

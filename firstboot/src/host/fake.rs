@@ -17,6 +17,8 @@ pub enum Event {
     Ran(String),
     Ensured(String),
     Stopped(String),
+    /// The kernel's hostname was set.
+    Hostname(String),
 }
 
 #[derive(Debug, Default)]
@@ -29,6 +31,8 @@ pub struct Record {
     /// Canned answers: the first entry whose key is a prefix of the
     /// command's display answers it; otherwise exit 0 with no output.
     pub answers: Vec<(String, Output)>,
+    /// The kernel's hostname ([`super::Uts`]).
+    pub kernel_hostname: String,
 }
 
 /// The shared record behind a fake [`Host`].
@@ -145,6 +149,18 @@ impl Services for Recording {
         if r.services.remove(name).is_some() {
             r.events.push(Event::Stopped(name.into()));
         }
+        Ok(())
+    }
+}
+
+impl super::Uts for Recording {
+    fn hostname(&self) -> Result<String, HostError> {
+        Ok(self.lock().kernel_hostname.clone())
+    }
+    fn set_hostname(&self, name: &str) -> Result<(), HostError> {
+        let mut r = self.lock();
+        r.events.push(Event::Hostname(name.into()));
+        r.kernel_hostname = name.into();
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! Side effects on the host, behind small traits: files ([`Files`]),
-//! programs ([`Exec`]) and long-running services ([`Services`]).
+//! programs ([`Exec`]), long-running services ([`Services`]) and the
+//! kernel's hostname ([`Uts`]).
 //!
 //! Converge steps never touch the host directly: they render what they want
 //! (pure) and apply it through a [`Host`]. The real implementations are in
@@ -166,6 +167,13 @@ pub trait Services: Send + Sync {
 pub trait Net: Send + Sync {
     /// `GET path` over plain HTTP/1.0 with a short timeout: (status, body).
     fn http_get(&self, addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), HostError>;
+}
+
+/// The host's name in the kernel (its UTS namespace). Only the agent's
+/// start-up sets it ([`crate::hostname::apply`]), and only on a node it owns.
+pub trait Uts: Send + Sync {
+    fn hostname(&self) -> Result<String, HostError>;
+    fn set_hostname(&self, name: &str) -> Result<(), HostError>;
 }
 
 /// Everything a step may touch.

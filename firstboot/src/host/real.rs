@@ -110,6 +110,31 @@ impl Exec for HostExec {
     }
 }
 
+/// The kernel's hostname of the agent's UTS namespace, through
+/// `/proc/sys/kernel/hostname` (what `hostname NAME` does, without needing
+/// the program).
+#[derive(Debug, Default, Clone)]
+pub struct KernelUts;
+
+const KERNEL_HOSTNAME: &str = "/proc/sys/kernel/hostname";
+
+impl super::Uts for KernelUts {
+    fn hostname(&self) -> Result<String, HostError> {
+        std::fs::read_to_string(KERNEL_HOSTNAME)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| HostError::File {
+                path: KERNEL_HOSTNAME.into(),
+                message: e.to_string(),
+            })
+    }
+    fn set_hostname(&self, name: &str) -> Result<(), HostError> {
+        std::fs::write(KERNEL_HOSTNAME, name).map_err(|e| HostError::File {
+            path: KERNEL_HOSTNAME.into(),
+            message: format!("setting the hostname to {name:?}: {e}"),
+        })
+    }
+}
+
 /// Probes over the host's own network stack.
 #[derive(Debug, Default, Clone)]
 pub struct HostNet;
@@ -364,6 +389,14 @@ mod tests {
         );
         s.stop("sleeper").unwrap();
         assert!(!s.running("sleeper"));
+    }
+
+    #[test]
+    fn kernel_hostname_is_read() {
+        use crate::host::Uts;
+        // Reading only: setting it would rename the machine the tests run on.
+        let name = KernelUts.hostname().unwrap();
+        assert!(!name.is_empty() && !name.ends_with('\n'), "{name:?}");
     }
 
     #[test]
