@@ -434,7 +434,6 @@ mod tests {
     /// The archive loads into a real containerd under its full name, with
     /// the manifest digest [`write_archive`] reported, and unpacks.
     #[test]
-    #[ignore = "needs containerd and ctr (apt-get install containerd); run with --ignored"]
     fn containerd_imports_the_archive_under_its_name() {
         let t = tempfile::tempdir().unwrap();
         let d = t.path();
@@ -458,7 +457,7 @@ mod tests {
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
-                .expect("containerd"),
+                .expect("containerd not found: run scripts/setup (Debian package containerd)"),
             sock,
         };
         let t0 = std::time::Instant::now();
