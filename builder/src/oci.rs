@@ -422,7 +422,7 @@ mod tests {
             .args(["-n", "k8s.io"])
             .args(args)
             .output()
-            .unwrap();
+            .expect("ctr not found: run scripts/setup (Debian package containerd)");
         assert!(
             o.status.success(),
             "ctr {args:?}: {}",
