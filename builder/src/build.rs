@@ -36,6 +36,8 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<u64>,
     /// How many base trees `<cache>/base` keeps.
     pub keep_bases: usize,
+    /// Install the base tree even when it is cached.
+    pub cold: bool,
     pub keep_work: bool,
 }
 
@@ -114,6 +116,7 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
         incremental: resolution.as_ref().map(|r| rootfs::Incremental {
             bases: rootfs::base::BaseCache::new(&opts.cache, opts.keep_bases),
             resolution: r,
+            cold: opts.cold,
         }),
     };
     // dropped (the overlay unmounted) before `out` removes the work directory

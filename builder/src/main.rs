@@ -107,6 +107,10 @@ struct ImageArgs {
         default_value_t = 2
     )]
     cache_keep: usize,
+    /// Install the base tree anew even when the cache holds it (the image is
+    /// built from the fresh tree; the cache keeps one copy per key).
+    #[arg(long)]
+    cold: bool,
     /// Keep the work directory (rootfs, staging) for inspection.
     #[arg(long)]
     keep_work: bool,
@@ -259,6 +263,7 @@ fn image(args: ImageArgs) -> anyhow::Result<()> {
         mirrors: args.mirrors,
         source_date_epoch: args.source_date_epoch,
         keep_bases: args.cache_keep,
+        cold: args.cold,
         keep_work: args.keep_work,
     };
     tracing::info!(

@@ -147,7 +147,12 @@ impl RootfsBackend for Apt {
         let key = Self::base_key(exec, req, inc.resolution)?;
         let short = &key[..16];
         let mut remove_lower = None;
-        let (lower, used) = match inc.bases.lookup(&key) {
+        let cached = if inc.cold {
+            None
+        } else {
+            inc.bases.lookup(&key)
+        };
+        let (lower, used) = match cached {
             Some(root) => {
                 tracing::info!("base tree {short} from the cache ({})", root.display());
                 (
@@ -170,7 +175,18 @@ impl RootfsBackend for Apt {
                     .map_err(classify_failure)?;
                 let installed = self.installed(exec, &r.target)?;
                 let diff = base::package_diff(&inc.resolution.packages, &installed);
-                if diff.is_empty() {
+                if diff.is_empty() && inc.bases.lookup(&key).is_some() {
+                    // --cold with the key cached: build on the fresh tree, keep the cached one
+                    remove_lower = Some(partial);
+                    (
+                        r.target,
+                        BaseUse {
+                            key: key.clone(),
+                            reused: false,
+                            cached: true,
+                        },
+                    )
+                } else if diff.is_empty() {
                     let root = inc.bases.commit(&partial, &key, &installed)?;
                     (
                         root,

@@ -36,6 +36,8 @@ pub struct RootfsRequest<'a> {
 pub struct Incremental<'a> {
     pub bases: base::BaseCache,
     pub resolution: &'a index::Resolution,
+    /// Install the base anew even when it is cached.
+    pub cold: bool,
 }
 
 /// A finished root directory; for an incremental build an overlay mount
