@@ -249,6 +249,7 @@ impl RootfsBackend for Apt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::RecordingExec;
     use crate::profile;
     use std::path::PathBuf;
 
@@ -304,6 +305,89 @@ mod tests {
     #[test]
     fn debian_mmdebstrap_golden() {
         golden("debian-12.toml", "mmdebstrap-debian-12.txt");
+    }
+
+    /// Which layer each kind of change invalidates: the base key (the cached
+    /// installed tree) changes with a package version, the package list and
+    /// the initramfs configuration the essential hook copies in; it stays
+    /// the same for other overlay files and profile keys that only the
+    /// layers on top read (kernel command line, partitions), which change
+    /// the image instead (tested in qemu-tests' debian_image).
+    #[test]
+    fn changes_invalidate_the_right_layer() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let p = profile::load(&dir.join("../configs/debian-12.toml"))
+            .unwrap()
+            .profile;
+        let t = tempfile::tempdir().unwrap();
+        let staging = t.path().join("staging");
+        for (f, text) in [
+            ("etc/initramfs-tools/modules", "erofs\n"),
+            ("etc/sysctl.d/90-habuild.conf", "vm.swappiness = 0\n"),
+        ] {
+            std::fs::create_dir_all(staging.join(f).parent().unwrap()).unwrap();
+            std::fs::write(staging.join(f), text).unwrap();
+        }
+        let resolution = Resolution {
+            packages: vec![
+                InstalledPackage {
+                    name: "libc6".into(),
+                    version: "2.36-9+deb12u13".into(),
+                },
+                InstalledPackage {
+                    name: "systemd".into(),
+                    version: "252.38-1~deb12u1".into(),
+                },
+            ],
+            index_date: None,
+        };
+        let key = |p: &Profile, r: &Resolution| {
+            let req = RootfsRequest {
+                profile: p,
+                target: t.path().join("rootfs"),
+                cache: t.path().join("cache"),
+                staging: staging.clone(),
+                source_date_epoch: 1_700_000_000,
+                incremental: None,
+            };
+            Apt::base_key(&RecordingExec::default(), &req, r).unwrap()
+        };
+        let k = key(&p, &resolution);
+        assert_eq!(k, key(&p, &resolution));
+
+        // a new version of a resolved package: new base
+        let mut newer = resolution.clone();
+        newer.packages[0].version = "2.36-9+deb12u14".into();
+        assert_ne!(k, key(&p, &newer));
+        // a package added to the profile: new base
+        let mut more = p.clone();
+        more.packages.extra.push("htop".into());
+        assert_ne!(k, key(&more, &resolution));
+        // a mirror: new base
+        let mut mirror = p.clone();
+        mirror.repos[0].url = "http://127.0.0.1:9/debian".into();
+        assert_ne!(k, key(&mirror, &resolution));
+
+        // profile keys only the upper layers read: same base
+        let mut cmdline = p.clone();
+        cmdline.kernel.cmdline.push_str(" quiet");
+        cmdline.partitions.root_mib += 1;
+        assert_eq!(k, key(&cmdline, &resolution));
+        // an overlay file outside the essential hook's tree: same base
+        std::fs::write(
+            staging.join("etc/sysctl.d/90-habuild.conf"),
+            "vm.swappiness = 1\n",
+        )
+        .unwrap();
+        std::fs::write(staging.join("usr-lib-habuild-agent"), "new agent").unwrap();
+        assert_eq!(k, key(&p, &resolution));
+        // the initramfs configuration is installed with the kernel: new base
+        std::fs::write(
+            staging.join("etc/initramfs-tools/modules"),
+            "erofs\noverlay\n",
+        )
+        .unwrap();
+        assert_ne!(k, key(&p, &resolution));
     }
 
     #[test]

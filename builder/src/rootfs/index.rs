@@ -66,8 +66,9 @@ pub fn state_dir(cache: &Path, p: &Profile) -> PathBuf {
 fn apt_get(dir: &Path, arch: &str) -> Cmd {
     let d = dir.display();
     Cmd::new("apt-get")
-        // the host's apt configuration must not change what is resolved
-        .env("APT_CONFIG", "/dev/null")
+        // the host's apt configuration (apt.conf, apt.conf.d) must not
+        // change what is resolved: only ours is read
+        .env("APT_CONFIG", format!("{d}/apt.conf"))
         .arg("-q")
         .args(
             [
@@ -82,6 +83,9 @@ fn apt_get(dir: &Path, arch: &str) -> Cmd {
                 "APT::Install-Recommends=false".into(),
                 "Debug::NoLocking=true".into(),
                 "Acquire::Languages=none".into(),
+                // kept between builds: the next resolution reads it instead of the lists
+                "Dir::Cache::pkgcache=pkgcache.bin".into(),
+                "Dir::Cache::srcpkgcache=srcpkgcache.bin".into(),
             ]
             .into_iter()
             .flat_map(|o| ["-o".to_string(), o]),
@@ -109,6 +113,12 @@ pub fn resolve(exec: &dyn Exec, cache: &Path, p: &Profile) -> Result<Resolution>
     ] {
         fs::create_dir_all(dir.join(sub)).at(dir.join(sub))?;
     }
+    let conf = dir.join("apt.conf");
+    let parts = format!(
+        "Dir::Etc::Parts \"{}/etc/apt/apt.conf.d\";\n",
+        dir.display()
+    );
+    fs::write(&conf, parts).at(&conf)?;
     let status = dir.join("var/lib/dpkg/status");
     fs::write(&status, b"").at(&status)?;
     let list = dir.join("etc/apt/sources.list");
