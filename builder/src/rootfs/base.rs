@@ -272,12 +272,20 @@ impl Overlay {
             }
             opts.push_str(&format!("{k}={s}"));
         }
-        exec.run(
-            &Cmd::new("mount")
-                .args(["-t", "overlay", "overlay", "-o"])
-                .arg(opts)
-                .arg(merged),
-        )?;
+        let mount = |opts: &str| {
+            exec.run(
+                &Cmd::new("mount")
+                    .args(["-t", "overlay", "overlay", "-o"])
+                    .arg(opts)
+                    .arg(merged),
+            )
+        };
+        // volatile: the upper layer is scratch, so the unmount need not
+        // sync the whole filesystem (seconds after writing the disk image);
+        // kernels before 5.10 lack it
+        if mount(&format!("{opts},volatile")).is_err() {
+            mount(&opts)?;
+        }
         Ok(Self {
             merged: merged.to_path_buf(),
             scratch: vec![upper, work],
