@@ -191,8 +191,19 @@ impl BaseCache {
                     .next()
                     .and_then(|p| p.parse::<u32>().ok());
                 if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-                    remove_tree(&e.path())?;
-                    removed.push(name);
+                    // an interrupted mmdebstrap can leave /proc, /sys, /dev/pts
+                    // mounted in its tree: never delete through a mount
+                    let mounts = mounts_under(&e.path());
+                    if mounts.is_empty() {
+                        remove_tree(&e.path())?;
+                        removed.push(name);
+                    } else {
+                        tracing::warn!(
+                            "not removing {}: still mounted there: {}",
+                            e.path().display(),
+                            mounts.join(" ")
+                        );
+                    }
                 }
                 continue;
             }
@@ -211,6 +222,21 @@ impl BaseCache {
         }
         Ok(removed)
     }
+}
+
+/// Mount points at or below `dir` (from /proc/self/mounts; octal escapes as the kernel writes them).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().replace(' ', "\\040");
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| {
+            m.strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 /// `rm -rf` that also removes read-only directories' contents.
@@ -465,6 +491,18 @@ mod tests {
         assert_eq!(removed, [".k9.partial-999999999", "k2"]);
         assert!(c.lookup("k1").is_some() && c.lookup("k3").is_some());
         assert!(c.lookup("k2").is_none());
+    }
+
+    #[test]
+    fn mounts_are_seen_below_a_directory_only() {
+        // /proc is a mount point on every Linux host
+        assert_eq!(
+            mounts_under(Path::new("/proc")).first().map(String::as_str),
+            Some("/proc")
+        );
+        assert!(mounts_under(Path::new("/pro")).is_empty());
+        let t = tempfile::tempdir().unwrap();
+        assert!(mounts_under(t.path()).is_empty());
     }
 
     #[test]
