@@ -216,7 +216,14 @@ impl BaseCache {
             finished.push((used, name));
         }
         finished.sort_by(|a, b| b.cmp(a));
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         for (_, name) in finished.into_iter().skip(self.keep - 1) {
+            let root = self.dir.join(&name).join("root");
+            if mounts.contains(&format!("lowerdir={}", root.display())) {
+                // another build's overlay stands on it right now
+                tracing::info!("base cache: keeping {name} (in use)");
+                continue;
+            }
             remove_tree(&self.dir.join(&name))?;
             removed.push(name);
         }
