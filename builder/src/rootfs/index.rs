@@ -123,7 +123,13 @@ pub fn resolve(exec: &dyn Exec, cache: &Path, p: &Profile) -> Result<Resolution>
     fs::write(&status, b"").at(&status)?;
     let list = dir.join("etc/apt/sources.list");
     fs::write(&list, sources(p).join("\n") + "\n").at(&list)?;
-    exec.run(&apt_get(&dir, &p.distro.arch).arg("update"))?;
+    // a mirror that cannot be fetched fails here (apt-get update only
+    // warns by default), named by the caller's classify_failure
+    exec.run(
+        &apt_get(&dir, &p.distro.arch)
+            .arg("update")
+            .arg("--error-on=any"),
+    )?;
     let out = exec.run(&simulate_cmd(&dir, p))?;
     let lists = dir.join("var/lib/apt/lists");
     let mut dates = Vec::new();
