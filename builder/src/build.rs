@@ -31,7 +31,13 @@ pub struct BuildOptions {
     pub agent: PathBuf,
     /// `id=url` overrides of the profile's repos.
     pub mirrors: Vec<String>,
-    pub source_date_epoch: u64,
+    /// `--source-date-epoch`; None: `$SOURCE_DATE_EPOCH`, the profile, the
+    /// index date (`rootfs::epoch`).
+    pub source_date_epoch: Option<u64>,
+    /// How many base trees `<cache>/base` keeps.
+    pub keep_bases: usize,
+    /// Install the base tree even when it is cached.
+    pub cold: bool,
     pub keep_work: bool,
 }
 
@@ -60,9 +66,26 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
     let cluster = load_cluster(opts.cluster.as_deref())?;
     let name = profile.profile.name.clone();
     let out = Output::prepare(&opts.out, &name, opts.keep_work)?;
-    let seed = input_seed(&profile, cluster.as_ref(), opts.source_date_epoch);
+    let mut stages = Stages::new(7);
+    let backend = rootfs::backend_for(&profile.profile);
+    let resolution = stages.run("resolve", || {
+        backend.resolve(exec, &opts.cache, &profile.profile)
+    })?;
+    let epoch = rootfs::epoch::choose(
+        opts.source_date_epoch,
+        std::env::var("SOURCE_DATE_EPOCH").ok().as_deref(),
+        profile.profile.rootfs.source_date_epoch,
+        resolution.as_ref().and_then(|r| r.index_date.as_ref()),
+        || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        },
+    )?;
+    tracing::info!("SOURCE_DATE_EPOCH={} ({})", epoch.seconds, epoch.source);
+    let seed = input_seed(&profile, cluster.as_ref(), epoch.seconds);
     let layout = Layout::new(&profile.profile.partitions, &seed);
-    let mut stages = Stages::new(6);
 
     let staging = out.work.join("staging");
     stages.run("overlay", || {
@@ -84,16 +107,21 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
         kube::stage(exec, &profile.profile.kube, &images, &opts.cache, &staging).map(|_| ())
     })?;
 
-    let backend = rootfs::backend_for(&profile.profile);
-    let root = out.work.join("rootfs");
     let req = RootfsRequest {
         profile: &profile.profile,
-        target: root.clone(),
+        target: out.work.join("rootfs"),
         cache: package_cache(&opts.cache, &profile),
         staging: staging.clone(),
-        source_date_epoch: opts.source_date_epoch,
+        source_date_epoch: epoch.seconds,
+        incremental: resolution.as_ref().map(|r| rootfs::Incremental {
+            bases: rootfs::base::BaseCache::new(&opts.cache, opts.keep_bases),
+            resolution: r,
+            cold: opts.cold,
+        }),
     };
-    stages.run("rootfs", || backend.build(exec, &req))?;
+    // dropped (the overlay unmounted) before `out` removes the work directory
+    let rootfs = stages.run("rootfs", || backend.build(exec, &req))?;
+    let root = rootfs.path.clone();
     let packages = backend.installed(exec, &root)?;
 
     let fs_type = profile.profile.rootfs.fs_type;
@@ -105,19 +133,13 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
             &root,
             &root_img,
             layout.rootfs_uuid(),
-            opts.source_date_epoch,
+            epoch.seconds,
         )
     })?;
 
     let esp_files = esp_files(&root, &profile, cluster.as_ref(), &layout)?;
     stages.run("disk", || {
-        write_disk(
-            &out.raw_tmp,
-            &layout,
-            &esp_files,
-            &root_img,
-            opts.source_date_epoch,
-        )
+        write_disk(&out.raw_tmp, &layout, &esp_files, &root_img, epoch.seconds)
     })?;
     // The raw disk is hashed while qemu-img converts it (both only read it).
     let manifest = std::thread::scope(|scope| {
@@ -150,12 +172,13 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
                 &out,
                 raw_sha,
                 packages,
-                opts.source_date_epoch,
+                &epoch,
             )
         })
     })?;
     let mut manifest = manifest;
     manifest.stages = stages.done.clone();
+    manifest.base = rootfs.base.clone();
     let json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Invalid(e.to_string()))?;
     fs::write(&out.manifest_tmp, json).at(&out.manifest_tmp)?;
@@ -341,7 +364,7 @@ fn manifest(
     out: &Output,
     raw_sha: (String, u64),
     packages: Vec<rootfs::InstalledPackage>,
-    epoch: u64,
+    epoch: &rootfs::epoch::Epoch,
 ) -> Result<Manifest> {
     let mut artifacts = Vec::new();
     let qcow2_sha = sha256_file(&out.qcow2_tmp)?;
@@ -361,7 +384,9 @@ fn manifest(
         profile: p.source.path.display().to_string(),
         profile_sha256: sha256_bytes(p.source.text.as_bytes()),
         cluster_sha256: cluster.map(|(s, _)| sha256_bytes(s.text.as_bytes())),
-        source_date_epoch: epoch,
+        source_date_epoch: epoch.seconds,
+        source_date_epoch_from: epoch.source.clone(),
+        base: None,
         disk_guid: layout.disk_guid.to_string(),
         partitions: layout
             .parts()
@@ -372,17 +397,4 @@ fn manifest(
         packages,
         stages: Vec::new(),
     })
-}
-
-/// SOURCE_DATE_EPOCH from the environment, else now.
-pub fn default_epoch() -> u64 {
-    std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        })
 }

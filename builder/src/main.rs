@@ -36,7 +36,19 @@ enum Cmd {
     ///   habuild image --profile configs/debian-12.toml --cluster configs/cluster.example.toml --out out/
     ///
     /// Nothing is written at the output paths unless the whole build succeeds.
-    /// Set SOURCE_DATE_EPOCH (or --source-date-epoch) for bit-identical rebuilds.
+    ///
+    /// Builds are bit-identical by default: the epoch every timestamp and GUID
+    /// derives from is --source-date-epoch, else $SOURCE_DATE_EPOCH, else the
+    /// profile's [rootfs] source_date_epoch, else the newest Date: of the signed
+    /// InRelease files the packages were resolved against (manifest.json records
+    /// which: source_date_epoch_from).
+    ///
+    /// Builds are incremental: the installed package tree is cached under
+    /// <cache>/base/<key>, keyed by the resolved package set with versions,
+    /// mirrors, release, hooks, epoch and habuild's base format; a rebuild with
+    /// the same key only redoes the overlay, agent, kube binaries, finalize,
+    /// root image, ESP and disk. An incremental build has the same bytes as a
+    /// cold one.
     Image(ImageArgs),
     /// Validate profiles and cluster files without building.
     #[command(subcommand)]
@@ -61,7 +73,8 @@ struct ImageArgs {
     /// Output directory.
     #[arg(long, value_name = "DIR", default_value = "out")]
     out: PathBuf,
-    /// Package cache (reused across builds of the same distro/release/arch).
+    /// Cache: downloaded packages (per distro/release/arch), the apt index,
+    /// the installed base trees (see --cache-keep) and kube binaries.
     #[arg(
         long,
         value_name = "DIR",
@@ -81,9 +94,23 @@ struct ImageArgs {
     /// this habuild, else the first on PATH).
     #[arg(long, value_name = "FILE", env = "HABUILD_AGENT")]
     agent: Option<PathBuf>,
-    /// Timestamp for every file and filesystem (default: $SOURCE_DATE_EPOCH, else now).
+    /// Timestamp for every file and filesystem (default: $SOURCE_DATE_EPOCH,
+    /// else the profile's [rootfs] source_date_epoch, else the signed index's newest Date:).
     #[arg(long, value_name = "SECONDS")]
     source_date_epoch: Option<u64>,
+    /// How many installed base trees the cache keeps (least recently used go
+    /// first; each is the size of an installed root, ~1 GiB).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HABUILD_CACHE_KEEP",
+        default_value_t = 2
+    )]
+    cache_keep: usize,
+    /// Install the base tree anew even when the cache holds it (the image is
+    /// built from the fresh tree; the cache keeps one copy per key).
+    #[arg(long)]
+    cold: bool,
     /// Keep the work directory (rootfs, staging) for inspection.
     #[arg(long)]
     keep_work: bool,
@@ -234,7 +261,9 @@ fn image(args: ImageArgs) -> anyhow::Result<()> {
         out: args.out,
         cache: args.cache,
         mirrors: args.mirrors,
-        source_date_epoch: args.source_date_epoch.unwrap_or_else(build::default_epoch),
+        source_date_epoch: args.source_date_epoch,
+        keep_bases: args.cache_keep,
+        cold: args.cold,
         keep_work: args.keep_work,
     };
     tracing::info!(

@@ -26,6 +26,10 @@ pub struct Manifest {
     pub profile_sha256: String,
     pub cluster_sha256: Option<String>,
     pub source_date_epoch: u64,
+    /// Where the epoch came from (`rootfs::epoch::Epoch::source`).
+    pub source_date_epoch_from: String,
+    /// The cached base tree this image was built on (apt builds).
+    pub base: Option<crate::rootfs::base::BaseUse>,
     pub disk_guid: String,
     pub partitions: BTreeMap<String, String>,
     pub artifacts: Vec<Artifact>,

@@ -185,6 +185,12 @@ pub enum RootFsType {
 pub struct RootfsSettings {
     #[serde(default, rename = "type")]
     pub fs_type: RootFsType,
+    /// The build's SOURCE_DATE_EPOCH when neither `--source-date-epoch`
+    /// nor `$SOURCE_DATE_EPOCH` is given (default: the newest `Date:` of
+    /// the signed apt index; see `rootfs::epoch`). Pinning it keeps the
+    /// base-tree cache valid while the mirror re-signs unchanged indexes.
+    #[serde(default)]
+    pub source_date_epoch: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

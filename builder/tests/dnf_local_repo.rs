@@ -167,6 +167,7 @@ impl Case {
             cache: self.path("cache"),
             staging: self.path("staging"),
             source_date_epoch: 1_700_000_000,
+            incremental: None,
         }
     }
 }

@@ -123,8 +123,9 @@ fn input_key(profile: &Path, cluster: &str) -> Result<String> {
 }
 
 /// Run the checkout's `habuild image` (target/release, overlays read from
-/// the checkout's `images/`) for the Debian 12 profile into `out`.
-pub fn build_into(out: &Path, cluster: &Path) -> Result<Duration> {
+/// the checkout's `images/`) for the Debian 12 profile into `out`, with
+/// `extra` arguments (e.g. `--cold`).
+pub fn build_into(out: &Path, cluster: &Path, extra: &[String]) -> Result<Duration> {
     let ws = workspace();
     let mut cmd = Command::new(release_bin("habuild")?);
     cmd.arg("image")
@@ -133,7 +134,8 @@ pub fn build_into(out: &Path, cluster: &Path) -> Result<Duration> {
         .arg("--cluster")
         .arg(cluster)
         .arg("--images")
-        .arg(ws.join("images"));
+        .arg(ws.join("images"))
+        .args(extra);
     run_build(cmd, out)
 }
 
@@ -141,12 +143,14 @@ pub fn build_into(out: &Path, cluster: &Path) -> Result<Duration> {
 /// would outside the checkout: from `cwd` (holding copies of the Debian 12
 /// profile and `cluster`), with relative paths, overlays embedded in the
 /// binary (no `--images`), no `HABUILD_IMAGES`. `agent` pins the agent
-/// baked in (None: habuild's own choice, next to itself or on PATH).
+/// baked in (None: habuild's own choice, next to itself or on PATH);
+/// `extra` arguments are appended (e.g. `--cold`, `--images DIR`).
 pub fn build_installed_into(
     cwd: &Path,
     out: &Path,
     cluster: &Path,
     agent: Option<&Path>,
+    extra: &[String],
 ) -> Result<Duration> {
     fs::create_dir_all(cwd)?;
     fs::copy(
@@ -168,6 +172,7 @@ pub fn build_installed_into(
     if let Some(a) = agent {
         cmd.arg("--agent").arg(a);
     }
+    cmd.args(extra);
     run_build(cmd, out)
 }
 
@@ -287,7 +292,7 @@ pub fn debian_image() -> Result<BuiltImage> {
             eprintln!("test image cache: removed the least recently used {removed:?}");
         }
         let _ = fs::remove_dir_all(&dir);
-        build_into(&dir, &cluster)?
+        build_into(&dir, &cluster, &[])?
     };
     mark_used(&dir)?;
     Ok(BuiltImage {

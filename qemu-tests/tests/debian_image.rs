@@ -1,5 +1,6 @@
 //! The Debian 12 image built by the real `habuild image`: bit-identical when
-//! rebuilt with the same package cache and SOURCE_DATE_EPOCH, and well formed
+//! rebuilt with the same package cache and SOURCE_DATE_EPOCH, cold (base tree
+//! installed anew) or incremental (base tree from the cache), and well formed
 //! by the independent tools (`sgdisk -v`, `fsck.vfat -n`, `mdir`,
 //! `dump.erofs`/`fsck.erofs`).
 //!
@@ -19,7 +20,8 @@ use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
 use qemu_harness::image::{
-    build_installed_into, debian_image, installed_bin, release_bin, test_cluster_text, BuiltImage,
+    build_installed_into, build_into, debian_image, installed_bin, release_bin, test_cluster_text,
+    BuiltImage,
 };
 use qemu_harness::{tools, Workdir};
 use serde_json::Value;
@@ -205,48 +207,118 @@ fn du_mib(p: &Path) -> Result<u64> {
     Ok((fs::metadata(p)?.blocks() * 512) >> 20)
 }
 
+fn sha(m: &Value) -> String {
+    m["artifacts"][0]["sha256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The base tree a build used: (key, reused from the cache).
+fn base(m: &Value) -> Result<(String, bool)> {
+    let b = &m["base"];
+    Ok((
+        b["key"].as_str().context("manifest base.key")?.to_string(),
+        b["reused"].as_bool().context("manifest base.reused")?,
+    ))
+}
+
+/// Bit-identical images three ways: two cold builds (base tree installed
+/// anew, `--cold`), a cold and an incremental build (base tree from the
+/// cache), and after changing one overlay file an incremental rebuild
+/// reuses the base (same key) but its image differs.
 #[test]
 fn debian_image_is_reproducible_and_well_formed() -> Result<()> {
     let mut a = debian_image()?;
     let work = Workdir::new("image")?;
     check_image(&a, &work)?;
+    let agent = release_bin("habuild-agent")?;
+    let cold = ["--cold".to_string()];
 
     // the installed habuild, run from outside the checkout, embedded overlays
-    let b_dir = work.join("rebuild");
-    let warm = build_installed_into(
-        &work.join("user"),
-        &b_dir,
-        &a.cluster,
-        Some(&release_bin("habuild-agent")?),
-    )?;
-    let ma = manifest(&a.dir)?;
+    let b_dir = work.join("rebuild-cold");
+    let b_time = build_installed_into(&work.join("user"), &b_dir, &a.cluster, Some(&agent), &cold)?;
     let mb = manifest(&b_dir)?;
-    if ma["packages"] != mb["packages"] {
+    if manifest(&a.dir)?["packages"] != mb["packages"] {
         // The mirror published updates since the cached image was built:
         // rebuild it so both builds see the same packages.
         eprintln!("package versions moved since the cached image was built; rebuilding it");
         fs::remove_dir_all(&a.dir)?;
         a = debian_image()?;
     }
-    let ma = manifest(&a.dir)?;
-    let sha = |m: &Value| {
-        m["artifacts"][0]["sha256"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let mut ma = manifest(&a.dir)?;
+    ensure!(!base(&mb)?.1, "--cold reused a cached base tree");
+    if base(&ma)?.1 {
+        // the cached test image was incremental: make the second cold build here
+        let a_dir = work.join("cold-checkout");
+        build_into(&a_dir, &a.cluster, &cold)?;
+        ma = manifest(&a_dir)?;
+        ensure!(!base(&ma)?.1, "--cold reused a cached base tree");
+    }
     ensure!(
         sha(&ma) == sha(&mb),
-        "two builds with the same inputs differ: {} vs {}",
+        "two cold builds with the same inputs differ: {} vs {}",
         sha(&ma),
         sha(&mb)
     );
-    eprintln!(
-        "reproducible: raw sha256 {} (first build {:.0}s, rebuild by the installed habuild with warm cache {:.0}s)",
-        sha(&ma),
-        a.build_time.as_secs_f64(),
-        warm.as_secs_f64()
+    ensure!(
+        mb["source_date_epoch_from"] == "--source-date-epoch",
+        "{}",
+        mb["source_date_epoch_from"]
     );
+
+    // incremental: the base tree the cold builds stored
+    let c_dir = work.join("rebuild-incremental");
+    let c_time = build_installed_into(&work.join("user"), &c_dir, &a.cluster, Some(&agent), &[])?;
+    let mc = manifest(&c_dir)?;
+    ensure!(
+        base(&mc)? == (base(&mb)?.0, true),
+        "the incremental build did not reuse the base: {}",
+        mc["base"]
+    );
+    ensure!(
+        sha(&mc) == sha(&mb),
+        "incremental and cold builds differ: {} vs {}",
+        sha(&mc),
+        sha(&mb)
+    );
+
+    // one overlay file changed: same base, another image
+    let images = work.join("images");
+    copy_dir(&qemu_harness::image::workspace().join("images"), &images)?;
+    let changed = images.join("common/etc/sysctl.d/90-habuild.conf");
+    let text = fs::read_to_string(&changed)?;
+    fs::write(&changed, text + "# changed by the incremental test\n")?;
+    let d_dir = work.join("rebuild-overlay");
+    let d_time = build_installed_into(
+        &work.join("user"),
+        &d_dir,
+        &a.cluster,
+        Some(&agent),
+        &["--images".to_string(), images.display().to_string()],
+    )?;
+    let md = manifest(&d_dir)?;
+    ensure!(
+        base(&md)? == (base(&mb)?.0, true),
+        "an overlay change invalidated the base: {}",
+        md["base"]
+    );
+    ensure!(
+        sha(&md) != sha(&mb),
+        "an overlay change did not change the image"
+    );
+    eprintln!(
+        "reproducible: raw sha256 {} (cold {:.0}s, incremental {:.0}s, incremental after an overlay change {:.0}s)",
+        sha(&mb),
+        b_time.as_secs_f64(),
+        c_time.as_secs_f64(),
+        d_time.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    run(Command::new("cp").arg("-a").arg(from).arg(to))?;
     Ok(())
 }
 

@@ -386,7 +386,7 @@ fn remove_cache_stub(exec: &dyn Exec, root: &Path, cache: &Path) -> Result<()> {
 }
 
 impl RootfsBackend for Dnf {
-    fn build(&self, exec: &dyn Exec, req: &RootfsRequest<'_>) -> Result<()> {
+    fn build(&self, exec: &dyn Exec, req: &RootfsRequest<'_>) -> Result<super::Root> {
         let p = req.profile;
         check_repos(p)?;
         // dnf resolves relative paths against its own idea of the root.
@@ -438,7 +438,7 @@ impl RootfsBackend for Dnf {
                 "{FINALIZE} not in the root after the overlay; not run"
             );
         }
-        Ok(())
+        Ok(super::Root::plain(req.target.clone()))
     }
 
     fn installed(&self, exec: &dyn Exec, root: &Path) -> Result<Vec<InstalledPackage>> {
@@ -466,6 +466,7 @@ mod tests {
             cache: "/cache/dnf".into(),
             staging: "/build/staging".into(),
             source_date_epoch: 1_700_000_000,
+            incremental: None,
         }
     }
 
@@ -607,6 +608,7 @@ mod tests {
             cache: tmp.path().join("cache"),
             staging: staging.clone(),
             source_date_epoch: 1,
+            incremental: None,
         };
         let exec = RecordingExec::default();
         Dnf.build(&exec, &req).unwrap();

@@ -1,9 +1,14 @@
 //! Root filesystem backends: a distro's own package manager installs the
 //! profile's package sets into a directory, then the staged overlay is copied
-//! in and `finalize-image` runs inside the root.
+//! in and `finalize-image` runs inside the root. apt builds are incremental:
+//! the installed base tree is cached ([`base`]) keyed by the package set the
+//! signed index resolves to ([`index`]); dnf builds are always cold.
 
 pub mod apt;
+pub mod base;
 pub mod dnf;
+pub mod epoch;
+pub mod index;
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +27,37 @@ pub struct RootfsRequest<'a> {
     /// Staged overlay tree (images/ + profile overlays + agent) copied over the root.
     pub staging: PathBuf,
     pub source_date_epoch: u64,
+    /// Cache the base tree (apt): where, and what the index resolved.
+    pub incremental: Option<Incremental<'a>>,
+}
+
+/// The base-tree cache and the resolution its key is made of.
+#[derive(Debug, Clone)]
+pub struct Incremental<'a> {
+    pub bases: base::BaseCache,
+    pub resolution: &'a index::Resolution,
+    /// Install the base anew even when it is cached.
+    pub cold: bool,
+}
+
+/// A finished root directory; for an incremental build an overlay mount
+/// over the cached base, unmounted when this is dropped.
+#[derive(Debug)]
+pub struct Root {
+    pub path: PathBuf,
+    /// How the base tree was obtained (incremental builds only).
+    pub base: Option<base::BaseUse>,
+    _overlay: Option<base::Overlay>,
+}
+
+impl Root {
+    pub fn plain(path: PathBuf) -> Self {
+        Self {
+            path,
+            base: None,
+            _overlay: None,
+        }
+    }
 }
 
 /// One installed package, for the manifest.
@@ -32,8 +68,18 @@ pub struct InstalledPackage {
 }
 
 pub trait RootfsBackend {
-    /// Install the packages and the overlay into `req.target`.
-    fn build(&self, exec: &dyn Exec, req: &RootfsRequest<'_>) -> Result<()>;
+    /// What the signed index resolves the profile's packages to, read
+    /// before anything is installed (None: this backend cannot tell).
+    fn resolve(
+        &self,
+        _exec: &dyn Exec,
+        _cache: &Path,
+        _p: &Profile,
+    ) -> Result<Option<index::Resolution>> {
+        Ok(None)
+    }
+    /// Install the packages and the overlay at `req.target`.
+    fn build(&self, exec: &dyn Exec, req: &RootfsRequest<'_>) -> Result<Root>;
     /// Packages installed in a finished root.
     fn installed(&self, exec: &dyn Exec, root: &Path) -> Result<Vec<InstalledPackage>>;
 }
