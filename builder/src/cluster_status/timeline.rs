@@ -35,11 +35,7 @@ impl Report {
 
 /// One block per status document, in the given order, separated by a blank line.
 pub fn render_timeline(agents: &[StatusDoc]) -> String {
-    agents
-        .iter()
-        .map(block)
-        .collect::<Vec<_>>()
-        .join("\n")
+    agents.iter().map(block).collect::<Vec<_>>().join("\n")
 }
 
 /// One node's block.
@@ -282,8 +278,7 @@ mod tests {
         assert_eq!(cells(lines[5]), ["raft group", "-", "-"]);
         assert_eq!(lines.len(), 7, "no step lines: {t}");
         assert_eq!(
-            blocks[2],
-            "node0 (0000000000001000): no timeline yet\n",
+            blocks[2], "node0 (0000000000001000): no timeline yet\n",
             "{t}"
         );
         // the JSON output carries the timeline as the agent sent it
@@ -292,7 +287,10 @@ mod tests {
             ..Report::default()
         };
         let json = serde_json::to_value(r.to_json()).unwrap();
-        assert_eq!(json["agents"][0]["timeline"]["steps"][1]["done"], T0 + 41.25);
+        assert_eq!(
+            json["agents"][0]["timeline"]["steps"][1]["done"],
+            T0 + 41.25
+        );
         assert_eq!(json["agents"][0]["timeline"]["power_on"], T0);
         // a document from before the timeline parses without one
         assert_eq!(StatusDoc::parse("{}").unwrap().timeline, None);
