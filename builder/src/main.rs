@@ -169,6 +169,15 @@ enum ClusterCmd {
     /// (with --json: {"gluster": {...,"topology": ...}, "steps": [...]}).
     ///   habuild cluster status --cluster cluster.toml --gluster --json | jq .gluster.topology
     ///
+    /// --timeline shows where each node's boot went: one block per node with
+    /// power-on (kernel start), agent start, discovery (first peer seen),
+    /// Raft group, plan, and each converge step's start and done, as the
+    /// time of day (UTC) and as seconds since that node's power-on, with how
+    /// long each step took and how long it waited on others first (with
+    /// --json: each agent's "timeline", unix seconds).
+    ///   habuild cluster status --cluster cluster.toml --timeline
+    ///   habuild cluster status --cluster cluster.toml --json | jq '.agents[].timeline'
+    ///
     /// Exit codes: 0 at least one agent answered; 1 none found or none
     /// answered (the message says whether announcements failed verification,
     /// i.e. another secret); 2 bad cluster file (file, line and key named).
@@ -193,6 +202,11 @@ struct StatusArgs {
     /// Show the Gluster volume, the storage steps and topology.json.
     #[arg(long)]
     gluster: bool,
+    /// Show when each node reached power-on, agent start, discovery, Raft
+    /// group, plan and each step's start and done (seconds since its
+    /// power-on); --json carries it in every agent's "timeline".
+    #[arg(long, conflicts_with = "gluster")]
+    timeline: bool,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -324,6 +338,7 @@ fn cluster_status(args: StatusArgs) -> anyhow::Result<()> {
     let report = cluster_status::query(&cfg, &opts).context("asking the cluster's agents")?;
     match (args.gluster, args.json) {
         (false, true) => println!("{}", serde_json::to_string_pretty(&report.to_json())?),
+        (false, false) if args.timeline => print!("{}", report.render_timeline()),
         (false, false) => print!("{}", report.render()),
         (true, true) => println!("{}", serde_json::to_string_pretty(&report.gluster())?),
         (true, false) => print!("{}", report.render_gluster()),

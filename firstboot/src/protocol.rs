@@ -96,6 +96,9 @@ pub struct StatusDoc {
     pub cluster_steps: Vec<ClusterStep>,
     pub rejected: Rejected,
     pub announcements_last_minute: u64,
+    /// When this node reached each milestone of its boot (absent in older
+    /// agents' documents).
+    pub timeline: Option<Timeline>,
 }
 
 impl StatusDoc {
@@ -247,4 +250,97 @@ pub struct Rejected {
     pub transport_handshakes: u64,
     /// Verified announcements of this node's own id from another address.
     pub duplicate_node_id: u64,
+}
+
+/// When this agent reached each milestone of its boot, as wall-clock times
+/// in unix seconds (this node's clock). Absent in documents of agents from
+/// before the field existed; a milestone not reached yet is absent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timeline {
+    /// Kernel start of this boot: the wall clock at agent start minus the
+    /// time since boot (`/proc/uptime`, which counts suspend too).
+    pub power_on: Option<f64>,
+    /// The agent process started (`/proc/self/stat`).
+    pub agent_start: Option<f64>,
+    /// The first verified peer was seen over mDNS.
+    pub discovered: Option<f64>,
+    /// This node was first in a Raft group with a known leader.
+    pub raft_group: Option<f64>,
+    /// A plan was first in the replicated state this node applied.
+    pub plan: Option<f64>,
+    /// This node's converge steps, in run order.
+    pub steps: Vec<StepTimes>,
+}
+
+/// When one of this node's converge steps ran (unix seconds).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StepTimes {
+    pub step: String,
+    /// The first round that found it waiting on its gate (on others).
+    pub first_wait: Option<f64>,
+    /// The start of the first round that ran it (gate passed).
+    pub first_start: Option<f64>,
+    /// The end of the round that last made it done (absent while not done).
+    pub done: Option<f64>,
+    /// The end of the latest round that ran it.
+    pub last_end: Option<f64>,
+    /// How many rounds ran it.
+    pub rounds: u64,
+}
+
+/// One line of a [`Timeline`]: a milestone (`start` only) or a step
+/// (`start`, and `end` once done).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Milestone {
+    /// `power-on`, `agent start`, `discovery`, `raft group`, `plan`, or `step NAME`.
+    pub what: String,
+    pub start: Option<f64>,
+    pub end: Option<f64>,
+    /// Steps: when the step first waited on others, before `start`.
+    pub waited_from: Option<f64>,
+}
+
+impl Timeline {
+    /// Every milestone in boot order, then the steps in run order; the ones
+    /// not reached yet have no `start`.
+    pub fn milestones(&self) -> Vec<Milestone> {
+        let mark = |what: &str, at: Option<f64>| Milestone {
+            what: what.into(),
+            start: at,
+            end: None,
+            waited_from: None,
+        };
+        let mut out = vec![
+            mark("power-on", self.power_on),
+            mark("agent start", self.agent_start),
+            mark("discovery", self.discovered),
+            mark("raft group", self.raft_group),
+            mark("plan", self.plan),
+        ];
+        out.extend(self.steps.iter().map(|s| Milestone {
+            what: format!("step {}", s.step),
+            start: s.first_start,
+            end: s.done,
+            waited_from: s.first_wait,
+        }));
+        out
+    }
+
+    /// `(what, seconds since origin)` of every milestone reached, a step's
+    /// end as `step NAME done`: the one-line form tests print.
+    pub fn offsets(&self, origin: f64) -> Vec<(String, f64)> {
+        let t0 = origin;
+        let mut out = Vec::new();
+        for m in self.milestones() {
+            if let Some(s) = m.start {
+                out.push((m.what.clone(), s - t0));
+            }
+            if let Some(e) = m.end {
+                out.push((format!("{} done", m.what), e - t0));
+            }
+        }
+        out
+    }
 }

@@ -120,6 +120,28 @@ fn all_step(statuses: &[Option<StatusDoc>], step: &str, want: &str) -> bool {
         .all(|s| s.as_ref().and_then(|s| step_status(s, step)).as_deref() == Some(want))
 }
 
+/// Prints each node's timeline (from its status document) as seconds since
+/// its agent started: the namespaces share the host's kernel, so power-on
+/// says nothing here.
+fn print_timelines(lab: &Lab, nodes: &[usize]) {
+    for (i, s) in nodes.iter().zip(lab.statuses(nodes)) {
+        let t = s.and_then(|s| s.timeline);
+        let Some((t, start)) = t.and_then(|t| t.agent_start.map(|a| (t, a))) else {
+            panic!("node{i} reports no timeline\n{}", lab.dump(&[*i]));
+        };
+        let marks: Vec<String> = t
+            .offsets(start)
+            .iter()
+            .filter(|(what, _)| what != "power-on")
+            .map(|(what, at)| format!("{what} {at:.1}"))
+            .collect();
+        println!(
+            "assembly_netns: node{i} timeline (s since agent start): {}",
+            marks.join(", ")
+        );
+    }
+}
+
 /// etcdctl run inside namespace `ns` with node `certs_of`'s client certificate.
 fn etcdctl(
     lab: &Lab,
@@ -209,6 +231,30 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
         etcd_healthy.as_secs_f64(),
         vip_up.as_secs_f64()
     );
+    print_timelines(&lab, &all);
+    // every node went through each milestone, in order, before its vip was done
+    for (i, s) in lab.statuses(&all).into_iter().enumerate() {
+        let t = s.and_then(|s| s.timeline).expect("a timeline");
+        let reached: Vec<f64> = [t.agent_start, t.discovered, t.raft_group, t.plan]
+            .into_iter()
+            .map(|m| m.unwrap_or_else(|| panic!("node{i}: a milestone is missing: {t:?}")))
+            .collect();
+        assert!(reached.windows(2).all(|w| w[0] <= w[1]), "node{i}: {t:?}");
+        let vip = t.steps.iter().find(|s| s.step == "vip").expect("vip times");
+        let etcd = t
+            .steps
+            .iter()
+            .find(|s| s.step == "etcd")
+            .expect("etcd times");
+        let (Some(etcd_done), Some(vip_start)) = (etcd.done, vip.first_start) else {
+            panic!("node{i}: etcd done and vip started: {t:?}");
+        };
+        assert!(reached[3] <= etcd.first_start.unwrap_or(f64::MAX), "{t:?}");
+        assert!(
+            etcd_done <= vip_start + 0.001,
+            "node{i}: vip ran before etcd was done: {t:?}"
+        );
+    }
 
     // 2. three healthy members through TLS; client certificates are required
     let eps = endpoints(&lab, &all);

@@ -14,11 +14,16 @@
 //! the same etcd cluster as the same member, with its data. Status reads
 //! typed (`firstboot::protocol::StatusDoc` inside habuild's `--json`
 //! output): the powered-off member is shown down (2/3 members up) and up
-//! again after it rejoined.
+//! again after it rejoined. Each node's timeline (`habuild cluster status
+//! --timeline`: power-on, agent start, discovery, Raft group, plan, each
+//! step's start and done) is printed once the cluster has assembled, with
+//! etcd healthy and the VIP answering in seconds since each node's
+//! power-on (kernel start), and the rebooted node's at the end.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use builder::cluster_status::render_timeline;
 use firstboot::protocol::StatusDoc;
 use firstboot::state::Role;
 use qemu_harness::cluster::{agents, dump, running, status, status_text, step, wait_until, Lab};
@@ -57,6 +62,30 @@ fn etcd_view(agent: &StatusDoc) -> Option<(String, String, u32, u32, u64)> {
         n.parse().ok()?,
         after("revision")?.parse().ok()?,
     ))
+}
+
+/// Seconds from the node's power-on (kernel start) until `step` was done,
+/// from its status timeline.
+fn done_since_power_on(agent: &StatusDoc, step: &str) -> Option<f64> {
+    let t = agent.timeline.as_ref()?;
+    let done = t.steps.iter().find(|s| s.step == step)?.done?;
+    Some(done - t.power_on?)
+}
+
+/// Prints each agent's timeline and, per node, etcd healthy and the VIP
+/// answering in seconds since its power-on.
+fn print_timeline(agents: &[StatusDoc]) {
+    eprint!("{}", render_timeline(agents));
+    for a in agents {
+        let s = |step| done_since_power_on(a, step).map_or("-".into(), |s| format!("{s:.0} s"));
+        eprintln!(
+            "assembly_qemu: {} ({}): etcd healthy {} and VIP answering {} after power-on",
+            a.hostname,
+            a.node_id,
+            s("etcd"),
+            s("vip")
+        );
+    }
 }
 
 fn vip_holder(net: &TestNet) -> Option<String> {
@@ -123,6 +152,21 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
     );
     let holder = vip_holder(net).context("the VIP does not answer")?;
     eprintln!("assembly_qemu: etcd cluster {clusters:?} members {members:?}; VIP held by {holder}");
+    let agents = wait_until(
+        "every node's timeline with etcd and vip done",
+        Duration::from_secs(60),
+        || {
+            let agents = cluster_status(net, &img.cluster).ok()?;
+            let complete = agents.len() == 3
+                && agents.iter().all(|a| {
+                    done_since_power_on(a, "etcd").is_some()
+                        && done_since_power_on(a, "vip").is_some()
+                });
+            complete.then_some(agents)
+        },
+    )
+    .with_context(|| dump(&running(vms)))?;
+    print_timeline(&agents);
 
     // 3. power off the VIP holder
     let node_of = |a: &StatusDoc| format!("node-{}", a.node_id);
@@ -232,5 +276,16 @@ fn three_vms_form_tls_etcd_and_the_vip_and_survive_a_power_off() -> Result<()> {
         back.elapsed().as_secs_f64(),
         rejoined.4
     );
+    match cluster_status(net, &img.cluster) {
+        Ok(agents) => {
+            let rebooted: Vec<StatusDoc> = agents
+                .into_iter()
+                .filter(|a| a.node_id == holder_id)
+                .collect();
+            eprintln!("assembly_qemu: the rebooted node's timeline:");
+            print_timeline(&rebooted);
+        }
+        Err(e) => eprintln!("assembly_qemu: no timeline of the rebooted node: {e:#}"),
+    }
     Ok(())
 }

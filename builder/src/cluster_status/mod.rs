@@ -14,6 +14,10 @@
 //!   [`GlusterOutput`]).
 //! - gluster.rs: the `--gluster` view ([`Report::gluster`],
 //!   [`Report::render_gluster`]).
+//! - timeline.rs: the `--timeline` view ([`render_timeline`],
+//!   [`Report::render_timeline`]): per node, power-on, agent start,
+//!   discovery, Raft group, plan and each step's start and done, in seconds
+//!   since that node's power-on.
 //!
 //! The status documents are the agents' own; they never contain the
 //! cluster secret, keys or the bootstrap token, and nothing here adds any.
@@ -43,7 +47,14 @@
 //!                                         // handshake_timeouts,
 //!                                         // handshake_aborted,
 //!                                         // transport_handshakes (v0),
-//!                                         // duplicate_node_id}, ...),
+//!                                         // duplicate_node_id},
+//!                                         // timeline{power_on,
+//!                                         // agent_start, discovered,
+//!                                         // raft_group, plan, steps[{step,
+//!                                         // first_wait, first_start, done,
+//!                                         // last_end, rounds}]} in unix
+//!                                         // seconds, absent in older
+//!                                         // agents, ...),
 //!                                         // ordered by node_id
 //!   "unreachable": [ {"node_id", "addresses": ["ip:port"], "error"} ],
 //!   "rejected_announcements": {"other_cluster", "bad_mac", "malformed"},
@@ -69,6 +80,7 @@ mod gluster;
 mod json;
 mod query;
 mod table;
+mod timeline;
 
 #[cfg(test)]
 mod tests;
@@ -85,6 +97,7 @@ pub use agreement::{member_health, summary_line, DownMember, HealthView};
 pub use json::{GlusterOutput, RejectedAnnouncements, StatusOutput, OUTPUT_VERSION};
 pub use query::{query, Options, StatusError};
 pub use table::{render_table, WAITING_WIDTH};
+pub use timeline::render_timeline;
 
 use table::secs;
 

@@ -1,12 +1,23 @@
 //! Drives the converge steps on this node and issues the PKI on the leader.
 //!
-//! [`run`] loops, one loop per chain of steps: read the replicated state → (nothing to do without a plan)
-//! → decrypt the secret items → one round of [`steps::converge`] on a
+//! [`run`] loops, one loop per chain of steps: wait until a round is due
+//! ([`Pace`]) → read the replicated state → (nothing to do without a plan)
+//! → decrypt the secret items → one round of [`steps::converge_timed`] on a
 //! blocking thread → print a console line per step whose status changed →
 //! record changed outcomes in the replicated state (forwarded to the
-//! leader) → back off failed steps (5 s doubling to 60 s). A settled chain
-//! (every step done or not here) waits [`SETTLED`] between rounds unless
-//! the replicated state changes ([`Pace`]).
+//! leader) and when each step first waited, started and became done (the
+//! status timeline, [`StepTimes`]) → back off failed steps (5 s doubling to
+//! 60 s).
+//!
+//! When the next round is due depends on what holds the chain back
+//! ([`Next::after`]): a step waiting on others (its gate, a pure function
+//! of the replicated state) runs again as soon as the state changes; a
+//! step that is started but not healthy yet is re-checked after 0.5 s,
+//! then 1 s, then every 2 s, and at once when the state changes; a failed
+//! step when its backoff ends; a settled chain (every step done or not
+//! here) every 15 s or when the state changes. "The state changes" is
+//! noticed when Raft applies an entry (its metrics' `last_applied`), a
+//! burst of entries taken together after 200 ms; nothing polls faster.
 //!
 //! [`issue_pki`] is the leader's part: once a plan exists, issue whatever
 //! PKI items are missing for it and commit them encrypted, never replacing
@@ -18,15 +29,20 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::cluster::ClusterConfig;
+use crate::consensus::types::RaftMetrics;
 use crate::consensus::ConsensusNode;
 use crate::host::real::{HostExec, HostNet, RootFiles, Supervisor, Systemd};
 use crate::host::Host;
 use crate::pki::{self, PkiInputs, PkiNode};
+use crate::protocol::StepTimes;
 use crate::secretbox::SecretBox;
 use crate::state::{ClusterState, Command, NodeId, StepRecord, StepStatus};
-use crate::steps::{self, Ctx, Outcome};
+use crate::steps::{self, Ctx, Outcome, StepRun};
+
+use super::phase::unix_secs;
 
 /// How long-running services are run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,46 +67,208 @@ pub struct ConvergeConfig {
 }
 
 /// This node's latest step outcomes, for the status document.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StepView {
     pub step: String,
     pub status: String,
     pub detail: String,
     pub attempts: u32,
+    /// When the step first waited, started, became done (the timeline).
+    pub times: StepTimes,
 }
 
 pub type StepViews = Arc<RwLock<Vec<StepView>>>;
 
-const ROUND: Duration = Duration::from_secs(2);
-/// How often a settled chain is looked at again while the replicated state
-/// stays the same (see [`Pace`]).
-const SETTLED: Duration = Duration::from_secs(15);
+/// The timeline of this node's steps that ever waited or ran, in run order.
+pub fn step_times(views: &StepViews) -> Vec<StepTimes> {
+    views
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|v| v.times.first_wait.is_some() || v.times.first_start.is_some())
+        .map(|v| v.times.clone())
+        .collect()
+}
 
-/// When a chain's next round is due. A round runs every [`ROUND`] while
-/// something on the chain is not done; once every step is done (or not for
-/// this node) and the replicated state has not changed since, only every
-/// [`SETTLED`]. A settled chain's checks (four etcdctl calls, the gluster
-/// CLI) otherwise run every 2 s for ever, which on a small VM competes with
-/// the work other chains still have to do. Any change of the state (a new
-/// plan, secrets, a member, another node's step record) makes the next round
-/// due at once.
+/// The longest a step that is started but not healthy yet waits for its
+/// next check (the first checks come sooner, see [`Pace`]).
+const ROUND: Duration = Duration::from_secs(2);
+/// The first re-check of a step that is started but not healthy yet.
+const PENDING_FIRST: Duration = Duration::from_millis(500);
+/// How often a settled chain (or one waiting on others) is looked at again
+/// while the replicated state stays the same.
+const SETTLED: Duration = Duration::from_secs(15);
+/// Raft entries applied within this long of the first are taken together.
+const COALESCE: Duration = Duration::from_millis(200);
+
+/// When the next round is due after one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Next {
+    /// At once when the replicated state changes.
+    on_change: bool,
+    /// At the latest this long after the round.
+    after: Duration,
+}
+
+/// When a chain's next round is due, from what held it back in the last
+/// one (its first step not settled):
+///
+/// - nothing (every step done or not for this node), or no plan yet: when
+///   the state changes, else after [`SETTLED`]. A settled chain's checks
+///   (four etcdctl calls, the gluster CLI) otherwise run every round for
+///   ever, which on a small VM competes with the work other chains still
+///   have to do;
+/// - a step waiting on others (its gate: a pure function of the state):
+///   when the state changes (another node's step record, the plan, the
+///   secrets), else after [`SETTLED`] as a safety net;
+/// - a step started but not healthy yet (a service coming up, a peer's
+///   etcd): after [`PENDING_FIRST`], doubling to [`ROUND`] while it stays
+///   so, and at once when the state changes;
+/// - a failed step backing off: when its backoff ends.
 #[derive(Debug, Default)]
 struct Pace {
-    /// The state the last round saw, when that round left the chain settled.
-    settled_on: Option<(ClusterState, Instant)>,
+    /// The state the last round saw, when it ran, and what is due next.
+    last: Option<(ClusterState, Instant, Next)>,
+    /// Consecutive rounds that ended on a pending step.
+    pending_rounds: u32,
 }
 
 impl Pace {
     fn due(&self, state: &ClusterState, now: Instant) -> bool {
-        match &self.settled_on {
-            Some((seen, at)) => seen != state || now.duration_since(*at) >= SETTLED,
+        match &self.last {
+            Some((seen, at, next)) => {
+                now.duration_since(*at) >= next.after || (next.on_change && seen != state)
+            }
             None => true,
         }
     }
 
-    fn ran(&mut self, state: ClusterState, outcomes: &[(&'static str, Outcome)], now: Instant) {
-        let settled = outcomes.iter().all(|(_, o)| o.is_settled());
-        self.settled_on = settled.then_some((state, now));
+    /// How long until the round is due without a state change.
+    fn left(&self, now: Instant) -> Duration {
+        match &self.last {
+            Some((_, at, next)) => (*at + next.after).saturating_duration_since(now),
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Whether a state change makes the next round due.
+    fn on_change(&self) -> bool {
+        match &self.last {
+            Some((_, _, next)) => next.on_change,
+            None => true,
+        }
+    }
+
+    /// No plan yet: the next round when one arrives.
+    fn idle(&mut self, state: ClusterState, now: Instant) {
+        self.pending_rounds = 0;
+        self.last = Some((
+            state,
+            now,
+            Next {
+                on_change: true,
+                after: SETTLED,
+            },
+        ));
+    }
+
+    /// A round ran on `state`; `retry_in`: the soonest end of a backoff.
+    fn ran(
+        &mut self,
+        state: ClusterState,
+        outcomes: &[(&'static str, Outcome)],
+        retry_in: Option<Duration>,
+        now: Instant,
+    ) {
+        let blocker = outcomes.iter().map(|(_, o)| o).find(|o| !o.is_settled());
+        let next = match blocker {
+            None | Some(Outcome::Waiting(_)) | Some(Outcome::NotHere) => Next {
+                on_change: true,
+                after: SETTLED,
+            },
+            Some(Outcome::Pending(_)) => Next {
+                on_change: true,
+                after: (PENDING_FIRST * (1 << self.pending_rounds.min(4))).min(ROUND),
+            },
+            Some(Outcome::Failed(_) | Outcome::Skipped | Outcome::Done(_)) => Next {
+                on_change: false,
+                after: retry_in.unwrap_or(ROUND),
+            },
+        };
+        self.pending_rounds = match blocker {
+            Some(Outcome::Pending(_)) => self.pending_rounds + 1,
+            _ => 0,
+        };
+        self.last = Some((state, now, next));
+    }
+}
+
+/// Waits until `pace` says a round is due and returns the state to run it
+/// on: at its deadline, or (when it waits on the state) once Raft applied
+/// an entry and the state differs from the last round's.
+async fn until_due(
+    node: &ConsensusNode,
+    metrics: &mut watch::Receiver<RaftMetrics>,
+    pace: &Pace,
+) -> ClusterState {
+    loop {
+        // read before the state: an entry applied after this wakes the wait
+        let applied = metrics.borrow_and_update().last_applied;
+        let state = node.state();
+        if pace.due(&state, Instant::now()) {
+            return state;
+        }
+        wait_for_change(metrics, pace, applied).await;
+    }
+}
+
+/// Sleeps until `pace`'s deadline or, when it waits on the state, until Raft
+/// has applied an entry after `applied` (then [`COALESCE`] more, to take a
+/// burst together): `true` when an entry ended the wait. Other metrics
+/// changes (heartbeats, terms) cost one comparison each.
+async fn wait_for_change(
+    metrics: &mut watch::Receiver<RaftMetrics>,
+    pace: &Pace,
+    applied: Option<openraft::LogId<NodeId>>,
+) -> bool {
+    let deadline = tokio::time::sleep(pace.left(Instant::now()));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return false,
+            changed = metrics.changed(), if pace.on_change() => {
+                if changed.is_err() {
+                    // Raft stopped: only the deadline is left
+                    (&mut deadline).await;
+                    return false;
+                }
+                if metrics.borrow_and_update().last_applied != applied {
+                    tokio::time::sleep(COALESCE).await;
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// Updates a step's times with its part of one round.
+fn note(times: &mut StepTimes, run: &StepRun) {
+    let (start, end) = (unix_secs(run.start), unix_secs(run.end));
+    match &run.outcome {
+        Outcome::Waiting(_) => {
+            times.first_wait.get_or_insert(start);
+        }
+        o if o.ran() => {
+            times.first_start.get_or_insert(start);
+            times.last_end = Some(end);
+            times.rounds += 1;
+            if matches!(o, Outcome::Done(_)) {
+                times.done.get_or_insert(end);
+            } else {
+                times.done = None;
+            }
+        }
+        _ => {}
     }
 }
 
@@ -208,11 +386,13 @@ async fn run_chain(
 ) {
     let mut backoff: BTreeMap<String, (Instant, u32)> = BTreeMap::new();
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
+    let mut times: BTreeMap<&'static str, StepTimes> = BTreeMap::new();
     let mut pace = Pace::default();
+    let mut metrics = node.raft().metrics();
     loop {
-        tokio::time::sleep(ROUND).await;
-        let state = node.state();
-        if state.plan.is_none() || !pace.due(&state, Instant::now()) {
+        let state = until_due(&node, &mut metrics, &pace).await;
+        if state.plan.is_none() {
+            pace.idle(state, Instant::now());
             continue;
         }
         let items = decrypt_items(&state, &sbox);
@@ -237,19 +417,27 @@ async fn run_chain(
                 interface: &c.interface,
                 agent_exe: &c.agent_exe,
             };
-            steps::converge(&s, &ctx, &h, &|n| skip.iter().any(|k| k == n))
+            steps::converge_timed(&s, &ctx, &h, &|n| skip.iter().any(|k| k == n))
         })
         .await;
-        let outcomes = match round {
+        let runs = match round {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, "converge round panicked");
+                pace.idle(state, Instant::now());
                 continue;
             }
         };
-        pace.ran(state.clone(), &outcomes, Instant::now());
+        let mut outcomes = Vec::new();
         let mut view = Vec::new();
-        for (name, outcome) in outcomes {
+        for run in runs {
+            let name = run.name;
+            let t = times.entry(name).or_insert_with(|| StepTimes {
+                step: name.into(),
+                ..StepTimes::default()
+            });
+            note(t, &run);
+            let outcome = run.outcome;
             let attempts = match &outcome {
                 Outcome::Failed(_) => {
                     let n = backoff.get(name).map_or(0, |(_, n)| *n) + 1;
@@ -270,8 +458,12 @@ async fn run_chain(
                     .iter()
                     .find(|v| v.step == name)
                 {
-                    view.push(v.clone());
+                    view.push(StepView {
+                        times: t.clone(),
+                        ..v.clone()
+                    });
                 }
+                outcomes.push((name, outcome));
                 continue;
             }
             let (label, detail) = describe(&outcome);
@@ -289,9 +481,17 @@ async fn run_chain(
                 status: label.into(),
                 detail: detail.clone(),
                 attempts,
+                times: t.clone(),
             });
             record(&node, &state, cfg.me, name, &outcome, attempts).await;
+            outcomes.push((name, outcome));
         }
+        let now = Instant::now();
+        let retry_in = backoff
+            .values()
+            .map(|(until, _)| until.saturating_duration_since(now))
+            .min();
+        pace.ran(state, &outcomes, retry_in, now);
         let mut all = views.write().unwrap_or_else(|e| e.into_inner());
         all.retain(|v| !steps.iter().any(|s| s.name() == v.step));
         all.extend(view);
@@ -345,25 +545,62 @@ async fn record(
 mod tests {
     use super::*;
 
+    fn done() -> Outcome {
+        Outcome::Done(String::new())
+    }
+
     #[test]
     fn a_chain_with_work_left_runs_every_round() {
         let mut pace = Pace::default();
         let t0 = Instant::now();
         let st = ClusterState::default();
         assert!(pace.due(&st, t0), "first round");
-        for o in [
-            Outcome::Pending("starting".into()),
-            Outcome::Waiting("pki".into()),
-            Outcome::Failed("boom".into()),
-            Outcome::Skipped,
-        ] {
+        // started, not healthy yet: re-checked within ROUND, sooner at first
+        let pending = Outcome::Pending("starting".into());
+        pace.ran(st.clone(), &[("pki", done()), ("etcd", pending)], None, t0);
+        assert!(!pace.due(&st, t0), "not at once");
+        assert!(pace.due(&st, t0 + PENDING_FIRST), "the first re-check");
+        assert!(pace.due(&st, t0 + ROUND), "not settled: due every round");
+        // waiting on others: due when the state changes (only that can let
+        // its gate through); failed: when its backoff ends
+        pace.ran(
+            st.clone(),
+            &[("pki", done()), ("etcd", Outcome::Waiting("pki".into()))],
+            None,
+            t0,
+        );
+        assert!(!pace.due(&st, t0 + ROUND), "nothing it waits on changed");
+        let mut changed = st.clone();
+        changed.secrets.insert("etcd/ca.crt".into(), vec![1]);
+        assert!(pace.due(&changed, t0), "what it waits on changed: at once");
+        for o in [Outcome::Failed("boom".into()), Outcome::Skipped] {
             pace.ran(
                 st.clone(),
-                &[("pki", Outcome::Done(String::new())), ("etcd", o)],
+                &[("pki", done()), ("etcd", o)],
+                Some(Duration::from_secs(5)),
                 t0,
             );
-            assert!(pace.due(&st, t0), "not settled: due at once");
+            assert!(!pace.due(&changed, t0 + ROUND), "backing off");
+            assert!(pace.due(&st, t0 + Duration::from_secs(5)), "backoff over");
+            assert!(!pace.on_change());
         }
+    }
+
+    #[test]
+    fn a_pending_step_is_checked_sooner_at_first_then_every_round() {
+        let mut pace = Pace::default();
+        let t0 = Instant::now();
+        let st = ClusterState::default();
+        let pending = [("etcd", Outcome::Pending("starting".into()))];
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            pace.ran(st.clone(), &pending, None, t0);
+            waits.push(pace.left(t0).as_millis());
+        }
+        assert_eq!(waits, [500, 1000, 2000, 2000, 2000]);
+        pace.ran(st.clone(), &[("etcd", done())], None, t0);
+        pace.ran(st.clone(), &pending, None, t0);
+        assert_eq!(pace.left(t0), PENDING_FIRST, "a new wait starts short");
     }
 
     #[test]
@@ -373,10 +610,8 @@ mod tests {
         let st = ClusterState::default();
         pace.ran(
             st.clone(),
-            &[
-                ("pki", Outcome::Done(String::new())),
-                ("vip", Outcome::NotHere),
-            ],
+            &[("pki", done()), ("vip", Outcome::NotHere)],
+            None,
             t0,
         );
         assert!(!pace.due(&st, t0 + ROUND), "settled, same state");
@@ -388,5 +623,89 @@ mod tests {
             pace.due(&changed, t0 + ROUND),
             "a state change is due at once"
         );
+        assert!(pace.due(&changed, t0), "a state change is due at once");
+        pace.idle(st.clone(), t0);
+        assert!(!pace.due(&st, t0 + ROUND), "no plan: wait for one");
+        assert!(pace.due(&changed, t0));
+    }
+
+    #[test]
+    fn step_times_record_first_wait_first_start_and_done() {
+        let at = |s: u64| std::time::UNIX_EPOCH + Duration::from_secs(s);
+        let run = |o: Outcome, s: u64, e: u64| StepRun {
+            name: "etcd",
+            outcome: o,
+            start: at(s),
+            end: at(e),
+        };
+        let mut t = StepTimes::default();
+        note(&mut t, &run(Outcome::NotHere, 1, 1));
+        assert_eq!(t, StepTimes::default());
+        note(&mut t, &run(Outcome::Waiting("pki".into()), 10, 10));
+        note(&mut t, &run(Outcome::Waiting("pki".into()), 12, 12));
+        note(&mut t, &run(Outcome::Pending("starting".into()), 20, 21));
+        note(&mut t, &run(Outcome::Skipped, 22, 22));
+        note(&mut t, &run(Outcome::Failed("x".into()), 23, 24));
+        note(&mut t, &run(done(), 30, 33));
+        note(&mut t, &run(done(), 40, 41));
+        let want = StepTimes {
+            step: String::new(),
+            first_wait: Some(10.0),
+            first_start: Some(20.0),
+            done: Some(33.0),
+            last_end: Some(41.0),
+            rounds: 4,
+        };
+        assert_eq!(t, want);
+        // not healthy any more: not done until the next done round
+        note(&mut t, &run(Outcome::Pending("restarting".into()), 50, 51));
+        assert_eq!(t.done, None);
+        note(&mut t, &run(done(), 60, 62));
+        assert_eq!(
+            (t.first_start, t.done, t.rounds),
+            (Some(20.0), Some(62.0), 6)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_chain_wakes_on_an_applied_entry_not_on_heartbeats() {
+        let (tx, mut rx) = watch::channel(RaftMetrics::new_initial(1));
+        let mut pace = Pace::default();
+        let t0 = Instant::now();
+        pace.ran(
+            ClusterState::default(),
+            &[("etcd", Outcome::Pending("x".into()))],
+            None,
+            t0,
+        );
+        // metrics changes that apply nothing (heartbeats) do not wake it
+        let spam = tokio::spawn(async move {
+            for _ in 0..60 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                tx.send_modify(|m| m.current_term += 1);
+            }
+            tx
+        });
+        let woke = wait_for_change(&mut rx, &pace, None).await;
+        assert!(!woke, "only the deadline ended the wait");
+        assert!(t0.elapsed() >= PENDING_FIRST);
+        let tx = spam.await.unwrap();
+        let started = Instant::now();
+        pace.ran(
+            ClusterState::default(),
+            &[("etcd", Outcome::Waiting("pki".into()))],
+            None,
+            started,
+        );
+        let waiting = tokio::spawn(async move {
+            let woke = wait_for_change(&mut rx, &pace, None).await;
+            (woke, started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let entry = openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 3);
+        tx.send_modify(|m| m.last_applied = Some(entry));
+        let (woke, took) = waiting.await.unwrap();
+        assert!(woke, "an applied entry ends the wait");
+        assert!(took >= COALESCE && took < ROUND, "{took:?}");
     }
 }

@@ -77,6 +77,7 @@ pub struct AgentConfig {
 
 /// Runs the agent until an unrecoverable error.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let mut milestones = phase::Milestones::at_start();
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let keys = Arc::new(Keys::derive(
@@ -207,7 +208,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = tick.tick() => {}
         }
         driver.step().await?;
-        let doc = status_doc(&driver, &step_views, &handshakes);
+        let mut doc = status_doc(&driver, &step_views, &handshakes);
+        milestones.observe(&doc, phase::unix_secs(std::time::SystemTime::now()));
+        doc.timeline = Some(milestones.timeline(converge::step_times(&step_views)));
         *status.write().unwrap_or_else(|e| e.into_inner()) = doc;
     }
 }
@@ -386,6 +389,7 @@ fn status_doc(
             duplicate_node_id: st.duplicate_id,
         },
         announcements_last_minute: st.announcements_last_minute,
+        timeline: None,
     }
 }
 

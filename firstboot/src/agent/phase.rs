@@ -1,9 +1,112 @@
 //! The agent's phase as shown on the console (one human line and one
-//! `HABUILD-PHASE {json}` line per change) and in the status JSON.
+//! `HABUILD-PHASE {json}` line per change) and in the status JSON, and
+//! when this boot first reached each milestone ([`Milestones`]: power-on,
+//! agent start, discovery, Raft group, plan), for the status timeline.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::protocol::{StatusDoc, StepTimes, Timeline};
 use crate::state::{NodeId, Role};
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (the kernel's fixed
+/// `USER_HZ` on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// When this boot first reached each milestone, in unix seconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Milestones {
+    pub power_on: Option<f64>,
+    pub agent_start: Option<f64>,
+    pub discovered: Option<f64>,
+    pub raft_group: Option<f64>,
+    pub plan: Option<f64>,
+}
+
+impl Milestones {
+    /// Power-on and agent start of this process, from `/proc/uptime` and
+    /// `/proc/self/stat` (agent start is now when they cannot be read).
+    pub fn at_start() -> Self {
+        let now = unix_secs(SystemTime::now());
+        let read = |p: &str| std::fs::read_to_string(p).ok();
+        Self::from_proc(
+            now,
+            read("/proc/uptime").as_deref(),
+            read("/proc/self/stat").as_deref(),
+        )
+    }
+
+    /// [`Milestones::at_start`] from the two files' text, read at `now`.
+    pub fn from_proc(now: f64, uptime: Option<&str>, self_stat: Option<&str>) -> Self {
+        let power_on = uptime.and_then(parse_uptime).map(|u| now - u);
+        let started = self_stat.and_then(parse_start_ticks);
+        let agent_start = match (power_on, started) {
+            (Some(p), Some(ticks)) if p + ticks as f64 / USER_HZ <= now => {
+                Some(p + ticks as f64 / USER_HZ)
+            }
+            _ => Some(now),
+        };
+        Self {
+            power_on,
+            agent_start,
+            ..Self::default()
+        }
+    }
+
+    /// Marks, at `now`, the milestones `doc` (this agent's own status) shows
+    /// reached for the first time: a verified peer, membership of a Raft
+    /// group with a leader, a plan.
+    pub fn observe(&mut self, doc: &StatusDoc, now: f64) {
+        let mark = |slot: &mut Option<f64>, reached: bool| {
+            if reached && slot.is_none() {
+                *slot = Some(now);
+            }
+        };
+        mark(&mut self.discovered, !doc.peers.is_empty());
+        mark(
+            &mut self.raft_group,
+            doc.raft.member && doc.raft.leader.is_some(),
+        );
+        mark(&mut self.plan, doc.plan.is_some());
+    }
+
+    /// The status document's timeline with this node's step times.
+    pub fn timeline(&self, steps: Vec<StepTimes>) -> Timeline {
+        Timeline {
+            power_on: self.power_on,
+            agent_start: self.agent_start,
+            discovered: self.discovered,
+            raft_group: self.raft_group,
+            plan: self.plan,
+            steps,
+        }
+    }
+}
+
+/// Unix seconds of `t` (0 before the epoch), millisecond precision.
+pub fn unix_secs(t: SystemTime) -> f64 {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    (d.as_millis() as f64) / 1000.0
+}
+
+/// Seconds since boot, the first field of `/proc/uptime`.
+fn parse_uptime(text: &str) -> Option<f64> {
+    text.split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks
+/// since boot. Counted after the command name's closing parenthesis (the
+/// name may hold spaces and parentheses).
+fn parse_start_ticks(text: &str) -> Option<u64> {
+    let rest = &text[text.rfind(')')? + 1..];
+    // fields 3.. follow the name; starttime is field 22
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
 
 /// Where the agent is in its first-boot flow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -83,6 +186,55 @@ pub fn report(current: &mut Option<Phase>, next: Phase, node: NodeId) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn power_on_and_agent_start_from_proc() {
+        let stat = "4242 (habuild agent (x)) S 1 4242 4242 0 -1 4194560 1000 0 0 0 \
+                    12 3 0 0 20 0 9 0 2150 123456789 2000 18446744073709551615";
+        assert_eq!(parse_start_ticks(stat), Some(2150));
+        assert_eq!(parse_uptime("35.20 60.11\n"), Some(35.2));
+        let m = Milestones::from_proc(1000.0, Some("35.20 60.11\n"), Some(stat));
+        assert_eq!(m.power_on, Some(964.8));
+        let start = m.agent_start.unwrap();
+        assert!((start - 986.3).abs() < 1e-9, "{start}");
+        // unreadable /proc: no power-on, agent start is now
+        let m = Milestones::from_proc(1000.0, None, Some(stat));
+        assert_eq!((m.power_on, m.agent_start), (None, Some(1000.0)));
+        assert_eq!(parse_uptime("garbage"), None);
+        assert_eq!(parse_start_ticks("no parenthesis"), None);
+        // a start after now (clock stepped) is not believed
+        let m = Milestones::from_proc(1000.0, Some("1.0 1.0"), Some(stat));
+        assert_eq!(m.agent_start, Some(1000.0));
+    }
+
+    #[test]
+    fn milestones_are_marked_once_when_first_reached() {
+        let mut m = Milestones::default();
+        let mut doc = StatusDoc::default();
+        m.observe(&doc, 1.0);
+        assert_eq!(m, Milestones::default());
+        doc.peers.push(crate::protocol::PeerView::default());
+        m.observe(&doc, 2.0);
+        doc.raft.member = true;
+        m.observe(&doc, 3.0);
+        assert_eq!(
+            m.raft_group, None,
+            "a member without a leader is no group yet"
+        );
+        doc.raft.leader = Some("0000000000000001".into());
+        m.observe(&doc, 4.0);
+        doc.plan = Some(crate::protocol::PlanView::default());
+        m.observe(&doc, 5.0);
+        doc.peers.clear();
+        m.observe(&doc, 6.0);
+        assert_eq!(
+            (m.discovered, m.raft_group, m.plan),
+            (Some(2.0), Some(4.0), Some(5.0))
+        );
+        let t = m.timeline(vec![]);
+        assert_eq!(t.plan, Some(5.0));
+        assert_eq!(unix_secs(UNIX_EPOCH + Duration::from_millis(1500)), 1.5);
+    }
 
     #[test]
     fn lines() {

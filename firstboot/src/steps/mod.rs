@@ -30,6 +30,8 @@
 //! replicated state ([`crate::state::Command::RecordStep`]), which is how
 //! steps on other nodes wait on it and how `habuild cluster status` shows
 //! progress and errors. Failed steps are retried with backoff by the agent.
+//! [`converge_timed`] also says when each step started and ended, for the
+//! timeline in the status document.
 
 pub mod etcd;
 pub mod gluster;
@@ -39,6 +41,7 @@ pub mod vip;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
@@ -208,6 +211,15 @@ impl Outcome {
         matches!(self, Outcome::Done(_) | Outcome::NotHere)
     }
 
+    /// The step ran this round (its gate let it through): it is pending,
+    /// done or failed.
+    pub fn ran(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Pending(_) | Outcome::Done(_) | Outcome::Failed(_)
+        )
+    }
+
     /// The record kept in the replicated state, if this outcome is one.
     pub fn status(&self) -> Option<(StepStatus, String)> {
         match self {
@@ -230,10 +242,34 @@ pub fn converge(
     host: &Host,
     skip: &dyn Fn(&str) -> bool,
 ) -> Vec<(&'static str, Outcome)> {
+    converge_timed(steps, ctx, host, skip)
+        .into_iter()
+        .map(|r| (r.name, r.outcome))
+        .collect()
+}
+
+/// One step's part of a round: its outcome and when it ran (wall clock,
+/// for the status timeline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRun {
+    pub name: &'static str,
+    pub outcome: Outcome,
+    pub start: SystemTime,
+    pub end: SystemTime,
+}
+
+/// [`converge`], with when each step started and ended.
+pub fn converge_timed(
+    steps: &[Box<dyn Step>],
+    ctx: &Ctx,
+    host: &Host,
+    skip: &dyn Fn(&str) -> bool,
+) -> Vec<StepRun> {
     let mut out = Vec::new();
     let mut blocked: Vec<Chain> = Vec::new();
     for step in steps {
         let name = step.name();
+        let start = SystemTime::now();
         let outcome = if blocked.contains(&step.chain()) {
             Outcome::Waiting("an earlier step on this node".into())
         } else if skip(name) {
@@ -244,7 +280,12 @@ pub fn converge(
         if !outcome.is_settled() {
             blocked.push(step.chain());
         }
-        out.push((name, outcome));
+        out.push(StepRun {
+            name,
+            outcome,
+            start,
+            end: SystemTime::now(),
+        });
     }
     out
 }
