@@ -14,5 +14,6 @@ pub mod manifest;
 pub mod output;
 pub mod overlay;
 pub mod profile;
+pub mod pxe;
 pub mod rootfs;
 pub mod stages;
