@@ -18,7 +18,7 @@ use crate::output::Output;
 use crate::profile::{self, LoadedProfile};
 use crate::rootfs::{self, RootfsRequest};
 use crate::stages::Stages;
-use crate::{embedded, fsimage, kube, overlay};
+use crate::{embedded, fsimage, kube, overlay, pxe};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -66,7 +66,7 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
     let cluster = load_cluster(opts.cluster.as_deref())?;
     let name = profile.profile.name.clone();
     let out = Output::prepare(&opts.out, &name, opts.keep_work)?;
-    let mut stages = Stages::new(7);
+    let mut stages = Stages::new(8);
     let backend = rootfs::backend_for(&profile.profile);
     let resolution = stages.run("resolve", || {
         backend.resolve(exec, &opts.cache, &profile.profile)
@@ -141,6 +141,27 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
     stages.run("disk", || {
         write_disk(&out.raw_tmp, &layout, &esp_files, &root_img, epoch.seconds)
     })?;
+    let (pxe_out, pxe_artifacts) = stages.run("pxe", || {
+        let esp = |path: &str| {
+            esp_files
+                .iter()
+                .find(|f| f.path == path)
+                .map(|f| f.contents.as_slice())
+                .unwrap_or_default()
+        };
+        pxe::PxeOutput::write(
+            &opts.out,
+            &pxe::PxeInputs {
+                name: &name,
+                kernel: esp("habuild/a/vmlinuz"),
+                initrd: esp("habuild/a/initrd.img"),
+                root_img: &root_img,
+                root_fstype: fsimage::kernel_name(fs_type),
+                cmdline: &profile.profile.kernel.cmdline,
+                cluster: cluster.as_ref().map(|(src, _)| src.text.as_str()),
+            },
+        )
+    })?;
     // The raw disk is hashed while qemu-img converts it (both only read it).
     let manifest = std::thread::scope(|scope| {
         let raw_sha = scope.spawn(|| {
@@ -177,11 +198,13 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
         })
     })?;
     let mut manifest = manifest;
+    manifest.artifacts.extend(pxe_artifacts);
     manifest.stages = stages.done.clone();
     manifest.base = rootfs.base.clone();
     let json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Invalid(e.to_string()))?;
     fs::write(&out.manifest_tmp, json).at(&out.manifest_tmp)?;
+    pxe_out.commit()?;
     let (raw, qcow2, manifest_path) = out.commit()?;
     Ok(BuildReport {
         manifest,

@@ -15,5 +15,6 @@ pub mod oci;
 pub mod output;
 pub mod overlay;
 pub mod profile;
+pub mod pxe;
 pub mod rootfs;
 pub mod stages;

@@ -32,9 +32,11 @@ struct Cli {
 enum Cmd {
     /// Run the agent (what habuild-agent.service starts).
     Run {
-        /// The cluster file (normally on the ESP).
-        #[arg(long, default_value = ESP_CLUSTER_PATH)]
-        cluster: PathBuf,
+        /// The cluster file. Default: /run/habuild/cluster.toml when a
+        /// network (live) boot fetched one (kernel argument habuild.cluster=URL),
+        /// else the ESP's /boot/efi/habuild/cluster.toml.
+        #[arg(long)]
+        cluster: Option<PathBuf>,
         /// Print facts once and exit instead of staying up.
         #[arg(long)]
         once: bool,
@@ -135,7 +137,7 @@ fn main() -> anyhow::Result<()> {
             cluster,
             once,
             agent,
-        } => run(&cluster, once, agent),
+        } => run(&cluster.unwrap_or_else(default_cluster_path), once, agent),
         Cmd::Status { status_socket } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -173,6 +175,19 @@ fn probe(addr: SocketAddr, http: Option<&str>) -> anyhow::Result<()> {
         eprintln!("habuild-agent probe: {e}");
         std::process::exit(1)
     })
+}
+
+/// Where the live boot's initramfs puts the cluster file it fetched.
+const LIVE_CLUSTER_PATH: &str = "/run/habuild/cluster.toml";
+
+/// The live boot's cluster file when there is one, else the ESP's.
+fn default_cluster_path() -> PathBuf {
+    let live = PathBuf::from(LIVE_CLUSTER_PATH);
+    if live.exists() {
+        live
+    } else {
+        PathBuf::from(ESP_CLUSTER_PATH)
+    }
 }
 
 fn run(cluster_path: &Path, once: bool, args: AgentArgs) -> anyhow::Result<()> {

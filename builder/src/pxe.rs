@@ -1,0 +1,265 @@
+//! The network-boot artifacts, `pxe/` beside the disk image: the same kernel,
+//! initrd and root image (byte for byte slot A's) as the disk, an iPXE
+//! script that boots them live, and a dnsmasq snippet.
+//!
+//! Boot chain: the firmware's PXE (or iPXE in the NIC's ROM) gets `ipxe.efi`
+//! over TFTP, iPXE fetches `boot.ipxe` over HTTP, which loads `vmlinuz` and
+//! `initrd.img` with `boot=habuild-live`: the initramfs script
+//! (`images/debian/.../scripts/habuild-live`) brings the NIC up with DHCP,
+//! downloads `root.img`, checks it against the sha256 this module writes on
+//! the kernel command line, runs it read-only from RAM and puts `/var` on
+//! the first empty local disk. Everything is written under a temporary name
+//! and renamed into place with the rest of the build ([`PxeOutput::commit`]).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::{IoContext, Result};
+use crate::manifest::{sha256_bytes, sha256_file, Artifact};
+
+/// The directory name under the output directory.
+pub const DIR: &str = "pxe";
+
+/// What the network boot serves.
+#[derive(Debug)]
+pub struct PxeInputs<'a> {
+    pub name: &'a str,
+    pub kernel: &'a [u8],
+    pub initrd: &'a [u8],
+    /// The root filesystem image (slot A's bytes).
+    pub root_img: &'a Path,
+    /// `erofs`, `squashfs`: the kernel's name for the root filesystem.
+    pub root_fstype: &'a str,
+    /// The profile's kernel command line (console settings).
+    pub cmdline: &'a str,
+    /// The site's cluster file when one is baked in.
+    pub cluster: Option<&'a str>,
+}
+
+/// `pxe/` being written under a temporary name; removed on drop unless
+/// committed.
+#[derive(Debug)]
+pub struct PxeOutput {
+    tmp: PathBuf,
+    fin: PathBuf,
+    committed: bool,
+}
+
+impl PxeOutput {
+    /// Write every artifact under `out_dir/.pxe.partial-<pid>`. Returns the
+    /// artifacts (named `pxe/<file>`) for the manifest.
+    pub fn write(out_dir: &Path, inputs: &PxeInputs) -> Result<(PxeOutput, Vec<Artifact>)> {
+        let tmp = out_dir.join(format!(".{DIR}.partial-{}", std::process::id()));
+        let out = PxeOutput {
+            fin: out_dir.join(DIR),
+            tmp,
+            committed: false,
+        };
+        if out.tmp.exists() {
+            fs::remove_dir_all(&out.tmp).at(&out.tmp)?;
+        }
+        fs::create_dir_all(&out.tmp).at(&out.tmp)?;
+        let root = out.tmp.join("root.img");
+        // The work directory sits in the output directory, so a hard link
+        // costs nothing; copy across filesystems.
+        if fs::hard_link(inputs.root_img, &root).is_err() {
+            fs::copy(inputs.root_img, &root).at(&root)?;
+        }
+        let (root_sha, root_size) = sha256_file(&root)?;
+        let mut files: Vec<(&str, Vec<u8>)> = vec![
+            ("vmlinuz", inputs.kernel.to_vec()),
+            ("initrd.img", inputs.initrd.to_vec()),
+            ("boot.ipxe", ipxe_script(inputs, &root_sha).into_bytes()),
+            ("dnsmasq.conf", dnsmasq_snippet(inputs.name).into_bytes()),
+            ("README.txt", readme(inputs.name).into_bytes()),
+        ];
+        if let Some(c) = inputs.cluster {
+            files.push(("cluster.toml", c.as_bytes().to_vec()));
+        }
+        let mut artifacts = Vec::new();
+        for (name, bytes) in &files {
+            let path = out.tmp.join(name);
+            fs::write(&path, bytes).at(&path)?;
+            artifacts.push(Artifact {
+                file: format!("{DIR}/{name}"),
+                sha256: sha256_bytes(bytes),
+                size: bytes.len() as u64,
+            });
+        }
+        artifacts.push(Artifact {
+            file: format!("{DIR}/root.img"),
+            sha256: root_sha,
+            size: root_size,
+        });
+        artifacts.sort_by(|a, b| a.file.cmp(&b.file));
+        Ok((out, artifacts))
+    }
+
+    /// Replace `pxe/` with the new one.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        if self.fin.exists() {
+            let old = self
+                .fin
+                .with_file_name(format!(".{DIR}.old.partial-{}", std::process::id()));
+            fs::rename(&self.fin, &old).at(&self.fin)?;
+            fs::remove_dir_all(&old).at(&old)?;
+        }
+        fs::rename(&self.tmp, &self.fin).at(&self.fin)?;
+        self.committed = true;
+        Ok(self.fin.clone())
+    }
+}
+
+impl Drop for PxeOutput {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// The kernel command line of a live network boot; `base` is the URL the
+/// directory is served at (an iPXE expression in the script).
+pub fn live_cmdline(base: &str, inputs: &PxeInputs, root_sha: &str) -> String {
+    format!(
+        "initrd=initrd.img boot=habuild-live habuild.root={base}root.img habuild.root_sha256={root_sha} \
+         habuild.cluster={base}cluster.toml ip=dhcp rootfstype={} ro {}",
+        inputs.root_fstype, inputs.cmdline
+    )
+}
+
+fn ipxe_script(inputs: &PxeInputs, root_sha: &str) -> String {
+    format!(
+        "#!ipxe\n\
+         # habuild {name}: live network boot. Serve this directory over HTTP and\n\
+         # point iPXE here (dnsmasq.conf beside this file shows how). base-url is\n\
+         # where this directory is served; by default the DHCP next-server's\n\
+         # /habuild/. The node fetches root.img (checked against its sha256 below)\n\
+         # and cluster.toml from there, runs the root from RAM and keeps /var on its\n\
+         # first empty disk.\n\
+         isset ${{base-url}} || set base-url http://${{next-server}}/habuild/\n\
+         echo habuild: booting {name} live from ${{base-url}}\n\
+         kernel ${{base-url}}vmlinuz {cmdline}\n\
+         initrd ${{base-url}}initrd.img\n\
+         boot\n",
+        name = inputs.name,
+        cmdline = live_cmdline("${base-url}", inputs, root_sha),
+    )
+}
+
+fn dnsmasq_snippet(name: &str) -> String {
+    format!(
+        "# habuild {name}: network boot with dnsmasq beside your existing DHCP server\n\
+         # (proxy DHCP: dnsmasq hands out no addresses, only the boot information).\n\
+         # Replace 192.0.2.0 with your network's address and 192.0.2.10 with the\n\
+         # host that serves this pxe/ directory over HTTP at /habuild/.\n\
+         # ipxe.efi comes from Debian's ipxe package: cp /usr/lib/ipxe/ipxe.efi into tftp-root.\n\
+         port=0\n\
+         dhcp-range=192.0.2.0,proxy\n\
+         enable-tftp\n\
+         tftp-root=/srv/habuild-tftp\n\
+         # First stage: the firmware's PXE loads iPXE; iPXE (DHCP option 175) gets the script.\n\
+         dhcp-match=set:ipxe,175\n\
+         pxe-service=tag:!ipxe,x86-64_EFI,\"habuild: iPXE\",ipxe.efi\n\
+         dhcp-boot=tag:ipxe,http://192.0.2.10/habuild/boot.ipxe\n"
+    )
+}
+
+fn readme(name: &str) -> String {
+    format!(
+        "habuild {name}: network boot artifacts.\n\
+         \n\
+         vmlinuz, initrd.img  the kernel and initrd of the disk image's slot A\n\
+         root.img             the read-only root, the same bytes as slot A\n\
+         boot.ipxe            iPXE script: boots them live (root in RAM, /var on the first empty disk)\n\
+         cluster.toml         the site's cluster file (present when baked with --cluster; otherwise put yours here)\n\
+         dnsmasq.conf         a proxy-DHCP + TFTP snippet that points PXE clients at boot.ipxe\n\
+         \n\
+         manifest.json beside this directory lists each file's sha256 and size.\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs<'a>(root: &'a Path, cluster: Option<&'a str>) -> PxeInputs<'a> {
+        PxeInputs {
+            name: "debian-12",
+            kernel: b"kernel",
+            initrd: b"initrd",
+            root_img: root,
+            root_fstype: "erofs",
+            cmdline: "console=ttyS0,115200",
+            cluster,
+        }
+    }
+
+    #[test]
+    fn writes_everything_pins_the_root_sha_and_commits_atomically() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root.img");
+        fs::write(&root, b"erofs bytes").unwrap();
+        let out_dir = t.path().join("out");
+        fs::create_dir_all(&out_dir).unwrap();
+        let (out, artifacts) =
+            PxeOutput::write(&out_dir, &inputs(&root, Some("[cluster]\n"))).unwrap();
+        assert!(!out_dir.join(DIR).exists(), "nothing at pxe/ before commit");
+        let names: Vec<&str> = artifacts.iter().map(|a| a.file.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "pxe/README.txt",
+                "pxe/boot.ipxe",
+                "pxe/cluster.toml",
+                "pxe/dnsmasq.conf",
+                "pxe/initrd.img",
+                "pxe/root.img",
+                "pxe/vmlinuz"
+            ]
+        );
+        let dir = out.commit().unwrap();
+        let root_sha = sha256_bytes(b"erofs bytes");
+        let script = fs::read_to_string(dir.join("boot.ipxe")).unwrap();
+        assert!(script.starts_with("#!ipxe\n"));
+        assert!(
+            script.contains(&format!("habuild.root_sha256={root_sha} ")),
+            "{script}"
+        );
+        assert!(script.contains("boot=habuild-live"));
+        assert!(script.contains("rootfstype=erofs ro console=ttyS0,115200\n"));
+        assert_eq!(fs::read(dir.join("root.img")).unwrap(), b"erofs bytes");
+        for a in &artifacts {
+            let (sha, size) = sha256_file(&out_dir.join(&a.file)).unwrap();
+            assert_eq!((sha, size), (a.sha256.clone(), a.size), "{}", a.file);
+        }
+        let leftovers: Vec<_> = fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, [std::ffi::OsString::from("pxe")]);
+    }
+
+    #[test]
+    fn a_build_that_fails_leaves_no_pxe_dir_and_a_rebuild_replaces_the_old_one() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root.img");
+        fs::write(&root, b"one").unwrap();
+        let out_dir = t.path().join("out");
+        fs::create_dir_all(&out_dir).unwrap();
+        {
+            let (_out, _) = PxeOutput::write(&out_dir, &inputs(&root, None)).unwrap();
+        }
+        assert_eq!(fs::read_dir(&out_dir).unwrap().count(), 0);
+        let (out, _) = PxeOutput::write(&out_dir, &inputs(&root, None)).unwrap();
+        out.commit().unwrap();
+        assert!(!out_dir.join(DIR).join("cluster.toml").exists());
+        let root2 = t.path().join("root2.img");
+        fs::write(&root2, b"two").unwrap();
+        let (out, _) = PxeOutput::write(&out_dir, &inputs(&root2, Some("x"))).unwrap();
+        out.commit().unwrap();
+        assert_eq!(fs::read(out_dir.join("pxe/root.img")).unwrap(), b"two");
+        assert!(out_dir.join("pxe/cluster.toml").exists());
+        assert_eq!(fs::read_dir(&out_dir).unwrap().count(), 1);
+    }
+}
