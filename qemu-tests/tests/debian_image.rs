@@ -214,6 +214,22 @@ fn sha(m: &Value) -> String {
         .to_string()
 }
 
+/// sha256 of the raw disk and of every PXE artifact (`pxe/…`), by file.
+fn image_shas(m: &Value) -> std::collections::BTreeMap<String, String> {
+    m["artifacts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            Some((
+                a["file"].as_str()?.to_string(),
+                a["sha256"].as_str()?.to_string(),
+            ))
+        })
+        .filter(|(f, _)| f.ends_with(".raw") || f.starts_with("pxe/"))
+        .collect()
+}
+
 /// The base tree a build used: (key, reused from the cache).
 fn base(m: &Value) -> Result<(String, bool)> {
     let b = &m["base"];
@@ -262,6 +278,17 @@ fn debian_image_is_reproducible_and_well_formed() -> Result<()> {
         sha(&mb)
     );
     ensure!(
+        image_shas(&mb).keys().any(|f| f == "pxe/root.img"),
+        "manifest lists no PXE artifacts: {:?}",
+        image_shas(&mb)
+    );
+    ensure!(
+        image_shas(&ma) == image_shas(&mb),
+        "two cold builds' PXE artifacts differ: {:?} vs {:?}",
+        image_shas(&ma),
+        image_shas(&mb)
+    );
+    ensure!(
         mb["source_date_epoch_from"] == "--source-date-epoch",
         "{}",
         mb["source_date_epoch_from"]
@@ -281,6 +308,12 @@ fn debian_image_is_reproducible_and_well_formed() -> Result<()> {
         "incremental and cold builds differ: {} vs {}",
         sha(&mc),
         sha(&mb)
+    );
+    ensure!(
+        image_shas(&mc) == image_shas(&mb),
+        "incremental and cold builds' PXE artifacts differ: {:?} vs {:?}",
+        image_shas(&mc),
+        image_shas(&mb)
     );
 
     // one overlay file changed: same base, another image
