@@ -82,7 +82,7 @@ pub fn option_actions(info: &VolumeInfo, nodes: usize) -> Vec<Cmd> {
     let mut out = Vec::new();
     let mut server_quorum = false;
     for (k, v) in volume_options(nodes) {
-        if info.options.get(k) != Some(&v) {
+        if info.options.get(k).map(|have| same_value(have, &v)) != Some(true) {
             server_quorum |= k == "cluster.server-quorum-type";
             out.push(gl(&["volume", "set", VOLUME, k, &v]));
         }
@@ -97,6 +97,17 @@ pub fn option_actions(info: &VolumeInfo, nodes: usize) -> Vec<Cmd> {
         ]));
     }
     out
+}
+
+/// Option values as gluster may echo them: case and the boolean
+/// spellings it accepts (`on`/`enable`/`true`/`yes`) do not matter.
+fn same_value(have: &str, want: &str) -> bool {
+    let norm = |s: &str| match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "enable" | "true" | "yes" => "on".to_string(),
+        "off" | "disable" | "false" | "no" => "off".to_string(),
+        other => other.to_string(),
+    };
+    norm(have) == norm(want)
 }
 
 /// The replica set (bricks in volume order, `replica` per set) that holds `brick`.

@@ -262,6 +262,10 @@ fn options_are_reapplied_only_when_missing_or_changed() {
         info.options.insert(k.into(), v);
     }
     assert!(volume_actions(Some(&info), &l3, &bricks(&[1, 2, 3])).is_empty());
+    // gluster's own spelling of a boolean is the same value.
+    info.options
+        .insert("cluster.ensure-durability".into(), "enable".into());
+    assert!(volume_actions(Some(&info), &l3, &bricks(&[1, 2, 3])).is_empty());
     // Someone changed one: only that one is set again.
     info.options
         .insert("network.ping-timeout".into(), "42".into());
