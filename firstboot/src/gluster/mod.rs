@@ -20,7 +20,7 @@
 //!
 //! Modules: [`devices`] (lsblk, which device may hold a brick), [`brick`]
 //! (LVM + XFS commands), [`mount`] (systemd mount units), [`volume`]
-//! (layout and growth), [`safety`] (quorum/timeout options, the
+//! (layout and growth), [`health`] (a node's safety view for the status), [`safety`] (quorum/timeout options, the
 //! clean-shutdown marker, the rebuild of an untrusted brick), [`cli`]
 //! (gluster CLI output), [`topology`](mod@topology)
 //! (heketi's `topology.json`), [`summary`](mod@summary) (the status section). Their
@@ -29,6 +29,7 @@
 pub mod brick;
 pub mod cli;
 pub mod devices;
+pub mod health;
 pub mod mount;
 pub mod safety;
 pub mod summary;

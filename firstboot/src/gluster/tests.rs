@@ -483,3 +483,31 @@ fn the_guard_unit_turns_a_leftover_marker_into_untrusted() {
     assert!(u.contains("ExecStop=/bin/sh -c 'if ! mountpoint -q /var/lib/habuild/bricks/brick0; then rm -f /var/lib/habuild/gluster/brick-open;"), "{u}");
     assert!(u.contains("Conflicts=shutdown.target\n") && u.contains("DefaultDependencies=no\n"));
 }
+
+#[test]
+fn health_goes_through_the_step_detail_and_back() {
+    use health::{parse_split_brain, Health, REBUILDING, SERVING};
+    let b = bricks(&[1, 2, 3]);
+    let online = parse_status_detail(STATUS_DETAIL);
+    let heal = parse_heal_count(HEAL_COUNT);
+    let h = Health::observe(REBUILDING, &b, &online, &heal, Some(1));
+    assert_eq!(h.offline, vec![b[1].clone(), b[2].clone()]);
+    assert_eq!((h.heal_pending, h.split_brain), (Some(7), Some(1)));
+    assert!(!h.safe());
+    let detail = format!("brick rebuilt after an unclean shutdown; {}", h.to_detail());
+    assert_eq!(Health::from_detail(&detail), Some(h));
+    let all_on: std::collections::BTreeMap<String, bool> =
+        b.iter().map(|x| (x.clone(), true)).collect();
+    let zero: std::collections::BTreeMap<String, Option<u64>> =
+        b.iter().map(|x| (x.clone(), Some(0))).collect();
+    let ok = Health::observe(SERVING, &b, &all_on, &zero, None);
+    assert!(ok.safe(), "{ok:?}");
+    assert_eq!(
+        ok.to_detail(),
+        "safety: brick serving; bricks offline: none; heal pending: 0; split-brain: 0"
+    );
+    assert_eq!(Health::from_detail("brick /b: xfs"), None);
+    let sb = "Brick 10.0.0.1:/b\nStatus: Connected\nNumber of entries in split-brain: 2\n\nBrick 10.0.0.2:/b\nStatus: Connected\nNumber of entries in split-brain: 1\n";
+    assert_eq!(parse_split_brain(sb), Some(3));
+    assert_eq!(parse_split_brain("Volume habuild is not started"), None);
+}

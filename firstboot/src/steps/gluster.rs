@@ -23,6 +23,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::{Chain, Check, Ctx, Gate, Rendered, Step, StepError};
+use crate::gluster::health;
 use crate::gluster::safety::{self, Phase, Rebuild, RebuildObs, GUARD_UNIT};
 use crate::gluster::{
     self, brick_actions, brick_of, connected_peers, parse_volume_info, volume_actions, BrickObs,
@@ -311,11 +312,14 @@ impl Step for Brick {
 
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
         if let Some(phase) = untrusted(host)? {
-            let why = match phase {
-                Phase::Untrusted => "untrusted after an unclean shutdown: not served; rebuilt from the other replicas before use",
-                Phase::Committed => "rebuilt after an unclean shutdown: healing from the other replicas",
+            let (why, state) = match phase {
+                Phase::Untrusted => ("untrusted after an unclean shutdown: not served; rebuilt from the other replicas before use", health::UNTRUSTED),
+                Phase::Committed => ("rebuilt after an unclean shutdown: healing from the other replicas", health::REBUILDING),
             };
-            return Ok(Check::Pending(format!("brick {why}")));
+            return Ok(Check::Pending(format!(
+                "brick {why}{}",
+                safety_suffix(ctx, host, state)
+            )));
         }
         let mut missing = Vec::new();
         if mounted_fs(host, BRICK_MOUNT).as_deref() != Some("xfs") {
@@ -329,13 +333,87 @@ impl Step for Brick {
         }
         if missing.is_empty() {
             Ok(Check::Done(format!(
-                "brick {BRICK_MOUNT}: xfs on thin LV {VG}/{LV} over {}",
-                device(ctx)
+                "brick {BRICK_MOUNT}: xfs on thin LV {VG}/{LV} over {}{}",
+                device(ctx),
+                safety_suffix(ctx, host, health::SERVING)
             )))
         } else {
             Ok(Check::Pending(missing.join("; ")))
         }
     }
+}
+
+/// Where the last safety view is kept (tmpfs), with when it was taken.
+const SAFETY_CACHE: &str = "run/habuild/gluster-safety";
+/// How old a kept safety view may be: `volume status` and `heal` take
+/// glusterd's volume lock, and asking every round from every node would
+/// make the leader's own volume commands fail with "Another transaction
+/// is in progress".
+const SAFETY_EVERY_SECS: u64 = 30;
+
+/// `; safety: …` (see [`health::Health`]) once the storage leader's
+/// volume step is done: what gluster says of its bricks, pending heals and
+/// split brain, with this brick's `state`; asked at most every
+/// [`SAFETY_EVERY_SECS`] (the kept view is reused with the current
+/// `state`). Empty before, or when gluster does not answer: the status
+/// never fails a step.
+fn safety_suffix(ctx: &Ctx, host: &Host, state: &str) -> String {
+    let volume_done = ctx
+        .plan
+        .storage_leader
+        .is_some_and(|l| ctx.done_on("gluster-volume", &[l]));
+    if !volume_done {
+        return String::new();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kept = host
+        .files
+        .read(SAFETY_CACHE)
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    if let Some((at, detail)) = kept.as_deref().and_then(|k| k.split_once('\n')) {
+        let fresh = at
+            .parse::<u64>()
+            .is_ok_and(|t| now.saturating_sub(t) < SAFETY_EVERY_SECS);
+        if let (true, Some(mut h)) = (fresh, health::Health::from_detail(detail)) {
+            h.brick = state.into();
+            return format!("; {}", h.to_detail());
+        }
+    }
+    let Ok(Some(info)) = volume_info(host) else {
+        return String::new();
+    };
+    let ask = |args: &[&str]| {
+        host.exec
+            .output(&gluster_cmd(args))
+            .ok()
+            .filter(|o| o.success())
+            .map(|o| o.stdout)
+            .unwrap_or_default()
+    };
+    let online = gluster::parse_status_detail(&ask(&["volume", "status", VOLUME, "detail"]));
+    let heal = gluster::parse_heal_count(&ask(&[
+        "volume",
+        "heal",
+        VOLUME,
+        "statistics",
+        "heal-count",
+    ]));
+    let pending: u64 = heal.values().filter_map(|c| *c).sum();
+    let split = if pending > 0 {
+        health::parse_split_brain(&ask(&["volume", "heal", VOLUME, "info", "split-brain"]))
+    } else {
+        Some(0)
+    };
+    let h = health::Health::observe(state, &info.bricks, &online, &heal, split);
+    let keep = FileSpec::new(SAFETY_CACHE, 0o644, format!("{now}\n{}", h.to_detail()));
+    if let Err(e) = host.files.write(&keep) {
+        tracing::debug!(error = %e, "keeping the gluster safety view");
+    }
+    format!("; {}", h.to_detail())
 }
 
 /// The rebuild phase when this node's brick is untrusted (the marker
@@ -954,6 +1032,55 @@ mod tests {
                 "{:?}",
                 rec.commands()
             );
+        });
+    }
+
+    #[test]
+    fn the_brick_step_reports_the_volumes_safety_asked_at_most_every_30_s() {
+        let mut state = super::super::testutil::state();
+        let plan = state.plan.clone().unwrap();
+        state.apply(Command::RecordStep(StepRecord {
+            node: plan.storage_leader.unwrap(),
+            step: "gluster-volume".into(),
+            status: StepStatus::Done,
+            detail: String::new(),
+            attempts: 0,
+        }));
+        with_ctx(1, |ctx| {
+            let c = Ctx {
+                me: plan.storage[1],
+                state: &state,
+                ..*ctx
+            };
+            let rec = Recording::default();
+            answers_for(&c, &rec, &[true, false, true]);
+            rec.answer("findmnt", 0, "xfs\n", "");
+            rec.lock().files.insert(
+                "sys/module/dm_thin_pool".into(),
+                FileSpec::new("sys/module/dm_thin_pool", 0o644, ""),
+            );
+            rec.lock()
+                .services
+                .insert(GLUSTERD.into(), glusterd_service());
+            let Check::Done(d) = Brick.check(&c, &rec.host()).unwrap() else {
+                panic!("done")
+            };
+            let h = health::Health::from_detail(&d).unwrap();
+            assert_eq!(h.brick, health::SERVING);
+            assert_eq!(h.offline.len(), 1, "{d}");
+            assert!(!h.safe());
+            let asked = |rec: &Recording| {
+                rec.commands()
+                    .iter()
+                    .filter(|c| c.contains("volume status"))
+                    .count()
+            };
+            assert_eq!(asked(&rec), 1);
+            let Check::Done(again) = Brick.check(&c, &rec.host()).unwrap() else {
+                panic!("done")
+            };
+            assert_eq!(again, d);
+            assert_eq!(asked(&rec), 1, "the kept view is reused");
         });
     }
 
