@@ -226,6 +226,30 @@ pub struct GlusterView {
     pub mount_path: Option<String>,
     /// heketi's `topology.json` (its own format, passed through).
     pub topology: Option<serde_json::Value>,
+    /// Each storage node's safety view (filled by `habuild cluster status`
+    /// from every answering agent's `gluster-brick` step; empty in an
+    /// agent's own document).
+    pub health: Vec<GlusterNodeHealth>,
+}
+
+/// One storage node's view of the volume's safety (`gluster::health`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GlusterNodeHealth {
+    pub node: String,
+    pub hostname: String,
+    /// `serving`, `untrusted` (after an unclean shutdown, not served),
+    /// `rebuilding` (wiped and healing from the other replicas), or the
+    /// step's status when it reported no safety view (`pending`, `failed`…).
+    pub brick: String,
+    /// Bricks gluster reports offline, as this node sees them.
+    pub bricks_offline: Vec<String>,
+    /// Pending heal entries (None: unknown).
+    pub heal_pending: Option<u64>,
+    /// Split-brain entries (None: unknown).
+    pub split_brain: Option<u64>,
+    /// Brick serving, all bricks online, 0 pending heals, 0 split brain.
+    pub safe: bool,
 }
 
 /// What this agent refused, by cause. Only `unauthenticated` means a peer

@@ -1,9 +1,13 @@
 //! `habuild cluster status --gluster`: the storage section from the agent
 //! with the newest plan (the Raft leader among equals), with every node's
-//! `gluster-*` step records, as [`GlusterOutput`] (`--json`) or as text
-//! ending in heketi's topology.json.
+//! `gluster-*` step records, and each answering storage node's safety view
+//! (from its own `gluster-brick` step: brick serving / untrusted /
+//! rebuilding, bricks offline, pending heals, split brain) as
+//! `gluster.health`, with one verdict: safe, or "not safe yet" and why; as
+//! [`GlusterOutput`] (`--json`) or as text ending in heketi's topology.json.
 
-use firstboot::protocol::StatusDoc;
+use firstboot::gluster::health::Health;
+use firstboot::protocol::{GlusterNodeHealth, StatusDoc};
 use firstboot::state::StepStatus;
 
 use super::json::GlusterOutput;
@@ -19,8 +23,10 @@ impl Report {
             .iter()
             .filter(|d| d.gluster.is_some())
             .max_by_key(|d| (d.plan.as_ref().map(|p| p.version), d.is_leader()))?;
+        let mut gluster = best.gluster.clone()?;
+        gluster.health = self.gluster_health();
         Some(GlusterOutput {
-            gluster: best.gluster.clone()?,
+            gluster,
             steps: best
                 .cluster_steps
                 .iter()
@@ -28,6 +34,34 @@ impl Report {
                 .cloned()
                 .collect(),
         })
+    }
+
+    /// Each answering agent's safety view, from its `gluster-brick` step
+    /// (agents without that step hold no brick and are left out).
+    fn gluster_health(&self) -> Vec<GlusterNodeHealth> {
+        self.agents
+            .iter()
+            .filter_map(|a| {
+                let step = a.steps.iter().find(|s| s.step == "gluster-brick")?;
+                if step.status == "not-here" {
+                    return None;
+                }
+                let mut n = GlusterNodeHealth {
+                    node: a.node_id.clone(),
+                    hostname: a.hostname.clone(),
+                    brick: step.status.clone(),
+                    ..GlusterNodeHealth::default()
+                };
+                if let Some(h) = Health::from_detail(&step.detail) {
+                    n.safe = h.safe();
+                    n.brick = h.brick;
+                    n.bricks_offline = h.offline;
+                    n.heal_pending = h.heal_pending;
+                    n.split_brain = h.split_brain;
+                }
+                Some(n)
+            })
+            .collect()
     }
 
     /// The human output of `--gluster`: the volume, each node's storage
@@ -53,6 +87,7 @@ impl Report {
         if !v.waiting.is_empty() {
             out += &format!("waiting for a whole replica set: {}\n", list(&v.waiting));
         }
+        out += &render_safety(&v.health, v.bricks.len());
         for r in &g.steps {
             let status = match r.status {
                 StepStatus::Running => "running",
@@ -71,5 +106,141 @@ impl Report {
         out += &serde_json::to_string_pretty(&v.topology).unwrap_or_default();
         out.push('\n');
         out
+    }
+}
+
+/// The verdict line and one line per storage node. Not safe: a node's
+/// brick is not serving (untrusted or rebuilding after an unclean shutdown,
+/// or not built), a brick is offline, heals are pending, split brain, or a
+/// storage node did not answer.
+fn render_safety(health: &[GlusterNodeHealth], bricks: usize) -> String {
+    let n = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+    let mut why: Vec<String> = Vec::new();
+    for h in health.iter().filter(|h| !h.safe) {
+        let mut parts = Vec::new();
+        if h.brick != "serving" {
+            parts.push(format!("brick {}", h.brick));
+        }
+        if !h.bricks_offline.is_empty() {
+            parts.push(format!("{} brick(s) offline", h.bricks_offline.len()));
+        }
+        if h.heal_pending != Some(0) {
+            parts.push(format!("{} pending heals", n(h.heal_pending)));
+        }
+        if h.split_brain != Some(0) {
+            parts.push(format!("{} split-brain", n(h.split_brain)));
+        }
+        why.push(format!("{}: {}", cell(&h.hostname), parts.join(", ")));
+    }
+    if health.len() < bricks {
+        why.push(format!(
+            "{} of {bricks} storage nodes answered",
+            health.len()
+        ));
+    }
+    let mut out = if why.is_empty() {
+        "safety: safe (every brick serving and online, 0 pending heals, 0 split-brain)\n"
+            .to_string()
+    } else {
+        format!("safety: NOT SAFE YET ({})\n", why.join("; "))
+    };
+    for h in health {
+        out += &format!(
+            "  {} {:<12} brick {:<10} offline {:<3} heal-pending {:<4} split-brain {}\n",
+            cell(&h.node),
+            cell(&h.hostname),
+            cell(&h.brick),
+            h.bricks_offline.len(),
+            n(h.heal_pending),
+            n(h.split_brain)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use firstboot::gluster::health::{Health, SERVING};
+    use firstboot::protocol::{GlusterView, StatusDoc, StepView};
+
+    use super::super::Report;
+
+    fn agent(n: u8, detail: &str, status: &str) -> StatusDoc {
+        StatusDoc {
+            node_id: format!("{n:016x}"),
+            hostname: format!("node{n}"),
+            steps: vec![StepView {
+                step: "gluster-brick".into(),
+                status: status.into(),
+                detail: detail.into(),
+                attempts: 0,
+            }],
+            gluster: Some(GlusterView {
+                enabled: true,
+                volume: Some("habuild".into()),
+                bricks: (1..=3).map(|i| format!("10.0.0.{i}:/b")).collect(),
+                ..GlusterView::default()
+            }),
+            ..StatusDoc::default()
+        }
+    }
+
+    #[test]
+    fn every_node_safe_says_safe_and_a_rebuilding_brick_says_not_safe_yet() {
+        let ok = Health {
+            brick: SERVING.into(),
+            offline: vec![],
+            heal_pending: Some(0),
+            split_brain: Some(0),
+        };
+        let serving = format!("brick /b: xfs on thin LV; {}", ok.to_detail());
+        let report = |agents| Report {
+            agents,
+            unreachable: vec![],
+            rejected: Default::default(),
+        };
+        let r = report(vec![
+            agent(1, &serving, "done"),
+            agent(2, &serving, "done"),
+            agent(3, &serving, "done"),
+        ]);
+        let g = r.gluster().unwrap();
+        assert_eq!(g.gluster.health.len(), 3);
+        assert!(g.gluster.health.iter().all(|h| h.safe));
+        let text = r.render_gluster();
+        assert!(text.contains("safety: safe ("), "{text}");
+
+        let rebuilding = Health {
+            brick: "rebuilding".into(),
+            heal_pending: Some(12),
+            split_brain: None,
+            ..ok.clone()
+        };
+        let r = report(vec![
+            agent(1, &serving, "done"),
+            agent(
+                2,
+                &format!(
+                    "brick rebuilt after an unclean shutdown; {}",
+                    rebuilding.to_detail()
+                ),
+                "pending",
+            ),
+        ]);
+        let g = r.gluster().unwrap();
+        let h2 = &g.gluster.health[1];
+        assert_eq!(
+            (h2.brick.as_str(), h2.heal_pending, h2.safe),
+            ("rebuilding", Some(12), false)
+        );
+        let text = r.render_gluster();
+        assert!(
+            text.contains("safety: NOT SAFE YET (node2: brick rebuilding, 12 pending heals, ? split-brain; 2 of 3 storage nodes answered)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node2        brick rebuilding offline 0   heal-pending 12"),
+            "{text}"
+        );
     }
 }

@@ -300,6 +300,7 @@ fn gluster_view_comes_from_the_newest_plan() {
         topology: Some(
             json!({"clusters": [{"nodes": [{"node": {"hostnames": {"manage": ["node0"], "storage": ["10.90.0.10"]}, "zone": 1}, "devices": ["/dev/habuild/gluster-brick"]}]}]}),
         ),
+        health: vec![],
     });
     let record = |node: u64, step: &str, status, detail: &str| ClusterStep {
         node: hex(node),

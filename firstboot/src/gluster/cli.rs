@@ -1,4 +1,7 @@
-//! Parsing the gluster CLI's answers (`volume info`, `pool list`).
+//! Parsing the gluster CLI's answers (`volume info`, `pool list`,
+//! `volume status VOL detail`, `volume heal VOL statistics heal-count`).
+
+use std::collections::BTreeMap;
 
 /// What `gluster volume info VOLUME` says of the volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -9,6 +12,8 @@ pub struct VolumeInfo {
     /// Bricks per replica set (1 for a plain distributed volume).
     pub replica: u32,
     pub bricks: Vec<String>,
+    /// The "Options Reconfigured" section: options set on the volume.
+    pub options: BTreeMap<String, String>,
 }
 
 /// Parses `gluster volume info NAME` (None when it names no volume).
@@ -19,9 +24,24 @@ pub fn parse_volume_info(text: &str) -> Option<VolumeInfo> {
         status: String::new(),
         replica: 1,
         bricks: Vec::new(),
+        options: BTreeMap::new(),
     };
     let mut named = false;
+    let mut in_options = false;
     for line in text.lines() {
+        if line.trim() == "Options Reconfigured:" {
+            in_options = true;
+            continue;
+        }
+        if in_options {
+            match line.split_once(':') {
+                Some((k, val)) if !k.trim().is_empty() && !k.contains(' ') => {
+                    v.options.insert(k.trim().into(), val.trim().into());
+                    continue;
+                }
+                _ => in_options = false,
+            }
+        }
         let Some((k, val)) = line.split_once(':') else {
             continue;
         };
@@ -63,4 +83,52 @@ pub fn connected_peers(pool_list: &str) -> Vec<String> {
             (f.len() >= 3 && f[2] == "Connected" && f[1] != "localhost").then(|| f[1].to_string())
         })
         .collect()
+}
+
+/// Which bricks `gluster volume status VOL detail` reports, and whether
+/// each is online ("Online : Y"). Bricks of peers that are not connected
+/// are missing from that output: callers treat "absent" as offline.
+pub fn parse_status_detail(text: &str) -> BTreeMap<String, bool> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let Some((k, val)) = line.split_once(':') else {
+            continue;
+        };
+        match k.trim() {
+            "Brick" => {
+                current = val
+                    .trim()
+                    .strip_prefix("Brick ")
+                    .map(|b| b.trim().to_string())
+            }
+            "Online" => {
+                if let Some(b) = current.take() {
+                    out.insert(b, val.trim() == "Y");
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Pending heal entries per brick from `gluster volume heal VOL statistics
+/// heal-count` (each node's self-heal daemon counts its brick's index);
+/// `None` for a brick it printed no count for (brick or shd down).
+pub fn parse_heal_count(text: &str) -> BTreeMap<String, Option<u64>> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(b) = line.strip_prefix("Brick ") {
+            current = Some(b.trim().to_string());
+            out.insert(b.trim().to_string(), None);
+        } else if let Some(n) = line.strip_prefix("Number of entries:") {
+            if let Some(b) = &current {
+                out.insert(b.clone(), n.trim().parse().ok());
+            }
+        }
+    }
+    out
 }

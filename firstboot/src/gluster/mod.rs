@@ -20,20 +20,26 @@
 //!
 //! Modules: [`devices`] (lsblk, which device may hold a brick), [`brick`]
 //! (LVM + XFS commands), [`mount`] (systemd mount units), [`volume`]
-//! (layout and growth), [`cli`] (gluster CLI output), [`topology`](mod@topology)
+//! (layout and growth), [`health`] (a node's safety view for the status), [`safety`] (quorum/timeout options, the
+//! clean-shutdown marker, the rebuild of an untrusted brick), [`cli`]
+//! (gluster CLI output), [`topology`](mod@topology)
 //! (heketi's `topology.json`), [`summary`](mod@summary) (the status section). Their
 //! items are re-exported here.
 
 pub mod brick;
 pub mod cli;
 pub mod devices;
+pub mod health;
 pub mod mount;
+pub mod safety;
 pub mod summary;
 pub mod topology;
 pub mod volume;
 
 pub use brick::{brick_actions, lv_device, BrickObs};
-pub use cli::{connected_peers, parse_volume_info, VolumeInfo};
+pub use cli::{
+    connected_peers, parse_heal_count, parse_status_detail, parse_volume_info, VolumeInfo,
+};
 pub use devices::{check_configured, parse_lsblk, spare_disks, unusable_reason, BlockDevice};
 pub use mount::{brick_mount_unit, fuse_mount_unit, mount_unit_name};
 pub use summary::summary;

@@ -3,17 +3,23 @@
 
 use std::net::Ipv4Addr;
 
+use super::safety::{GUARD_UNIT, MARKER_UNTRUSTED};
 use super::{lv_device, BRICK_MOUNT, LV, VOLUME};
 
 /// The systemd mount unit for the brick: after the loop device, before glusterd,
-/// so bricks are never served from the empty directory underneath.
+/// so bricks are never served from the empty directory underneath. It
+/// requires the clean-shutdown guard ([`super::safety::guard_unit`]) and is
+/// not mounted at boot while the brick is untrusted: glusterd then finds
+/// no brick directory and does not serve it until the agent rebuilt it.
 pub fn brick_mount_unit() -> String {
     format!(
         "# Written by habuild-agent: the Gluster brick (thin LV, XFS).\n\
          [Unit]\n\
          Description=habuild Gluster brick {LV}\n\
-         After=habuild-gluster-loop.service\n\
+         Requires={GUARD_UNIT}\n\
+         After=habuild-gluster-loop.service {GUARD_UNIT}\n\
          Before=habuild-glusterd.service\n\
+         ConditionPathExists=!{MARKER_UNTRUSTED}\n\
          \n\
          [Mount]\n\
          What={dev}\n\

@@ -111,6 +111,11 @@ fn mount_units() {
     let b = brick_mount_unit();
     assert!(b.contains("What=/dev/habuild_gluster/brick0\n") && b.contains("Type=xfs\n"));
     assert!(b.contains("Before=habuild-glusterd.service"));
+    assert!(b.contains("Requires=habuild-brick-guard.service\n"), "{b}");
+    assert!(
+        b.contains("ConditionPathExists=!/var/lib/habuild/gluster/brick-untrusted\n"),
+        "{b}"
+    );
 }
 
 #[test]
@@ -145,6 +150,11 @@ fn volume_is_created_started_and_grown() {
              10.0.0.1:/var/lib/habuild/bricks/brick0/habuild \
              10.0.0.2:/var/lib/habuild/bricks/brick0/habuild \
              10.0.0.3:/var/lib/habuild/bricks/brick0/habuild",
+            "gluster --mode=script volume set habuild cluster.quorum-type auto",
+            "gluster --mode=script volume set habuild cluster.server-quorum-type server",
+            "gluster --mode=script volume set habuild network.ping-timeout 5",
+            "gluster --mode=script volume set habuild cluster.ensure-durability on",
+            "gluster --mode=script volume set all cluster.server-quorum-ratio 51%",
             "gluster --mode=script volume start habuild",
         ]
     );
@@ -159,6 +169,10 @@ fn volume_is_created_started_and_grown() {
         status: "Started".into(),
         replica,
         bricks: bricks(ids),
+        options: safety::volume_options(ids.len().max(3))
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
     };
     // Nothing to do when it matches.
     assert!(volume_actions(Some(&started(3, &[1, 2, 3])), &l3, &bricks(&[1, 2, 3])).is_empty());
@@ -191,7 +205,7 @@ fn volume_is_created_started_and_grown() {
 
 #[test]
 fn gluster_cli_output_is_parsed() {
-    let info = "\nVolume Name: habuild\nType: Replicate\nVolume ID: 5d0c2f3e-aaaa\nStatus: Started\nSnapshot Count: 0\nNumber of Bricks: 1 x 3 = 3\nTransport-type: tcp\nBricks:\nBrick1: 10.0.0.1:/var/lib/habuild/bricks/brick0/habuild\nBrick2: 10.0.0.2:/var/lib/habuild/bricks/brick0/habuild\nBrick3: 10.0.0.3:/var/lib/habuild/bricks/brick0/habuild\nOptions Reconfigured:\ncluster.granular-entry-heal: on\n";
+    let info = "\nVolume Name: habuild\nType: Replicate\nVolume ID: 5d0c2f3e-aaaa\nStatus: Started\nSnapshot Count: 0\nNumber of Bricks: 1 x 3 = 3\nTransport-type: tcp\nBricks:\nBrick1: 10.0.0.1:/var/lib/habuild/bricks/brick0/habuild\nBrick2: 10.0.0.2:/var/lib/habuild/bricks/brick0/habuild\nBrick3: 10.0.0.3:/var/lib/habuild/bricks/brick0/habuild\nOptions Reconfigured:\ncluster.granular-entry-heal: on\nnetwork.ping-timeout: 5\n";
     let v = parse_volume_info(info).unwrap();
     assert_eq!(
         (v.replica, v.status.as_str(), v.kind.as_str()),
@@ -199,6 +213,8 @@ fn gluster_cli_output_is_parsed() {
     );
     assert_eq!(v.bricks, bricks(&[1, 2, 3]));
     assert_eq!(v.id, "5d0c2f3e-aaaa");
+    assert_eq!(v.options.len(), 2);
+    assert_eq!(v.options["network.ping-timeout"], "5");
     let d = parse_volume_info("Volume Name: habuild\nType: Distribute\nStatus: Created\nNumber of Bricks: 1\nBrick1: 10.0.0.1:/b\n").unwrap();
     assert_eq!((d.replica, d.bricks.len()), (1, 1));
     assert!(parse_volume_info("Volume habuild does not exist\n").is_none());
@@ -222,4 +238,276 @@ fn topology_has_heketis_shape() {
     assert_eq!(n0["node"]["zone"], 2);
     assert_eq!(n0["devices"][0], "/dev/loop0");
     assert_eq!(t["clusters"][0]["nodes"][1]["node"]["zone"], 1);
+}
+
+#[test]
+fn options_are_reapplied_only_when_missing_or_changed() {
+    let l3 = layout(&[1, 2, 3], 3);
+    let mut info = VolumeInfo {
+        id: "x".into(),
+        kind: "Replicate".into(),
+        status: "Started".into(),
+        replica: 3,
+        bricks: bricks(&[1, 2, 3]),
+        options: Default::default(),
+    };
+    // An existing volume from before these options: all of them are set.
+    let got = show(volume_actions(Some(&info), &l3, &bricks(&[1, 2, 3])));
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(
+        got[4],
+        "gluster --mode=script volume set all cluster.server-quorum-ratio 51%"
+    );
+    for (k, v) in safety::volume_options(3) {
+        info.options.insert(k.into(), v);
+    }
+    assert!(volume_actions(Some(&info), &l3, &bricks(&[1, 2, 3])).is_empty());
+    // gluster's own spelling of a boolean is the same value.
+    info.options
+        .insert("cluster.ensure-durability".into(), "enable".into());
+    assert!(volume_actions(Some(&info), &l3, &bricks(&[1, 2, 3])).is_empty());
+    // Someone changed one: only that one is set again.
+    info.options
+        .insert("network.ping-timeout".into(), "42".into());
+    assert_eq!(
+        show(volume_actions(Some(&info), &l3, &bricks(&[1, 2, 3]))),
+        vec!["gluster --mode=script volume set habuild network.ping-timeout 5"]
+    );
+    // Two nodes: no server quorum (51 % of 2 would stop the survivor).
+    let two: Vec<&str> = safety::volume_options(2).iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        two,
+        vec![
+            "cluster.quorum-type",
+            "network.ping-timeout",
+            "cluster.ensure-durability"
+        ]
+    );
+}
+
+const STATUS_DETAIL: &str = "Status of volume: habuild\n\
+------------------------------------------------------------------------------\n\
+Brick                : Brick 10.0.0.1:/var/lib/habuild/bricks/brick0/habuild\n\
+TCP Port             : 49152\n\
+RDMA Port            : 0\n\
+Online               : Y\n\
+Pid                  : 1234\n\
+File System          : xfs\n\
+------------------------------------------------------------------------------\n\
+Brick                : Brick 10.0.0.2:/var/lib/habuild/bricks/brick0/habuild\n\
+TCP Port             : N/A\n\
+RDMA Port            : N/A\n\
+Online               : N\n\
+Pid                  : N/A\n";
+
+const HEAL_COUNT: &str =
+    "Gathering count of entries to be healed on volume habuild has been successful \n\
+\n\
+Brick 10.0.0.1:/var/lib/habuild/bricks/brick0/habuild\n\
+Number of entries: 0\n\
+\n\
+Brick 10.0.0.2:/var/lib/habuild/bricks/brick0/habuild\n\
+Number of entries: 7\n\
+\n\
+Brick 10.0.0.3:/var/lib/habuild/bricks/brick0/habuild\n\
+Status: Transport endpoint is not connected\n";
+
+#[test]
+fn status_detail_and_heal_count_are_parsed() {
+    let s = parse_status_detail(STATUS_DETAIL);
+    let b = bricks(&[1, 2, 3]);
+    assert_eq!(s.len(), 2);
+    assert_eq!((s[&b[0]], s[&b[1]]), (true, false));
+    let h = parse_heal_count(HEAL_COUNT);
+    assert_eq!((h[&b[0]], h[&b[1]], h[&b[2]]), (Some(0), Some(7), None));
+}
+
+fn volume3() -> VolumeInfo {
+    VolumeInfo {
+        id: "x".into(),
+        kind: "Replicate".into(),
+        status: "Started".into(),
+        replica: 3,
+        bricks: bricks(&[1, 2, 3]),
+        options: Default::default(),
+    }
+}
+
+#[test]
+fn an_untrusted_brick_is_rebuilt_only_while_the_others_are_online() {
+    use safety::{decide, Phase, Rebuild, RebuildObs};
+    let info = volume3();
+    let b = bricks(&[1, 2, 3]);
+    let online = |ids: &[usize]| -> std::collections::BTreeMap<String, bool> {
+        b.iter()
+            .enumerate()
+            .map(|(i, x)| (x.clone(), ids.contains(&i)))
+            .collect()
+    };
+    let none = Default::default();
+    let dec = |phase, mounted, on: &std::collections::BTreeMap<String, bool>| {
+        decide(&RebuildObs {
+            info: Some(&info),
+            brick: &b[1],
+            phase,
+            mounted,
+            online: on,
+            heal: &none,
+        })
+    };
+    // Node 2 back from a power loss while node 3 is down: node 1 may be the
+    // only good copy; never wiped.
+    let only_one = online(&[0]);
+    let Rebuild::Wait(why) = dec(Phase::Untrusted, false, &only_one) else {
+        panic!("must wait")
+    };
+    assert!(why.contains("10.0.0.3:"), "{why}");
+    // Both others online: reset-brick start, wipe, mount, commit force, in this order.
+    let both = online(&[0, 2]);
+    let Rebuild::Wipe { ops, after } = dec(Phase::Untrusted, false, &both) else {
+        panic!("must rebuild")
+    };
+    let shown: Vec<(String, bool)> = ops
+        .iter()
+        .map(|o| (o.cmd.display(), o.must_succeed))
+        .collect();
+    let brick = &b[1];
+    assert_eq!(
+        shown,
+        vec![
+            (format!("gluster --mode=script volume reset-brick habuild {brick} start"), false),
+            ("mkfs.xfs -f -i size=512 -L habuild-gl /dev/habuild_gluster/brick0".into(), true),
+            ("mkdir -p /var/lib/habuild/bricks/brick0".into(), true),
+            ("mount -t xfs -o noatime,inode64 /dev/habuild_gluster/brick0 /var/lib/habuild/bricks/brick0".into(), true),
+            ("mountpoint -q /var/lib/habuild/bricks/brick0".into(), true),
+            ("mkdir /var/lib/habuild/bricks/brick0/habuild".into(), true),
+            (format!("gluster --mode=script volume reset-brick habuild {brick} {brick} commit force"), true),
+        ]
+    );
+    assert_eq!(
+        after[0].display(),
+        "gluster --mode=script volume heal habuild"
+    );
+    // A half-done attempt that left the old filesystem mounted unmounts it first.
+    let Rebuild::Wipe { ops, .. } = dec(Phase::Untrusted, true, &both) else {
+        panic!("must rebuild")
+    };
+    assert_eq!(
+        ops[1].cmd.display(),
+        "umount /var/lib/habuild/bricks/brick0"
+    );
+    assert!(ops[1].must_succeed);
+    // Committed but the mount is gone (rebooted mid-heal): wiped again.
+    assert!(matches!(
+        dec(Phase::Committed, false, &both),
+        Rebuild::Wipe { .. }
+    ));
+}
+
+#[test]
+fn a_committed_brick_is_verified_only_when_the_whole_set_healed() {
+    use safety::{decide, Phase, Rebuild, RebuildObs};
+    let info = volume3();
+    let b = bricks(&[1, 2, 3]);
+    let all: std::collections::BTreeMap<String, bool> =
+        b.iter().map(|x| (x.clone(), true)).collect();
+    let counts = |c: [Option<u64>; 3]| -> std::collections::BTreeMap<String, Option<u64>> {
+        b.iter().cloned().zip(c).collect()
+    };
+    let decide_with = |heal: &std::collections::BTreeMap<String, Option<u64>>,
+                       online: &std::collections::BTreeMap<String, bool>| {
+        decide(&RebuildObs {
+            info: Some(&info),
+            brick: &b[1],
+            phase: Phase::Committed,
+            mounted: true,
+            online,
+            heal,
+        })
+    };
+    let Rebuild::Healing { why, kick } = decide_with(&counts([Some(3), Some(0), Some(2)]), &all)
+    else {
+        panic!()
+    };
+    assert!(why.contains("5 entries pending heal"), "{why}");
+    assert!(kick.is_none());
+    assert!(matches!(
+        decide_with(&counts([Some(0), Some(0), None]), &all),
+        Rebuild::Healing { .. }
+    ));
+    assert!(matches!(
+        decide_with(&counts([Some(0), Some(0), Some(0)]), &all),
+        Rebuild::Verified(_)
+    ));
+    // The rebuilt brick itself is not online: restarted, not verified.
+    let mut mine_down = all.clone();
+    mine_down.insert(b[1].clone(), false);
+    let Rebuild::Healing { kick, .. } =
+        decide_with(&counts([Some(0), Some(0), Some(0)]), &mine_down)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        kick.unwrap().display(),
+        "gluster --mode=script volume start habuild force"
+    );
+}
+
+#[test]
+fn nothing_to_rebuild_from_means_the_brick_is_kept() {
+    use safety::{decide, Phase, Rebuild, RebuildObs};
+    let none_on = Default::default();
+    let none_heal = Default::default();
+    let mut single = volume3();
+    single.replica = 1;
+    single.bricks = bricks(&[2]);
+    for info in [None, Some(&single)] {
+        let got = decide(&RebuildObs {
+            info,
+            brick: &bricks(&[2])[0],
+            phase: Phase::Untrusted,
+            mounted: false,
+            online: &none_on,
+            heal: &none_heal,
+        });
+        assert!(matches!(got, Rebuild::Trust(_)), "{got:?}");
+    }
+    assert_eq!(safety::Phase::from_marker("committed\n"), Phase::Committed);
+    assert_eq!(safety::Phase::from_marker(""), Phase::Untrusted);
+}
+
+#[test]
+fn the_guard_unit_turns_a_leftover_marker_into_untrusted() {
+    let u = safety::guard_unit();
+    assert!(u.contains("if [ -e /var/lib/habuild/gluster/brick-open ]; then : > /var/lib/habuild/gluster/brick-untrusted; fi"), "{u}");
+    assert!(u.contains("ExecStop=/bin/sh -c 'if ! mountpoint -q /var/lib/habuild/bricks/brick0; then rm -f /var/lib/habuild/gluster/brick-open;"), "{u}");
+    assert!(u.contains("Conflicts=shutdown.target\n") && u.contains("DefaultDependencies=no\n"));
+}
+
+#[test]
+fn health_goes_through_the_step_detail_and_back() {
+    use health::{parse_split_brain, Health, REBUILDING, SERVING};
+    let b = bricks(&[1, 2, 3]);
+    let online = parse_status_detail(STATUS_DETAIL);
+    let heal = parse_heal_count(HEAL_COUNT);
+    let h = Health::observe(REBUILDING, &b, &online, &heal, Some(1));
+    assert_eq!(h.offline, vec![b[1].clone(), b[2].clone()]);
+    assert_eq!((h.heal_pending, h.split_brain), (Some(7), Some(1)));
+    assert!(!h.safe());
+    let detail = format!("brick rebuilt after an unclean shutdown; {}", h.to_detail());
+    assert_eq!(Health::from_detail(&detail), Some(h));
+    let all_on: std::collections::BTreeMap<String, bool> =
+        b.iter().map(|x| (x.clone(), true)).collect();
+    let zero: std::collections::BTreeMap<String, Option<u64>> =
+        b.iter().map(|x| (x.clone(), Some(0))).collect();
+    let ok = Health::observe(SERVING, &b, &all_on, &zero, None);
+    assert!(ok.safe(), "{ok:?}");
+    assert_eq!(
+        ok.to_detail(),
+        "safety: brick serving; bricks offline: none; heal pending: 0; split-brain: 0"
+    );
+    assert_eq!(Health::from_detail("brick /b: xfs"), None);
+    let sb = "Brick 10.0.0.1:/b\nStatus: Connected\nNumber of entries in split-brain: 2\n\nBrick 10.0.0.2:/b\nStatus: Connected\nNumber of entries in split-brain: 1\n";
+    assert_eq!(parse_split_brain(sb), Some(3));
+    assert_eq!(parse_split_brain("Volume habuild is not started"), None);
 }

@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
+use super::safety::option_actions;
 use super::{VolumeInfo, BRICK_MOUNT, VOLUME};
 use crate::host::Cmd;
 use crate::state::NodeId;
@@ -43,6 +44,9 @@ pub fn brick_of(ip: Ipv4Addr) -> String {
 /// nodes than the replica count) are added as a new distribute subvolume and
 /// `rebalance start` spreads existing files onto it. Bricks are never removed
 /// automatically: a brick the plan no longer lists is reported, not dropped.
+/// The data-safety options ([`super::safety::volume_options`]) are set
+/// before the first start and re-set whenever `volume info` shows them
+/// missing or changed.
 pub fn volume_actions(current: Option<&VolumeInfo>, layout: &Layout, want: &[String]) -> Vec<Cmd> {
     let gl = |args: &[&str]| {
         let mut argv = vec!["gluster", "--mode=script", "volume"];
@@ -59,7 +63,18 @@ pub fn volume_actions(current: Option<&VolumeInfo>, layout: &Layout, want: &[Str
             argv.extend(["replica", r.as_str()]);
         }
         argv.extend(want.iter().map(String::as_str));
-        return vec![gl(&argv), gl(&["start", VOLUME])];
+        let created = VolumeInfo {
+            id: String::new(),
+            kind: String::new(),
+            status: "Created".into(),
+            replica: layout.replica,
+            bricks: want.to_vec(),
+            options: Default::default(),
+        };
+        let mut out = vec![gl(&argv)];
+        out.extend(option_actions(&created, layout.in_volume.len()));
+        out.push(gl(&["start", VOLUME]));
+        return out;
     };
     let mut out = Vec::new();
     let new: Vec<&str> = want
@@ -79,6 +94,7 @@ pub fn volume_actions(current: Option<&VolumeInfo>, layout: &Layout, want: &[Str
             out.push(gl(&["rebalance", VOLUME, "start"]));
         }
     }
+    out.extend(option_actions(cur, layout.in_volume.len()));
     if cur.status != "Started" {
         out.push(gl(&["start", VOLUME]));
     }

@@ -23,6 +23,8 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::{Chain, Check, Ctx, Gate, Rendered, Step, StepError};
+use crate::gluster::health;
+use crate::gluster::safety::{self, Phase, Rebuild, RebuildObs, GUARD_UNIT};
 use crate::gluster::{
     self, brick_actions, brick_of, connected_peers, parse_volume_info, volume_actions, BrickObs,
     Layout, BACKING_FILE, BRICK_MOUNT, LOOP_CONF, LOOP_DEVICE, LV, POOL, TOPOLOGY_FILE, VG, VOLUME,
@@ -222,6 +224,11 @@ impl Step for Brick {
             r.commands.push(Cmd::new([LOOP_SCRIPT, "attach"]));
         }
         r.files.push(FileSpec::new(
+            format!("etc/systemd/system/{GUARD_UNIT}"),
+            0o644,
+            safety::guard_unit(),
+        ));
+        r.files.push(FileSpec::new(
             format!(
                 "etc/systemd/system/{}",
                 gluster::mount_unit_name(BRICK_MOUNT)
@@ -240,6 +247,13 @@ impl Step for Brick {
     }
 
     fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+        if untrusted(host)?.is_some() {
+            if !host.exec.output(&Cmd::new(["vgs", VG]))?.success() {
+                drop_marker(host, "no brick built yet: nothing to distrust")?;
+            } else if !rebuild(ctx, host)? {
+                return Ok(());
+            }
+        }
         let mut obs = BrickObs {
             vg: host.exec.output(&Cmd::new(["vgs", VG]))?.success(),
             ..BrickObs::default()
@@ -297,6 +311,16 @@ impl Step for Brick {
     }
 
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
+        if let Some(phase) = untrusted(host)? {
+            let (why, state) = match phase {
+                Phase::Untrusted => ("untrusted after an unclean shutdown: not served; rebuilt from the other replicas before use", health::UNTRUSTED),
+                Phase::Committed => ("rebuilt after an unclean shutdown: healing from the other replicas", health::REBUILDING),
+            };
+            return Ok(Check::Pending(format!(
+                "brick {why}{}",
+                safety_suffix(ctx, host, state)
+            )));
+        }
         let mut missing = Vec::new();
         if mounted_fs(host, BRICK_MOUNT).as_deref() != Some("xfs") {
             missing.push(format!("{BRICK_MOUNT} is not mounted"));
@@ -309,11 +333,188 @@ impl Step for Brick {
         }
         if missing.is_empty() {
             Ok(Check::Done(format!(
-                "brick {BRICK_MOUNT}: xfs on thin LV {VG}/{LV} over {}",
-                device(ctx)
+                "brick {BRICK_MOUNT}: xfs on thin LV {VG}/{LV} over {}{}",
+                device(ctx),
+                safety_suffix(ctx, host, health::SERVING)
             )))
         } else {
             Ok(Check::Pending(missing.join("; ")))
+        }
+    }
+}
+
+/// Where the last safety view is kept (tmpfs), with when it was taken.
+const SAFETY_CACHE: &str = "run/habuild/gluster-safety";
+/// How old a kept safety view may be: `volume status` and `heal` take
+/// glusterd's volume lock, and asking every round from every node would
+/// make the leader's own volume commands fail with "Another transaction
+/// is in progress".
+const SAFETY_EVERY_SECS: u64 = 30;
+
+/// `; safety: …` (see [`health::Health`]) once the storage leader's
+/// volume step is done: what gluster says of its bricks, pending heals and
+/// split brain, with this brick's `state`; asked at most every
+/// [`SAFETY_EVERY_SECS`] (the kept view is reused with the current
+/// `state`). Empty before, or when gluster does not answer: the status
+/// never fails a step.
+fn safety_suffix(ctx: &Ctx, host: &Host, state: &str) -> String {
+    let volume_done = ctx
+        .plan
+        .storage_leader
+        .is_some_and(|l| ctx.done_on("gluster-volume", &[l]));
+    if !volume_done {
+        return String::new();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kept = host
+        .files
+        .read(SAFETY_CACHE)
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    if let Some((at, detail)) = kept.as_deref().and_then(|k| k.split_once('\n')) {
+        let fresh = at
+            .parse::<u64>()
+            .is_ok_and(|t| now.saturating_sub(t) < SAFETY_EVERY_SECS);
+        if let (true, Some(mut h)) = (fresh, health::Health::from_detail(detail)) {
+            h.brick = state.into();
+            return format!("; {}", h.to_detail());
+        }
+    }
+    let Ok(Some(info)) = volume_info(host) else {
+        return String::new();
+    };
+    let ask = |args: &[&str]| {
+        host.exec
+            .output(&gluster_cmd(args))
+            .ok()
+            .filter(|o| o.success())
+            .map(|o| o.stdout)
+            .unwrap_or_default()
+    };
+    let online = gluster::parse_status_detail(&ask(&["volume", "status", VOLUME, "detail"]));
+    let heal = gluster::parse_heal_count(&ask(&[
+        "volume",
+        "heal",
+        VOLUME,
+        "statistics",
+        "heal-count",
+    ]));
+    let pending: u64 = heal.values().filter_map(|c| *c).sum();
+    let split = if pending > 0 {
+        health::parse_split_brain(&ask(&["volume", "heal", VOLUME, "info", "split-brain"]))
+    } else {
+        Some(0)
+    };
+    let h = health::Health::observe(state, &info.bricks, &online, &heal, split);
+    let keep = FileSpec::new(SAFETY_CACHE, 0o644, format!("{now}\n{}", h.to_detail()));
+    if let Err(e) = host.files.write(&keep) {
+        tracing::debug!(error = %e, "keeping the gluster safety view");
+    }
+    format!("; {}", h.to_detail())
+}
+
+/// The rebuild phase when this node's brick is untrusted (the marker
+/// [`safety::MARKER_UNTRUSTED`] exists), None when it is trusted.
+fn untrusted(host: &Host) -> Result<Option<Phase>, StepError> {
+    let rel = safety::MARKER_UNTRUSTED.trim_start_matches('/');
+    Ok(host
+        .files
+        .read(rel)?
+        .map(|c| Phase::from_marker(&String::from_utf8_lossy(&c))))
+}
+
+fn drop_marker(host: &Host, why: &str) -> Result<(), StepError> {
+    tracing::warn!(why, "gluster brick: untrusted marker removed");
+    host.exec
+        .run(&Cmd::new(["rm", "-f", safety::MARKER_UNTRUSTED]))?;
+    host.exec
+        .run(&Cmd::new(["sync", "-f", "/var/lib/habuild/gluster"]))?;
+    Ok(())
+}
+
+/// One round of the rebuild of an untrusted brick (see
+/// [`safety::decide`]): each call looks at gluster's state again and does
+/// the next part, so a crash anywhere is finished by a later round or boot
+/// (an interrupted wipe starts over; a committed brick that lost its mount
+/// is wiped again). True when the brick is trusted again (the marker is
+/// gone) and the normal brick path may go on.
+fn rebuild(ctx: &Ctx, host: &Host) -> Result<bool, StepError> {
+    host.exec.run(&Cmd::new(["modprobe", "dm_thin_pool"]))?;
+    host.exec
+        .run(&Cmd::new(["vgchange", "--activate", "y", VG]))?;
+    let phase = untrusted(host)?.unwrap_or(Phase::Untrusted);
+    let me = ctx
+        .my_ip()
+        .ok_or_else(|| StepError::Render("this node has no address in the plan".into()))?;
+    let brick = brick_of(me);
+    let info = volume_info(host)?;
+    let status = host
+        .exec
+        .output(&gluster_cmd(&["volume", "status", VOLUME, "detail"]))?;
+    let online = gluster::parse_status_detail(&status.stdout);
+    let heal = if phase == Phase::Committed {
+        let o = host.exec.output(&gluster_cmd(&[
+            "volume",
+            "heal",
+            VOLUME,
+            "statistics",
+            "heal-count",
+        ]))?;
+        gluster::parse_heal_count(&o.stdout)
+    } else {
+        Default::default()
+    };
+    let mounted = mounted_fs(host, BRICK_MOUNT).as_deref() == Some("xfs");
+    let decision = safety::decide(&RebuildObs {
+        info: info.as_ref(),
+        brick: &brick,
+        phase,
+        mounted,
+        online: &online,
+        heal: &heal,
+    });
+    match decision {
+        Rebuild::Trust(why) | Rebuild::Verified(why) => {
+            drop_marker(host, &why)?;
+            Ok(true)
+        }
+        Rebuild::Wait(why) => {
+            tracing::warn!(%why, "gluster brick");
+            Ok(false)
+        }
+        Rebuild::Healing { why, kick } => {
+            tracing::info!(%why, "gluster brick");
+            if let Some(k) = kick {
+                host.exec.output(&k)?;
+            }
+            Ok(false)
+        }
+        Rebuild::Wipe { ops, after } => {
+            tracing::warn!(%brick, "gluster brick untrusted: wiping it and rebuilding it from the other replicas");
+            for op in &ops {
+                if op.must_succeed {
+                    host.exec.run(&op.cmd)?;
+                } else {
+                    let o = host.exec.output(&op.cmd)?;
+                    if !o.success() {
+                        tracing::info!(command = %op.cmd.display(), out = %format!("{}{}", o.stdout, o.stderr).trim(), "ignored");
+                    }
+                }
+            }
+            host.files.write(&FileSpec::new(
+                safety::MARKER_UNTRUSTED.trim_start_matches('/'),
+                0o644,
+                format!("{}\n", safety::COMMITTED),
+            ))?;
+            host.exec
+                .run(&Cmd::new(["sync", "-f", "/var/lib/habuild/gluster"]))?;
+            for c in &after {
+                host.exec.output(c)?;
+            }
+            Ok(false)
         }
     }
 }
@@ -464,6 +665,16 @@ impl Step for Volume {
             return Ok(Check::Pending(format!("volume {VOLUME} not created yet")));
         };
         let missing: Vec<&String> = want.iter().filter(|b| !info.bricks.contains(b)).collect();
+        let unset: Vec<String> = safety::option_actions(&info, l.in_volume.len())
+            .iter()
+            .map(Cmd::display)
+            .collect();
+        if info.status == "Started" && missing.is_empty() && !unset.is_empty() {
+            return Ok(Check::Pending(format!(
+                "volume {VOLUME} options not set yet: {}",
+                unset.join("; ")
+            )));
+        }
         if info.status == "Started" && missing.is_empty() {
             let waiting = if l.waiting.is_empty() {
                 String::new()
@@ -474,10 +685,11 @@ impl Step for Volume {
                 )
             };
             Ok(Check::Done(format!(
-                "volume {VOLUME} ({}, replica {}, {} bricks) started{waiting}",
+                "volume {VOLUME} ({}, replica {}, {} bricks) started, quorum and ping-timeout {}s set{waiting}",
                 info.kind,
                 info.replica,
-                info.bricks.len()
+                info.bricks.len(),
+                safety::PING_TIMEOUT_SECS
             )))
         } else {
             Ok(Check::Pending(format!(
@@ -683,6 +895,219 @@ mod tests {
                 .unwrap()
                 .contains("SIZE_GIB=10"));
             assert!(rec.lock().services.contains_key(GLUSTERD));
+        });
+    }
+
+    /// `volume info` and `volume status detail` of a started replica-3
+    /// volume over the plan's storage nodes, `online` of them up.
+    fn answers_for(ctx: &Ctx, rec: &Recording, online: &[bool]) -> Vec<String> {
+        let bricks: Vec<String> = ctx
+            .plan
+            .storage
+            .iter()
+            .map(|id| brick_of(ctx.member(*id).unwrap().ip))
+            .collect();
+        let mut info =
+            "Volume Name: habuild\nType: Replicate\nStatus: Started\nNumber of Bricks: 1 x 3 = 3\n"
+                .to_string();
+        let mut detail = "Status of volume: habuild\n".to_string();
+        for (i, b) in bricks.iter().enumerate() {
+            info += &format!("Brick{}: {b}\n", i + 1);
+            let on = if online[i] { "Y" } else { "N" };
+            detail += &format!("Brick                : Brick {b}\nOnline               : {on}\n");
+        }
+        rec.answer("gluster --mode=script volume info", 0, &info, "");
+        rec.answer(
+            "gluster --mode=script volume status habuild detail",
+            0,
+            &detail,
+            "",
+        );
+        bricks
+    }
+
+    #[test]
+    fn an_untrusted_brick_is_wiped_committed_and_verified_after_the_heal() {
+        with_ctx(1, |ctx| {
+            let me = ctx.plan.storage[1];
+            let c = Ctx { me, ..*ctx };
+            let marker = "var/lib/habuild/gluster/brick-untrusted";
+            // Another storage node is down: the brick is not touched.
+            let rec = Recording::default();
+            rec.lock()
+                .files
+                .insert(marker.into(), FileSpec::new(marker, 0o644, ""));
+            answers_for(&c, &rec, &[true, false, false]);
+            rec.answer("findmnt", 1, "", "");
+            Brick.act(&c, &rec.host()).unwrap();
+            assert!(
+                rec.commands()
+                    .iter()
+                    .all(|c| !c.contains("reset-brick") && !c.starts_with("mkfs")),
+                "{:?}",
+                rec.commands()
+            );
+            let Check::Pending(why) = Brick.check(&c, &rec.host()).unwrap() else {
+                panic!("an untrusted brick is never done")
+            };
+            assert!(why.contains("untrusted after an unclean shutdown"), "{why}");
+
+            // Both others online: the whole rebuild, in order, then "committed".
+            let rec = Recording::default();
+            rec.lock()
+                .files
+                .insert(marker.into(), FileSpec::new(marker, 0o644, ""));
+            let bricks = answers_for(&c, &rec, &[true, false, true]);
+            rec.answer("findmnt", 1, "", "");
+            Brick.act(&c, &rec.host()).unwrap();
+            let cmds = rec.commands();
+            let pos = |p: &str| {
+                cmds.iter()
+                    .position(|c| c.starts_with(p))
+                    .unwrap_or_else(|| panic!("{p} not run: {cmds:?}"))
+            };
+            let mine = &bricks[1];
+            assert!(
+                pos("vgchange --activate y")
+                    < pos("gluster --mode=script volume reset-brick habuild")
+            );
+            assert!(
+                pos(&format!(
+                    "gluster --mode=script volume reset-brick habuild {mine} start"
+                )) < pos("mkfs.xfs -f")
+            );
+            assert!(pos("mkfs.xfs -f") < pos("mount -t xfs"));
+            assert!(pos("mount -t xfs") < pos(&format!("gluster --mode=script volume reset-brick habuild {mine} {mine} commit force")));
+            assert!(
+                pos("gluster --mode=script volume reset-brick habuild 10")
+                    < pos("gluster --mode=script volume heal habuild")
+            );
+            assert_eq!(rec.file(marker).as_deref(), Some("committed\n"));
+            assert!(cmds.iter().all(|c| !c.starts_with("rm -f")), "{cmds:?}");
+            // Nothing of the normal path (no `volume start force` on a half-built brick).
+            assert!(
+                cmds.iter().all(|c| !c.contains("start habuild force")),
+                "{cmds:?}"
+            );
+
+            // Next round: committed, mounted, healing, then healed.
+            let rec = Recording::default();
+            rec.lock()
+                .files
+                .insert(marker.into(), FileSpec::new(marker, 0o644, "committed\n"));
+            answers_for(&c, &rec, &[true, true, true]);
+            rec.answer("findmnt", 0, "xfs\n", "");
+            let counts = |n: [u64; 3]| -> String {
+                bricks
+                    .iter()
+                    .zip(n)
+                    .map(|(b, n)| format!("Brick {b}\nNumber of entries: {n}\n\n"))
+                    .collect()
+            };
+            rec.answer(
+                "gluster --mode=script volume heal habuild statistics heal-count",
+                0,
+                &counts([4, 0, 4]),
+                "",
+            );
+            Brick.act(&c, &rec.host()).unwrap();
+            assert!(rec
+                .commands()
+                .iter()
+                .all(|c| !c.starts_with("rm -f") && !c.starts_with("mkfs")));
+            rec.lock()
+                .answers
+                .retain(|(k, _)| !k.contains("heal-count"));
+            rec.answer(
+                "gluster --mode=script volume heal habuild statistics heal-count",
+                0,
+                &counts([0, 0, 0]),
+                "",
+            );
+            Brick.act(&c, &rec.host()).unwrap();
+            assert!(
+                rec.commands()
+                    .iter()
+                    .any(|c| c == "rm -f /var/lib/habuild/gluster/brick-untrusted"),
+                "{:?}",
+                rec.commands()
+            );
+        });
+    }
+
+    #[test]
+    fn the_brick_step_reports_the_volumes_safety_asked_at_most_every_30_s() {
+        let mut state = super::super::testutil::state();
+        let plan = state.plan.clone().unwrap();
+        state.apply(Command::RecordStep(StepRecord {
+            node: plan.storage_leader.unwrap(),
+            step: "gluster-volume".into(),
+            status: StepStatus::Done,
+            detail: String::new(),
+            attempts: 0,
+        }));
+        with_ctx(1, |ctx| {
+            let c = Ctx {
+                me: plan.storage[1],
+                state: &state,
+                ..*ctx
+            };
+            let rec = Recording::default();
+            answers_for(&c, &rec, &[true, false, true]);
+            rec.answer("findmnt", 0, "xfs\n", "");
+            rec.lock().files.insert(
+                "sys/module/dm_thin_pool".into(),
+                FileSpec::new("sys/module/dm_thin_pool", 0o644, ""),
+            );
+            rec.lock()
+                .services
+                .insert(GLUSTERD.into(), glusterd_service());
+            let Check::Done(d) = Brick.check(&c, &rec.host()).unwrap() else {
+                panic!("done")
+            };
+            let h = health::Health::from_detail(&d).unwrap();
+            assert_eq!(h.brick, health::SERVING);
+            assert_eq!(h.offline.len(), 1, "{d}");
+            assert!(!h.safe());
+            let asked = |rec: &Recording| {
+                rec.commands()
+                    .iter()
+                    .filter(|c| c.contains("volume status"))
+                    .count()
+            };
+            assert_eq!(asked(&rec), 1);
+            let Check::Done(again) = Brick.check(&c, &rec.host()).unwrap() else {
+                panic!("done")
+            };
+            assert_eq!(again, d);
+            assert_eq!(asked(&rec), 1, "the kept view is reused");
+        });
+    }
+
+    #[test]
+    fn existing_volumes_get_the_safety_options_on_the_next_round() {
+        with_ctx(1, |ctx| {
+            let leader = ctx.plan.storage_leader.unwrap();
+            let c = Ctx { me: leader, ..*ctx };
+            let rec = Recording::default();
+            answers_for(&c, &rec, &[true, true, true]);
+            let Check::Pending(why) = Volume.check(&c, &rec.host()).unwrap() else {
+                panic!("options missing: not done")
+            };
+            assert!(
+                why.contains("volume set habuild cluster.quorum-type auto"),
+                "{why}"
+            );
+            Volume.act(&c, &rec.host()).unwrap();
+            let sets: Vec<String> = rec
+                .commands()
+                .into_iter()
+                .filter(|c| c.contains("volume set"))
+                .collect();
+            assert_eq!(sets.len(), 5, "{sets:?}");
+            assert!(sets.contains(
+                &"gluster --mode=script volume set all cluster.server-quorum-ratio 51%".to_string()
+            ));
         });
     }
 
