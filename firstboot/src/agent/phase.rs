@@ -72,13 +72,32 @@ impl Milestones {
     }
 
     /// The status document's timeline with this node's step times.
+    ///
+    /// Milestones are observed on the agent's status tick (300 ms), while
+    /// the step loops start as soon as Raft applies the plan, so a step can
+    /// start before the tick sees the plan. A step only runs once there is a
+    /// plan, and a plan only reaches a Raft member: the plan is reported no
+    /// later than the first step's start, and the Raft group no later than
+    /// the plan.
     pub fn timeline(&self, steps: Vec<StepTimes>) -> Timeline {
+        let first_step = steps
+            .iter()
+            .flat_map(|s| [s.first_wait, s.first_start])
+            .flatten()
+            .reduce(f64::min);
+        let earliest = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, None) => a,
+            (None, b) => b,
+        };
+        let plan = earliest(self.plan, first_step);
+        let raft_group = earliest(self.raft_group, plan);
         Timeline {
             power_on: self.power_on,
             agent_start: self.agent_start,
             discovered: self.discovered,
-            raft_group: self.raft_group,
-            plan: self.plan,
+            raft_group,
+            plan,
             steps,
         }
     }
@@ -205,6 +224,29 @@ mod tests {
         // a start after now (clock stepped) is not believed
         let m = Milestones::from_proc(1000.0, Some("1.0 1.0"), Some(stat));
         assert_eq!(m.agent_start, Some(1000.0));
+    }
+
+    #[test]
+    fn a_step_seen_before_the_status_tick_saw_the_plan_moves_the_plan_and_group_earlier() {
+        let m = Milestones {
+            raft_group: Some(10.3),
+            plan: Some(10.5),
+            ..Milestones::default()
+        };
+        let step = |first_wait, first_start| StepTimes {
+            step: "pki".into(),
+            first_wait,
+            first_start,
+            done: None,
+            last_end: None,
+            rounds: 1,
+        };
+        let t = m.timeline(vec![step(None, Some(10.4)), step(Some(10.2), None)]);
+        assert_eq!((t.raft_group, t.plan), (Some(10.2), Some(10.2)));
+        let t = m.timeline(vec![step(None, Some(11.0))]);
+        assert_eq!((t.raft_group, t.plan), (Some(10.3), Some(10.5)));
+        let t = Milestones::default().timeline(vec![]);
+        assert_eq!((t.raft_group, t.plan), (None, None));
     }
 
     #[test]
