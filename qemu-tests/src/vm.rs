@@ -362,6 +362,23 @@ impl Vm {
         self.monitor("system_powerdown").map(drop)
     }
 
+    /// Powers the guest off cleanly: presses the ACPI power button and
+    /// waits up to 30 s for QEMU to exit, `presses` times at most, because a
+    /// press that arrives before systemd-logind watches the button device
+    /// is lost. Fails naming how many presses went unanswered.
+    pub fn power_off(&self, presses: u32) -> Result<()> {
+        for _ in 0..presses {
+            self.powerdown()?;
+            if self.wait_exit(Duration::from_secs(30)).is_ok() {
+                return Ok(());
+            }
+        }
+        bail!(
+            "{} did not power off after {presses} ACPI power-button presses",
+            self.name()
+        )
+    }
+
     /// Waits for QEMU to exit (the guest powered off) and returns its status.
     pub fn wait_exit(&self, deadline: Duration) -> Result<ExitStatus> {
         let start = Instant::now();

@@ -150,20 +150,7 @@ fn debian_image_boots_read_only_with_grown_var_and_distinct_identities() -> Resu
 
     // Reboot node1: same identity, /var kept (no second format).
     let vm1 = vms[0].as_ref().context("node1 is running")?;
-    // ACPI power button; repeated, because a press that arrives before
-    // systemd-logind watches the button device is lost.
-    let mut exited = false;
-    for _ in 0..8 {
-        vm1.powerdown()?;
-        if vm1.wait_exit(Duration::from_secs(30)).is_ok() {
-            exited = true;
-            break;
-        }
-    }
-    ensure!(
-        exited,
-        "node1 did not power off after 8 ACPI power-button presses"
-    );
+    vm1.power_off(8)?;
     let spec = vm1.spec().clone();
     vms.clear(); // node2 too: node1 reboots alone
     let vm1 = Vm::start(net, spec, work.path())?;

@@ -154,19 +154,7 @@ fn a_machine_with_an_empty_disk_netboots_live_and_keeps_its_identity() -> Result
     );
 
     // Reboot: the same node comes back, /var found again by its label.
-    // ACPI power button, repeated: a press before logind watches is lost.
-    let mut exited = false;
-    for _ in 0..8 {
-        vm.powerdown()?;
-        if vm.wait_exit(Duration::from_secs(30)).is_ok() {
-            exited = true;
-            break;
-        }
-    }
-    ensure!(
-        exited,
-        "live1 did not power off after 8 ACPI power-button presses"
-    );
+    vm.power_off(8)?;
     drop(vm);
     let vm = Vm::start(&net, spec, work.path())?;
     let f2 = facts(&vm, 0)?;
