@@ -11,6 +11,7 @@ pub mod gluster;
 pub mod host;
 pub mod hostname;
 pub mod keys;
+pub mod kube;
 pub mod netif;
 pub mod pki;
 pub mod plan;
