@@ -24,6 +24,29 @@ pub struct ClusterConfig {
     pub network: NetworkSection,
     #[serde(default)]
     pub storage: StorageSection,
+    #[serde(default)]
+    pub kubernetes: KubernetesSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSection {
+    /// Assemble Kubernetes (control plane, kubelets, pod network). `false`
+    /// leaves a cluster of etcd, the VIP and Gluster only.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Control-plane nodes also run workloads (no `NoSchedule` taint).
+    #[serde(default = "yes")]
+    pub control_plane_schedulable: bool,
+}
+
+impl Default for KubernetesSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            control_plane_schedulable: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
