@@ -25,13 +25,25 @@ pub const DISK_BYTES: u64 = 8 << 30;
 /// in `work`; the overlay is reused when it exists, so booting the same `i`
 /// again is a reboot of the same machine.
 pub fn start_node(net: &TestNet, work: &Workdir, base: &Path, i: u8) -> Result<Vm> {
+    start_node_with(net, work, base, i, 1024)
+}
+
+/// [`start_node`] with `memory_mib` of RAM (control-plane nodes running
+/// Kubernetes get 1536).
+pub fn start_node_with(
+    net: &TestNet,
+    work: &Workdir,
+    base: &Path,
+    i: u8,
+    memory_mib: u32,
+) -> Result<Vm> {
     let disk = work.join(format!("node{i}.qcow2"));
     if !disk.exists() {
         qemu_img::create_overlay(base, "raw", &disk, Some(DISK_BYTES))?;
     }
     let tap = net.add_tap(&format!("tap{i}"))?;
     let mut spec = VmSpec::new(format!("node{i}"), &disk, vm::mac_address(i), &tap);
-    spec.memory_mib = 1024;
+    spec.memory_mib = memory_mib;
     Vm::start(net, spec, work.path())
 }
 
@@ -54,7 +66,18 @@ impl Lab {
     /// Builds (or reuses) the test image and boots `n` nodes; `name` names
     /// the work directory, `ns_prefix` the namespace.
     pub fn start(name: &str, ns_prefix: &str, n: u8) -> Result<Lab> {
-        let img = debian_image()?;
+        Lab::start_with(name, ns_prefix, n, debian_image()?, 1024)
+    }
+
+    /// [`Lab::start`] from `img` (e.g. [`crate::image::debian_image_for`] a
+    /// cluster file of the scenario's own) with `memory_mib` per VM.
+    pub fn start_with(
+        name: &str,
+        ns_prefix: &str,
+        n: u8,
+        img: BuiltImage,
+        memory_mib: u32,
+    ) -> Result<Lab> {
         let work = Workdir::new(name)?;
         let net = TestNet::create(ns_prefix)?;
         let dhcp = Dhcp::start(
@@ -64,7 +87,7 @@ impl Lab {
         )?;
         let mut vms = Vec::new();
         for i in 1..=n {
-            vms.push(Some(start_node(&net, &work, &img.raw, i)?));
+            vms.push(Some(start_node_with(&net, &work, &img.raw, i, memory_mib)?));
         }
         Ok(Lab {
             vms,

@@ -126,11 +126,26 @@ fn input_key(profile: &Path, cluster: &str) -> Result<String> {
 /// the checkout's `images/`) for the Debian 12 profile into `out`, with
 /// `extra` arguments (e.g. `--cold`).
 pub fn build_into(out: &Path, cluster: &Path, extra: &[String]) -> Result<Duration> {
+    build_profile_into(
+        &workspace().join("configs/debian-12.toml"),
+        out,
+        cluster,
+        extra,
+    )
+}
+
+/// [`build_into`] with another profile.
+pub fn build_profile_into(
+    profile: &Path,
+    out: &Path,
+    cluster: &Path,
+    extra: &[String],
+) -> Result<Duration> {
     let ws = workspace();
     let mut cmd = Command::new(release_bin("habuild")?);
     cmd.arg("image")
         .arg("--profile")
-        .arg(ws.join("configs/debian-12.toml"))
+        .arg(profile)
         .arg("--cluster")
         .arg(cluster)
         .arg("--images")
@@ -271,17 +286,61 @@ fn prune_images(images: &Path, current: &str, keep: usize) -> Result<Vec<String>
     Ok(removed)
 }
 
-/// The cached Debian 12 test image for these inputs, built if missing.
+/// The cached Debian 12 test image for these inputs, built if missing: the
+/// default test cluster (3 nodes, control plane 3, Kubernetes on).
 pub fn debian_image() -> Result<BuiltImage> {
+    debian_image_for(&test_cluster_text(3, 3))
+}
+
+/// The test cluster file with Kubernetes switched off (`[kubernetes]
+/// enabled = false`), for scenarios that prove something else (Gluster) and
+/// should not pay for three control planes under emulation.
+pub fn test_cluster_text_without_kubernetes() -> String {
+    format!(
+        "{}\n[kubernetes]\nenabled = false\n",
+        test_cluster_text(3, 3)
+    )
+}
+
+/// The cached Debian 12 test image carrying `cluster_text`, built if
+/// missing (an incremental build on top of the cached base when another
+/// variant was built before).
+pub fn debian_image_for(cluster_text: &str) -> Result<BuiltImage> {
+    image_for(&workspace().join("configs/debian-12.toml"), cluster_text)
+}
+
+/// The Kubernetes scenario's image: the Debian 12 profile plus the test
+/// workload's OCI archive in `[images] archives` (seeded into containerd
+/// at first boot like any user archive), and the default test cluster.
+/// The derived profile is written next to the checkout's `target/` (one
+/// level below the workspace, like `configs/`, so the profile's relative
+/// paths still resolve).
+pub fn kube_test_image() -> Result<BuiltImage> {
+    let archive = crate::kube::workload_archive(&test_cache().join("workload"))?;
     let ws = workspace();
-    let cluster_text = test_cluster_text(3, 3);
-    let key = input_key(&ws.join("configs/debian-12.toml"), &cluster_text)?;
+    let base = ws.join("configs/debian-12.toml");
+    let text = fs::read_to_string(&base).with_context(|| format!("reading {}", base.display()))?;
+    let dir = ws.join("target");
+    fs::create_dir_all(&dir)?;
+    let profile = dir.join("debian-12-kube-test.toml");
+    fs::write(
+        &profile,
+        format!(
+            "{text}\n# added by qemu-tests: the Kubernetes scenario's workload\n[images]\narchives = [{:?}]\n",
+            archive.display().to_string()
+        ),
+    )?;
+    image_for(&profile, &test_cluster_text(3, 3))
+}
+
+fn image_for(profile: &Path, cluster_text: &str) -> Result<BuiltImage> {
+    let key = input_key(profile, cluster_text)?;
     let dir = test_cache().join("images").join(format!("debian-12-{key}"));
     let cluster = test_cache()
         .join("images")
         .join(format!("cluster-{key}.toml"));
     fs::create_dir_all(dir.parent().expect("has parent"))?;
-    fs::write(&cluster, &cluster_text)?;
+    fs::write(&cluster, cluster_text)?;
     let manifest = dir.join("manifest.json");
     let build_time = if manifest.is_file() {
         eprintln!("reusing test image {}", dir.display());
@@ -292,7 +351,7 @@ pub fn debian_image() -> Result<BuiltImage> {
             eprintln!("test image cache: removed the least recently used {removed:?}");
         }
         let _ = fs::remove_dir_all(&dir);
-        build_into(&dir, &cluster, &[])?
+        build_profile_into(profile, &dir, &cluster, &[])?
     };
     mark_used(&dir)?;
     Ok(BuiltImage {

@@ -53,6 +53,7 @@
 pub mod cluster;
 pub mod dnsmasq;
 pub mod image;
+pub mod kube;
 pub mod netns;
 pub mod qemu_img;
 pub mod qga;

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use firstboot::protocol::StatusDoc;
 use qemu_harness::cluster::{agents, dump, gluster_status, running, step, wait_until, Lab};
+use qemu_harness::image::{debian_image_for, test_cluster_text_without_kubernetes};
 use qemu_harness::{TestNet, Vm};
 use serde::Deserialize;
 use serde_json::Value;
@@ -171,7 +172,11 @@ fn diagnose(vms: &[Option<Vm>]) -> String {
 
 #[test]
 fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> {
-    let mut lab = Lab::start("gluster", "hbg", 3)?;
+    // Kubernetes off: this scenario proves the storage chain, and three
+    // emulated control planes would only slow it (assembly_qemu proves
+    // Kubernetes).
+    let img = debian_image_for(&test_cluster_text_without_kubernetes())?;
+    let mut lab = Lab::start_with("gluster", "hbg", 3, img, 1024)?;
     let (vms, net, img, work, _) = lab.parts();
     let t0 = Instant::now();
 
