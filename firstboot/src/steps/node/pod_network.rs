@@ -19,11 +19,12 @@
 //! - IPv4 forwarding and `br_netfilter` (bridged pod traffic through
 //!   iptables, which kube-proxy's Services need).
 //!
-//! Check: every wanted route is in place.
+//! Refused without `/usr/bin/kubelet` (the Kubernetes steps' common text)
+//! or without the CNI bridge plugin. Check: every wanted route is in place.
 
 use std::net::Ipv4Addr;
 
-use super::{base_gate, Ctx};
+use super::{base_gate, require_binary, Ctx};
 use crate::cluster::Ipv4Cidr;
 use crate::host::{Cmd, FileSpec, Host, HostError};
 use crate::steps::{Chain, Check, Gate, Rendered, Step, StepError};
@@ -279,7 +280,11 @@ impl Step for PodNetwork {
         }
     }
 
+    /// Refuses on an image without the kubelet (pod routes without pods are
+    /// pointless; the same text as every Kubernetes step) or without the
+    /// CNI plugins.
     fn preflight(&self, _ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+        require_binary(host, super::kubelet::KUBELET_BIN)?;
         if host.files.exists(BRIDGE_BIN) {
             Ok(())
         } else {
@@ -506,6 +511,13 @@ mod tests {
             let mine = ctx.plan.pod_cidrs[&1];
             let rec = Recording::default();
             let host = rec.host();
+            assert_eq!(
+                PodNetwork.preflight(ctx, &host).unwrap_err().to_string(),
+                crate::steps::node::NO_KUBE_BINARIES
+            );
+            host.files
+                .write(&FileSpec::new("usr/bin/kubelet", 0o755, "elf"))
+                .unwrap();
             let e = PodNetwork.preflight(ctx, &host).unwrap_err().to_string();
             assert!(e.contains("/usr/lib/cni/bridge is missing"), "{e}");
             host.files
