@@ -35,6 +35,7 @@
 
 pub mod etcd;
 pub mod gluster;
+pub mod node;
 pub mod pki;
 pub mod vip;
 
@@ -188,6 +189,9 @@ pub fn all() -> Vec<Box<dyn Step>> {
         Box::new(gluster::Pool),
         Box::new(gluster::Volume),
         Box::new(gluster::Mount),
+        Box::new(node::PodNetwork),
+        Box::new(node::Kubelet),
+        Box::new(node::KubeProxy),
     ]
 }
 
@@ -532,7 +536,7 @@ mod tests {
         assert_eq!(
             names,
             vec![
-                vec!["pki", "etcd", "vip"],
+                vec!["pki", "etcd", "vip", "pod-network", "kubelet", "kube-proxy"],
                 vec![
                     "gluster-brick",
                     "gluster-pool",
