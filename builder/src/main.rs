@@ -434,4 +434,41 @@ mod tests {
     fn cli_is_consistent() {
         Cli::command().debug_assert();
     }
+
+    #[test]
+    fn kubeconfig_help_teaches_and_names_exit_codes() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("cluster")
+            .and_then(|c| c.find_subcommand_mut("kubeconfig"))
+            .expect("cluster kubeconfig exists")
+            .render_long_help()
+            .to_string();
+        for want in [
+            "habuild cluster kubeconfig --cluster cluster.toml --out admin.conf",
+            "kubectl --kubeconfig admin.conf get nodes",
+            "mode 0600",
+            "Exit codes: 0 kubeconfig written",
+            "4 agents answered but the cluster has not issued its admin",
+        ] {
+            assert!(help.contains(want), "{want:?} missing from\n{help}");
+        }
+        let cli = Cli::try_parse_from([
+            "habuild",
+            "cluster",
+            "kubeconfig",
+            "--cluster",
+            "c.toml",
+            "--out",
+            "admin.conf",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Cmd::Cluster(ClusterCmd::Kubeconfig(a)) => {
+                assert_eq!(a.out, Some(PathBuf::from("admin.conf")));
+                assert_eq!(a.timeout, Duration::from_secs(3));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
