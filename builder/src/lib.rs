@@ -9,6 +9,7 @@ pub mod error;
 pub mod exec;
 pub mod fsimage;
 pub mod kube;
+pub mod kubeconfig;
 pub mod locate;
 pub mod manifest;
 pub mod oci;

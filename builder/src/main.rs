@@ -9,6 +9,7 @@ use builder::build::{self, BuildOptions, Images};
 use builder::cluster_status;
 use builder::error::BuildError;
 use builder::exec::HostExec;
+use builder::kubeconfig;
 use builder::locate;
 use clap::{Parser, Subcommand};
 
@@ -183,6 +184,52 @@ enum ClusterCmd {
     /// i.e. another secret); 2 bad cluster file (file, line and key named).
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
+    /// Fetch the cluster's admin kubeconfig (server https://VIP:6443)
+    ///
+    /// Finds the agents like `habuild cluster status` does (mDNS, verified
+    /// with the cluster file's secret, nothing announced) and asks them over
+    /// the encrypted, authenticated agent transport (TCP 7946) for the admin
+    /// kubeconfig: the agent renders it from the cluster CA and the admin
+    /// client certificate (CN=kubernetes-admin, O=system:masters) the Raft
+    /// leader issued; its server is the plan's VIP on port 6443. Whoever
+    /// holds the cluster file's secret already owns the cluster, so that is
+    /// the only credential asked for.
+    ///
+    /// The kubeconfig carries the admin's private key. With --out it is
+    /// written atomically with mode 0600 (a temporary file in the same
+    /// directory, renamed over FILE: never a partial file); without --out
+    /// it goes to stdout.
+    ///
+    /// Examples:
+    ///   habuild cluster kubeconfig --cluster cluster.toml --out admin.conf
+    ///   kubectl --kubeconfig admin.conf get nodes -o wide
+    ///   habuild cluster kubeconfig --cluster cluster.toml > ~/.kube/config
+    ///
+    /// Exit codes: 0 kubeconfig written (or printed); 1 no agent found or
+    /// none answered (the message says whether announcements failed
+    /// verification, i.e. another secret), or FILE could not be written;
+    /// 2 bad command line or bad cluster file (file, line and key named);
+    /// 4 agents answered but the cluster has not issued its admin
+    /// certificate yet (plan not committed? try again in a minute), or
+    /// Kubernetes is disabled in the site file.
+    #[command(verbatim_doc_comment)]
+    Kubeconfig(KubeconfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct KubeconfigArgs {
+    /// The cluster file the nodes were built with (its name and secret are used).
+    #[arg(long, value_name = "FILE")]
+    cluster: PathBuf,
+    /// Write the kubeconfig here (mode 0600, atomically) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Seconds to listen for announcements; also how long each agent has to answer.
+    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_secs)]
+    timeout: Duration,
+    /// Run mDNS only on this interface (default: every interface).
+    #[arg(long, value_name = "IFACE")]
+    interface: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -226,6 +273,7 @@ fn main() -> ExitCode {
         Cmd::Profile(ProfileCmd::Check { files }) => check(&files),
         Cmd::Secret(SecretCmd::New) => secret_new(),
         Cmd::Cluster(ClusterCmd::Status(args)) => cluster_status(args),
+        Cmd::Cluster(ClusterCmd::Kubeconfig(args)) => cluster_kubeconfig(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -237,6 +285,9 @@ fn main() -> ExitCode {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(kubeconfig::FetchError::NotAvailable(_)) = e.downcast_ref() {
+        return 4;
+    }
     match e.downcast_ref::<BuildError>() {
         Some(BuildError::Config(_) | BuildError::Invalid(_)) => 2,
         Some(BuildError::MissingPackages { .. }) => 2,
@@ -351,6 +402,29 @@ fn cluster_status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn cluster_kubeconfig(args: KubeconfigArgs) -> anyhow::Result<()> {
+    // a bad cluster file is bad input: exit 2, nothing sent on the network
+    let cfg = firstboot::cluster::ClusterConfig::load(&args.cluster).map_err(BuildError::Config)?;
+    let opts = cluster_status::Options::new(args.timeout, args.interface);
+    // FetchError stays the error's root, so exit_code finds it
+    let got = kubeconfig::fetch(&cfg, &opts)?;
+    match &args.out {
+        Some(path) => {
+            kubeconfig::write_private(path, &got.kubeconfig)?;
+            eprintln!(
+                "wrote {} (cluster {}, server {}, plan v{}); try: kubectl --kubeconfig {} get nodes",
+                path.display(),
+                got.cluster,
+                got.server,
+                got.plan,
+                path.display()
+            );
+        }
+        None => print!("{}", got.kubeconfig),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,5 +433,42 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn kubeconfig_help_teaches_and_names_exit_codes() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("cluster")
+            .and_then(|c| c.find_subcommand_mut("kubeconfig"))
+            .expect("cluster kubeconfig exists")
+            .render_long_help()
+            .to_string();
+        for want in [
+            "habuild cluster kubeconfig --cluster cluster.toml --out admin.conf",
+            "kubectl --kubeconfig admin.conf get nodes",
+            "mode 0600",
+            "Exit codes: 0 kubeconfig written",
+            "4 agents answered but the cluster has not issued its admin",
+        ] {
+            assert!(help.contains(want), "{want:?} missing from\n{help}");
+        }
+        let cli = Cli::try_parse_from([
+            "habuild",
+            "cluster",
+            "kubeconfig",
+            "--cluster",
+            "c.toml",
+            "--out",
+            "admin.conf",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Cmd::Cluster(ClusterCmd::Kubeconfig(a)) => {
+                assert_eq!(a.out, Some(PathBuf::from("admin.conf")));
+                assert_eq!(a.timeout, Duration::from_secs(3));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

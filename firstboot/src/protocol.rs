@@ -13,6 +13,15 @@
 //!   agent does not send reads as empty/absent instead of failing the parse.
 //!   Fields are only ever added, never renamed or given another meaning.
 //! - Node ids are 16-digit lowercase hex strings (as on the console).
+//! - [`Wire`] and [`WireResponse`] only gain variants. An agent older than a
+//!   request answers it with [`WireResponse::Invalid`] (serde's "unknown
+//!   variant" text): the caller treats that as "this agent does not speak
+//!   it" and asks another one. A new response variant is only ever sent in
+//!   answer to the new request that introduced it, so an older caller never
+//!   sees one.
+//!
+//! Requests by revision: `Rpc` and `Status` (the first agents);
+//! `AdminKubeconfig` → `AdminKubeconfig(Result<..>)` (Kubernetes, issue 10).
 //!
 //! The document never carries the cluster secret, keys or the bootstrap
 //! token.
@@ -31,6 +40,12 @@ pub enum Wire {
     Rpc(RpcRequest),
     /// The agent's status document (what its status socket serves).
     Status,
+    /// The cluster's admin kubeconfig (`habuild cluster kubeconfig`), rendered
+    /// by the agent from the replicated `kube/admin` certificate and the
+    /// cluster CA; server `https://<plan VIP>:6443`. Only peers holding the
+    /// cluster secret reach this (the transport's PSK), and they already own
+    /// the cluster. Answered with [`WireResponse::AdminKubeconfig`].
+    AdminKubeconfig,
 }
 
 /// The answer to a [`Wire`] request.
@@ -41,8 +56,44 @@ pub enum WireResponse {
     /// The status document. An older agent's document reads too: every
     /// field of [`StatusDoc`] has a default.
     Status(Box<StatusDoc>),
-    /// The request could not be decoded.
+    /// The request could not be decoded (an older agent answers requests
+    /// newer than itself with this).
     Invalid(String),
+    /// The answer to [`Wire::AdminKubeconfig`].
+    AdminKubeconfig(Result<AdminKubeconfig, KubeconfigRefusal>),
+}
+
+/// The admin kubeconfig an agent hands out ([`Wire::AdminKubeconfig`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminKubeconfig {
+    /// The kubeconfig (YAML, kubeadm's `admin.conf` shape: CA, client
+    /// certificate and key embedded). It carries the admin's private key.
+    pub kubeconfig: String,
+    /// The API server it names: `https://<VIP>:6443`.
+    pub server: String,
+    /// The cluster's name (`cluster.name`), also the kubeconfig's cluster.
+    pub cluster: String,
+    /// The plan version whose VIP `server` names.
+    pub plan: u64,
+}
+
+/// Why an agent cannot hand out the admin kubeconfig (yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "kebab-case")]
+pub enum KubeconfigRefusal {
+    /// No plan is committed: there is no VIP and no certificates yet.
+    #[error("no plan is committed yet")]
+    NoPlan,
+    /// The site file turns Kubernetes off (`[kubernetes] enabled = false`).
+    #[error("Kubernetes is disabled in the site file ([kubernetes] enabled = false)")]
+    KubernetesDisabled,
+    /// The leader has not issued these items (yet).
+    #[error("not issued yet: {}", missing.join(", "))]
+    NotIssued { missing: Vec<String> },
+    /// An item is in the state but does not decrypt with this agent's
+    /// secret (it cannot come from a node of this cluster).
+    #[error("item {item} does not decrypt: {error}")]
+    Unreadable { item: String, error: String },
 }
 
 /// The revision of [`StatusDoc`] this build writes. 0 = unversioned (the
@@ -366,5 +417,64 @@ impl Timeline {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_kubeconfig_request_and_answers_round_trip() {
+        let req = serde_json::to_string(&Wire::AdminKubeconfig).unwrap();
+        assert_eq!(req, r#""AdminKubeconfig""#);
+        assert!(matches!(
+            serde_json::from_str::<Wire>(&req).unwrap(),
+            Wire::AdminKubeconfig
+        ));
+        let ok = WireResponse::AdminKubeconfig(Ok(AdminKubeconfig {
+            kubeconfig: "apiVersion: v1\n".into(),
+            server: "https://10.0.0.10:6443".into(),
+            cluster: "lab".into(),
+            plan: 3,
+        }));
+        let text = serde_json::to_string(&ok).unwrap();
+        assert_eq!(
+            text,
+            r#"{"AdminKubeconfig":{"Ok":{"kubeconfig":"apiVersion: v1\n","server":"https://10.0.0.10:6443","cluster":"lab","plan":3}}}"#
+        );
+        let refused = WireResponse::AdminKubeconfig(Err(KubeconfigRefusal::NotIssued {
+            missing: vec!["kube/admin.crt".into()],
+        }));
+        let text = serde_json::to_string(&refused).unwrap();
+        assert_eq!(
+            text,
+            r#"{"AdminKubeconfig":{"Err":{"not-issued":{"missing":["kube/admin.crt"]}}}}"#
+        );
+        match serde_json::from_str::<WireResponse>(&text).unwrap() {
+            WireResponse::AdminKubeconfig(Err(e)) => {
+                assert_eq!(e.to_string(), "not issued yet: kube/admin.crt")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_agent_older_than_a_request_cannot_decode_it() {
+        // what an older agent's handler does with a request it does not know:
+        // the decode error becomes WireResponse::Invalid
+        #[derive(Deserialize)]
+        enum OldWire {
+            #[allow(dead_code)]
+            Rpc(serde_json::Value),
+            Status,
+        }
+        let body = serde_json::to_vec(&Wire::AdminKubeconfig).unwrap();
+        let err = serde_json::from_slice::<OldWire>(&body).err().unwrap();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+        assert!(matches!(
+            serde_json::from_slice::<OldWire>(br#""Status""#),
+            Ok(OldWire::Status)
+        ));
     }
 }

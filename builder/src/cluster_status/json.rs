@@ -7,11 +7,13 @@ use firstboot::protocol::{ClusterStep, GlusterView, StatusDoc};
 use serde::{Deserialize, Serialize};
 
 use super::agreement::{member_health, HealthView};
+use super::kube::{kube_view, KubeView};
 use super::{Report, Unreachable};
 
 /// Revision of the `--json` output. Absent (0) before this field existed;
-/// 1 adds `version` and `member_health`. Fields are only ever added.
-pub const OUTPUT_VERSION: u32 = 1;
+/// 1 adds `version` and `member_health`; 2 adds `kubernetes`. Fields are
+/// only ever added.
+pub const OUTPUT_VERSION: u32 = 2;
 
 /// The `--json` document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -28,6 +30,9 @@ pub struct StatusOutput {
     /// Member health as the freshest agent sees it; `null` when no agent
     /// reports any (version 0 agents).
     pub member_health: Option<HealthView>,
+    /// Kubernetes from the `kube-control-plane` and `kubelet` step records;
+    /// `null` when no agent knows either step.
+    pub kubernetes: Option<KubeView>,
 }
 
 /// What `habuild cluster status` itself rejected while listening to mDNS.
@@ -62,6 +67,7 @@ impl Report {
                 malformed: self.rejected.malformed,
             },
             member_health: member_health(&self.agents),
+            kubernetes: kube_view(&self.agents),
         }
     }
 }

@@ -14,6 +14,10 @@
 //!   [`GlusterOutput`]).
 //! - gluster.rs: the `--gluster` view ([`Report::gluster`],
 //!   [`Report::render_gluster`]).
+//! - kube.rs: Kubernetes from the `kube-control-plane` and `kubelet` step
+//!   records ([`kube_view`]): the table's KUBE column, the `kubernetes:`
+//!   summary line (apiservers healthy of planned, nodes Ready, cluster
+//!   DNS) and the `kubernetes` field of `--json`.
 //! - timeline.rs: the `--timeline` view ([`render_timeline`],
 //!   [`Report::render_timeline`]): per node, power-on, agent start,
 //!   discovery, Raft group, plan and each step's start and done, in seconds
@@ -26,14 +30,15 @@
 //! one `rejected.transport_handshakes` counter for every failed handshake)
 //! are shown with what they carry (`?` for member health, `handshake=N`).
 //!
-//! # `--json` output, version 1
+//! # `--json` output, version 2
 //!
 //! Stable: fields are only ever added, never renamed or given another
-//! meaning; `version` ([`OUTPUT_VERSION`]) counts the additions.
+//! meaning; `version` ([`OUTPUT_VERSION`]) counts the additions (1:
+//! `version`, `member_health`; 2: `kubernetes`).
 //!
 //! ```text
 //! {
-//!   "version": 1,
+//!   "version": 2,
 //!   "agents": [ <StatusDoc>, ... ],       // each answering agent's document
 //!                                         // (firstboot::protocol::StatusDoc:
 //!                                         // version, node_id, hostname,
@@ -62,7 +67,25 @@
 //!                                         // it listened to mDNS
 //!   "member_health": null | {"from": <node id whose view>, "total", "up",
 //!       "down": [ {"id", "hostname", "ip", "last_ack_secs",
-//!                  "reported_by": [<node id>...]} ]}
+//!                  "reported_by": [<node id>...]} ]},
+//!   "kubernetes": null | {                // null: no agent knows a
+//!                                         // Kubernetes step (older agents,
+//!                                         // or none reached yet); v2
+//!       "control_plane": {"planned", "healthy",
+//!                         "unhealthy": [<node id>...]},
+//!       "nodes_ready",                    // kubelet step done
+//!       "nodes": [ {"node_id", "hostname", "control_plane_planned",
+//!                   "kube",               // the table's KUBE cell
+//!                   "control_plane": null | <step>,
+//!                   "kubelet": null | <step>} ],
+//!                                         // <step> = {"status": done |
+//!                                         // running | waiting | failed |
+//!                                         // not-here | backing-off,
+//!                                         // "detail", "source": own |
+//!                                         // replicated}
+//!       "cluster_dns",                    // "absent (no CoreDNS image
+//!                                         // seeded)" while nothing deploys it
+//!       "disabled"}                       // every kube step not-here
 //! }
 //! ```
 //!
@@ -78,6 +101,7 @@
 mod agreement;
 mod gluster;
 mod json;
+mod kube;
 mod query;
 mod table;
 mod timeline;
@@ -95,8 +119,12 @@ use serde::{Deserialize, Serialize};
 
 pub use agreement::{member_health, summary_line, DownMember, HealthView};
 pub use json::{GlusterOutput, RejectedAnnouncements, StatusOutput, OUTPUT_VERSION};
-pub use query::{query, Options, StatusError};
-pub use table::{render_table, WAITING_WIDTH};
+pub use kube::{
+    kube_cell, kube_view, ControlPlaneHealth, KubeNode, KubeView, StepState, CONTROL_PLANE_STEP,
+    DNS_ABSENT, KUBELET_STEP,
+};
+pub use query::{call_addr, call_peer, discover, query, runtime, Discovered, Options, StatusError};
+pub use table::{clip, render_table, WAITING_WIDTH};
 pub use timeline::render_timeline;
 
 use table::secs;

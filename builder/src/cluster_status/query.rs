@@ -54,8 +54,19 @@ pub enum StatusError {
     Runtime(#[source] std::io::Error),
 }
 
-/// Browses, then asks every verified agent for its status (see the module docs).
-pub fn query(cluster: &ClusterConfig, opts: &Options) -> Result<Report, StatusError> {
+/// The verified agents of a cluster and how to talk to them: what
+/// [`discover`] found while listening to mDNS.
+pub struct Discovered {
+    pub peers: Vec<Peer>,
+    /// Announcements that failed verification while listening.
+    pub rejected: discovery::Rejected,
+    /// A throwaway static key: the PSK (from the secret) is what admits us.
+    pub keys: Arc<Keys>,
+}
+
+/// Listens to mDNS for `opts.listen` without announcing anything and keeps
+/// the announcements whose MAC verifies with the cluster's secret.
+pub fn discover(cluster: &ClusterConfig, opts: &Options) -> Result<Discovered, StatusError> {
     let c = &cluster.cluster;
     let dcfg = DiscoveryConfig {
         key: MdnsKey::derive(&c.secret),
@@ -67,12 +78,30 @@ pub fn query(cluster: &ClusterConfig, opts: &Options) -> Result<Report, StatusEr
     };
     let (peers, rejected) = discovery::browse(&dcfg, &c.name, opts.listen)?;
     tracing::debug!(peers = peers.len(), ?rejected, "mdns browse done");
-    // a throwaway static key: the PSK (from the secret) is what admits us
     let keys = Arc::new(Keys::derive(&c.secret, Keys::generate_static()?));
-    let rt = tokio::runtime::Builder::new_current_thread()
+    Ok(Discovered {
+        peers,
+        rejected,
+        keys,
+    })
+}
+
+/// A current-thread runtime for the asking.
+pub fn runtime() -> Result<tokio::runtime::Runtime, StatusError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(StatusError::Runtime)?;
+        .map_err(StatusError::Runtime)
+}
+
+/// Browses, then asks every verified agent for its status (see the module docs).
+pub fn query(cluster: &ClusterConfig, opts: &Options) -> Result<Report, StatusError> {
+    let Discovered {
+        peers,
+        rejected,
+        keys,
+    } = discover(cluster, opts)?;
+    let rt = runtime()?;
     let answers = rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for (i, peer) in peers.iter().enumerate() {
@@ -97,23 +126,33 @@ pub fn query(cluster: &ClusterConfig, opts: &Options) -> Result<Report, StatusEr
 
 /// One agent's status, trying its announced addresses in order.
 async fn ask(peer: &Peer, keys: &Keys, timeout: Duration) -> Result<StatusDoc, String> {
-    let body = serde_json::to_vec(&Wire::Status).map_err(|e| e.to_string())?;
+    call_peer(peer, keys, timeout, &Wire::Status, |resp| match resp {
+        WireResponse::Status(doc) => Ok(*doc),
+        WireResponse::Invalid(m) => Err(format!("request refused: {}", clip(&m, 120))),
+        _ => Err("answered with something else than a status".into()),
+    })
+    .await
+}
+
+/// Sends `req` to `peer`, trying its announced addresses in order (each
+/// within `timeout`) until one answers something `accept` takes; the error
+/// lists what every address did.
+pub async fn call_peer<T>(
+    peer: &Peer,
+    keys: &Keys,
+    timeout: Duration,
+    req: &Wire,
+    accept: impl Fn(WireResponse) -> Result<T, String>,
+) -> Result<T, String> {
+    let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     let mut errors = Vec::new();
     for ip in &peer.addrs {
         let addr = SocketAddr::new(*ip, peer.port);
-        match tokio::time::timeout(timeout, transport::call(addr, keys, &body)).await {
-            Err(_) => errors.push(format!(
-                "{addr}: no answer within {}",
-                secs(timeout.as_secs_f64())
-            )),
-            Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
-            Ok(Ok(resp)) => match serde_json::from_slice::<WireResponse>(&resp) {
-                Ok(WireResponse::Status(doc)) => return Ok(*doc),
-                Ok(WireResponse::Rpc(_)) => errors.push(format!("{addr}: answered with an RPC")),
-                Ok(WireResponse::Invalid(m)) => {
-                    errors.push(format!("{addr}: request refused: {}", clip(&m, 120)))
-                }
-                Err(e) => errors.push(format!("{addr}: undecodable answer: {e}")),
+        match call_addr(addr, keys, timeout, &body).await {
+            Err(e) => errors.push(e),
+            Ok(resp) => match accept(resp) {
+                Ok(t) => return Ok(t),
+                Err(e) => errors.push(format!("{addr}: {e}")),
             },
         }
     }
@@ -121,4 +160,22 @@ async fn ask(peer: &Peer, keys: &Keys, timeout: Duration) -> Result<StatusDoc, S
         errors.push("announced no address".into());
     }
     Err(errors.join("; "))
+}
+
+/// One request to one address over the authenticated transport, decoded.
+pub async fn call_addr(
+    addr: SocketAddr,
+    keys: &Keys,
+    timeout: Duration,
+    body: &[u8],
+) -> Result<WireResponse, String> {
+    match tokio::time::timeout(timeout, transport::call(addr, keys, body)).await {
+        Err(_) => Err(format!(
+            "{addr}: no answer within {}",
+            secs(timeout.as_secs_f64())
+        )),
+        Ok(Err(e)) => Err(format!("{addr}: {e}")),
+        Ok(Ok(resp)) => serde_json::from_slice::<WireResponse>(&resp)
+            .map_err(|e| format!("{addr}: undecodable answer: {e}")),
+    }
 }

@@ -12,6 +12,7 @@ use firstboot::protocol::{RaftRole, Rejected, StatusDoc};
 use firstboot::state::Role;
 
 use super::agreement::{member_health, summary_line};
+use super::kube::{self, kube_view};
 use super::Report;
 
 /// What the marks and labels of the table mean.
@@ -64,6 +65,10 @@ impl Report {
         if let Some(r) = rejected_line(&self.rejected) {
             out += &format!("rejected announcements while listening: {r}\n");
         }
+        if let Some(k) = kube_view(&self.agents) {
+            out += &kube::summary(&k);
+            out.push('\n');
+        }
         out += &summary_line(&self.agents, self.unreachable.len());
         out.push('\n');
         out
@@ -72,10 +77,13 @@ impl Report {
 
 /// One row per status document (in the given order): node id (`*` marks the
 /// Raft leader), hostname, address, phase, role, Raft state, term, leader,
-/// plan version, rejected counts, members this agent sees down, what the
-/// agent waits for (truncated).
+/// plan version, rejected counts, members this agent sees down, its
+/// Kubernetes state (the KUBE column, only when some agent knows a
+/// Kubernetes step: see [`super::kube`]), what the agent waits for
+/// (truncated).
 pub fn render_table(agents: &[StatusDoc]) -> String {
-    let header = [
+    let kube = kube_view(agents);
+    let mut header = vec![
         " NODE",
         "HOSTNAME",
         "ADDRESS",
@@ -89,9 +97,12 @@ pub fn render_table(agents: &[StatusDoc]) -> String {
         "DOWN",
         "WAITING FOR",
     ];
+    if kube.is_some() {
+        header.insert(header.len() - 1, "KUBE");
+    }
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for doc in agents {
-        rows.push(vec![
+        let mut row = vec![
             format!(
                 "{}{}",
                 if doc.is_leader() { "*" } else { " " },
@@ -113,7 +124,16 @@ pub fn render_table(agents: &[StatusDoc]) -> String {
                 &doc.waiting_for.as_deref().map_or("-".into(), cell),
                 WAITING_WIDTH,
             ),
-        ]);
+        ];
+        if let Some(k) = &kube {
+            let c = k
+                .nodes
+                .iter()
+                .find(|n| n.node_id == doc.node_id)
+                .map_or("-".to_string(), |n| n.kube.clone());
+            row.insert(row.len() - 1, c);
+        }
+        rows.push(row);
     }
     let widths: Vec<usize> = (0..header.len())
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))

@@ -276,7 +276,9 @@ fn reads_a_version_1_agent_and_shows_what_is_down() {
             "agents",
             "unreachable",
             "rejected_announcements",
-            "member_health"
+            "member_health",
+            // version 2, additive: null when no agent knows a Kubernetes step
+            "kubernetes"
         ])
     );
 }
@@ -555,4 +557,231 @@ fn clip_counts_characters() {
     assert_eq!(clip("ééééé", 4), "ééé…");
     assert_eq!(secs(1.5), "1.5 s");
     assert_eq!(secs(3.0), "3 s");
+}
+
+fn step(name: &str, status: &str, detail: &str) -> firstboot::protocol::StepView {
+    firstboot::protocol::StepView {
+        step: name.into(),
+        status: status.into(),
+        detail: detail.into(),
+        attempts: 1,
+    }
+}
+
+/// Three agents (node0, node1 control plane; node2 worker) whose
+/// Kubernetes steps are done.
+fn kube_agents() -> Vec<StatusDoc> {
+    (0..3)
+        .map(|i| {
+            let mut d = doc(i, 1, Some(1));
+            if i < 2 {
+                d.steps.push(step(
+                    CONTROL_PLANE_STEP,
+                    "done",
+                    &format!("apiserver healthy at 10.90.0.{}:6443", 10 + i),
+                ));
+            } else {
+                d.steps.push(step(CONTROL_PLANE_STEP, "not-here", ""));
+            }
+            d.steps
+                .push(step(KUBELET_STEP, "done", &format!("node node{i} Ready")));
+            d
+        })
+        .collect()
+}
+
+#[test]
+fn kube_column_and_summary_of_a_ready_cluster() {
+    let agents = kube_agents();
+    let t = render_table(&agents);
+    let want = [
+        " NODE              HOSTNAME  ADDRESS          PHASE    ROLE           RAFT      TERM  LEADER            PLAN  REJECTED      DOWN  KUBE      WAITING FOR",
+        " 0000000000001000  node0     10.90.0.10:7946  planned  control-plane  follower  2     0000000000001001  v1    0             -     cp+Ready  -",
+        "*0000000000001001  node1     10.90.0.11:7946  planned  control-plane  leader    2     0000000000001001  v1    mac=3,auth=1  -     cp+Ready  -",
+        " 0000000000001002  node2     10.90.0.12:7946  planned  worker         follower  2     0000000000001001  v1    0             -     Ready     -",
+        "",
+    ]
+    .join("\n");
+    assert_eq!(t, want, "\n{t}");
+    let r = Report {
+        agents: agents.clone(),
+        ..Report::default()
+    };
+    let text = r.render();
+    assert!(
+        text.ends_with(
+            "kubernetes: control plane 2/2 apiservers healthy; 3/3 nodes Ready; \
+             cluster DNS: absent (no CoreDNS image seeded)\n\
+             3 agents answered; leader 0000000000001001 (term 2); plan v1 on all 3, all agree\n"
+        ),
+        "{text}"
+    );
+
+    // --json: the additive `kubernetes` field, readable back
+    let j = r.to_json();
+    assert_eq!(j.version, 2);
+    let k = j.kubernetes.clone().expect("kube steps known");
+    assert_eq!((k.control_plane.healthy, k.control_plane.planned), (2, 2));
+    assert_eq!(k.nodes_ready, 3);
+    assert_eq!(k.cluster_dns, DNS_ABSENT);
+    assert!(!k.disabled);
+    let v = serde_json::to_value(&j).unwrap();
+    assert_eq!(v["kubernetes"]["nodes"][0]["kube"], "cp+Ready");
+    assert_eq!(
+        v["kubernetes"]["nodes"][0]["control_plane"],
+        json!({"status": "done", "detail": "apiserver healthy at 10.90.0.10:6443", "source": "own"})
+    );
+    assert_eq!(v["kubernetes"]["nodes"][2]["control_plane_planned"], false);
+    assert_eq!(
+        v["kubernetes"]["control_plane"],
+        json!({"planned": 2, "healthy": 2, "unhealthy": []})
+    );
+    let back: StatusOutput = serde_json::from_value(v).unwrap();
+    assert_eq!(back, j);
+    // an output of version 1 (no `kubernetes`) still reads
+    let old: StatusOutput =
+        serde_json::from_str(r#"{"version": 1, "agents": [], "member_health": null}"#).unwrap();
+    assert_eq!(old.kubernetes, None);
+}
+
+#[test]
+fn kube_states_from_own_views_and_replicated_records() {
+    let mut agents = kube_agents();
+    // node0: apiserver up, kubelet registered but not Ready yet
+    agents[0].steps[1] = step(KUBELET_STEP, "running", "node node0 NotReady");
+    // node1 (leader): apiserver failing, backing off; its record has the text
+    agents[1].steps[0] = step(CONTROL_PLANE_STEP, "backing-off", "");
+    agents[1].steps[1] = step(KUBELET_STEP, "waiting", "an earlier step on this node");
+    agents[1].cluster_steps = vec![
+        ClusterStep {
+            node: hex(0x1001),
+            step: CONTROL_PLANE_STEP.into(),
+            status: StepStatus::Failed,
+            detail: "apiserver /healthz: connection refused\nmore stderr".into(),
+            attempts: 3,
+        },
+        // node3 did not answer: its records come from the leader's state
+        ClusterStep {
+            node: hex(0x1003),
+            step: KUBELET_STEP.into(),
+            status: StepStatus::Failed,
+            detail: "this image has no Kubernetes binaries (profile kube.source = none)".into(),
+            attempts: 1,
+        },
+    ];
+    agents[1].members.push(hex(0x1003));
+    // node2: the worker waits for a control plane
+    agents[2].steps[1] = step(
+        KUBELET_STEP,
+        "waiting",
+        "kube-control-plane on a control-plane node",
+    );
+
+    let k = kube_view(&agents).unwrap();
+    let cells: Vec<(&str, &str)> = k
+        .nodes
+        .iter()
+        .map(|n| (n.node_id.as_str(), n.kube.as_str()))
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            ("0000000000001000", "cp+NotReady"),
+            // "connection refused" is a failure, not the step refusing
+            (
+                "0000000000001001",
+                "cp failed: apiserver /healthz: connecti…"
+            ),
+            ("0000000000001002", "waiting"),
+            (
+                "0000000000001003",
+                "refused: this image has no Kubernetes b…"
+            ),
+        ]
+    );
+    assert_eq!(
+        k.nodes[1].control_plane.as_ref().unwrap().source,
+        "replicated"
+    );
+    assert_eq!((k.control_plane.healthy, k.control_plane.planned), (1, 2));
+    assert_eq!(k.control_plane.unhealthy, [hex(0x1001)]);
+    assert_eq!(k.nodes_ready, 0);
+    let text = Report {
+        agents: agents.clone(),
+        ..Report::default()
+    }
+    .render();
+    assert!(
+        text.contains(
+            "kubernetes: control plane 1/2 apiservers healthy (not: node1 cp failed: \
+             apiserver /healthz: connecti…); 0/4 nodes Ready; cluster DNS: absent"
+        ),
+        "{text}"
+    );
+
+    // cells of each state
+    let s = |status: &str| StepState {
+        status: status.into(),
+        detail: String::new(),
+        source: "own".into(),
+    };
+    assert_eq!(kube_cell(None, None), "-");
+    assert_eq!(kube_cell(Some(&s("not-here")), Some(&s("not-here"))), "-");
+    assert_eq!(
+        kube_cell(Some(&s("running")), Some(&s("waiting"))),
+        "cp starting"
+    );
+    assert_eq!(
+        kube_cell(Some(&s("done")), Some(&s("waiting"))),
+        "cp+waiting"
+    );
+    assert_eq!(kube_cell(Some(&s("done")), None), "cp");
+    assert_eq!(kube_cell(None, Some(&s("done"))), "Ready");
+    assert_eq!(
+        kube_cell(Some(&s("not-here")), Some(&s("running"))),
+        "NotReady"
+    );
+    assert_eq!(kube_cell(None, Some(&s("backing-off"))), "retrying");
+    let failed = StepState {
+        status: "failed".into(),
+        detail: "kubelet: exit status 1".into(),
+        source: "own".into(),
+    };
+    assert_eq!(
+        kube_cell(Some(&s("done")), Some(&failed)),
+        "failed: kubelet: exit status 1"
+    );
+}
+
+#[test]
+fn kube_disabled_and_older_agents() {
+    let mut agents = kube_agents();
+    for d in &mut agents {
+        for s in &mut d.steps {
+            s.status = "not-here".into();
+            s.detail.clear();
+        }
+    }
+    let k = kube_view(&agents).unwrap();
+    assert!(k.disabled);
+    assert!(k.nodes.iter().all(|n| n.kube == "-"));
+    let text = Report {
+        agents,
+        ..Report::default()
+    }
+    .render();
+    assert!(
+        text.contains("kubernetes: disabled (every Kubernetes step is not-here; "),
+        "{text}"
+    );
+    // agents that know no Kubernetes step: no KUBE column, no line, null in JSON
+    let old = vec![doc(0, 0, Some(1))];
+    assert_eq!(kube_view(&old), None);
+    assert!(!render_table(&old).contains("KUBE"));
+    let r = Report {
+        agents: old,
+        ..Report::default()
+    };
+    assert!(!r.render().contains("kubernetes:"));
+    assert_eq!(r.to_json().kubernetes, None);
 }

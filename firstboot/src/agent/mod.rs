@@ -15,6 +15,7 @@
 pub mod advert;
 pub mod converge;
 pub mod driver;
+pub mod kubeconfig;
 pub mod phase;
 pub mod rpc;
 pub mod sim;
@@ -102,17 +103,22 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     .context("opening the Raft state")?;
 
     let status = status::Shared::default();
+    let sbox = Arc::new(SecretBox::derive(&cfg.cluster.cluster.secret));
     let handshakes = Arc::new(transport::HandshakeCounters::default());
     tokio::spawn(transport::serve(listener, keys, handshakes.clone(), {
-        let (node, status) = (node.clone(), status.clone());
-        move |req: transport::Request| rpc::handle(node.clone(), status.clone(), req.body)
+        let served = rpc::Served {
+            node: node.clone(),
+            status: status.clone(),
+            cluster: Arc::new(cfg.cluster.clone()),
+            sbox: sbox.clone(),
+        };
+        move |req: transport::Request| rpc::handle(served.clone(), req.body)
     }));
     tokio::spawn(status::serve(
         status::bind(&cfg.status_socket)?,
         status.clone(),
     ));
 
-    let sbox = Arc::new(SecretBox::derive(&cfg.cluster.cluster.secret));
     let step_views = converge::StepViews::default();
     let interface = match &cfg.interface {
         Some(i) => i.clone(),

@@ -1,17 +1,20 @@
 //! Consensus RPCs over the authenticated transport: the [`RpcTransport`] the
 //! Raft node calls through ([`TransportRpc`]: one persistent, multiplexed
 //! connection per peer, [`transport::Pool`]) and the request handler
-//! ([`handle`]) that [`transport::serve`] runs. Bodies are serde_json of
-//! [`Wire`] / [`WireResponse`].
+//! ([`handle`]) that [`transport::serve`] runs: Raft RPCs, the status
+//! document and the admin kubeconfig ([`super::kubeconfig`]). Bodies are
+//! serde_json of [`Wire`] / [`WireResponse`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use crate::cluster::ClusterConfig;
 use crate::consensus::router::{
     BoxFuture, JoinResponse, RpcRequest, RpcResponse, RpcTransport, Unreachable,
 };
 use crate::consensus::ConsensusNode;
+use crate::secretbox::SecretBox;
 use crate::state::NodeId;
 use crate::transport::{self, Keys, Pool};
 
@@ -87,13 +90,40 @@ impl RpcTransport for TransportRpc {
     }
 }
 
+/// What the request handler answers from: the Raft node (consensus RPCs,
+/// the replicated state), the published status document, the site file and
+/// the secret box (the admin kubeconfig).
+#[derive(Clone)]
+pub struct Served {
+    pub node: ConsensusNode,
+    pub status: super::status::Shared,
+    pub cluster: Arc<ClusterConfig>,
+    pub sbox: Arc<SecretBox>,
+}
+
 /// Serves one request received by [`transport::serve`].
-pub async fn handle(node: ConsensusNode, status: super::status::Shared, body: Vec<u8>) -> Vec<u8> {
+pub async fn handle(served: Served, body: Vec<u8>) -> Vec<u8> {
     let resp = match serde_json::from_slice::<Wire>(&body) {
-        Ok(Wire::Rpc(req)) => WireResponse::Rpc(node.handle_rpc(req).await),
+        Ok(Wire::Rpc(req)) => WireResponse::Rpc(served.node.handle_rpc(req).await),
         Ok(Wire::Status) => WireResponse::Status(Box::new(
-            status.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            served
+                .status
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         )),
+        Ok(Wire::AdminKubeconfig) => {
+            let answer = super::kubeconfig::admin_kubeconfig(
+                &served.cluster,
+                &served.node.state(),
+                &served.sbox,
+            );
+            match &answer {
+                Ok(_) => tracing::info!("handed out the admin kubeconfig"),
+                Err(e) => tracing::info!(reason = %e, "admin kubeconfig asked for, not available"),
+            }
+            WireResponse::AdminKubeconfig(answer)
+        }
         Err(e) => WireResponse::Invalid(e.to_string()),
     };
     serde_json::to_vec(&resp).unwrap_or_else(|e| {
