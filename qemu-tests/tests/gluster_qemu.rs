@@ -356,6 +356,27 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
         "first write after the power-off took {first_secs:.1} s (ping-timeout not in effect?)"
     );
     written.push((first, first_sum));
+    // what an operator sees: `habuild cluster status --gluster` says the
+    // volume is not safe to lose another node, naming node2's brick offline
+    let unsafe_view = wait_until(
+        "status --gluster to say NOT SAFE with a brick offline",
+        Duration::from_secs(180),
+        || {
+            let g = gluster_status(net, &img.cluster).ok()?;
+            let h = g.gluster.health.clone();
+            let offline = h.iter().any(|n| !n.safe && !n.bricks_offline.is_empty());
+            offline.then_some(h)
+        },
+    )
+    .with_context(|| dump(&running(vms)))?;
+    eprintln!(
+        "gluster_qemu: node2 off: status --gluster NOT SAFE {:.0} s after the power-off: {:?}",
+        off.elapsed().as_secs_f64(),
+        unsafe_view
+            .iter()
+            .map(|n| format!("{} brick {} offline {:?}", n.hostname, n.brick, n.bricks_offline))
+            .collect::<Vec<_>>()
+    );
     let mid_done = wait_until(
         "the write in flight at the power-off to finish",
         Duration::from_secs(300),
@@ -497,6 +518,26 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
     eprintln!(
         "gluster_qemu: all 3 bricks hold all {} files with the same sha256 (incl. the un-fsynced one and the one in flight at the power-off)",
         written.len()
+    );
+    let safe_again = wait_until(
+        "status --gluster to say safe on all 3 storage nodes",
+        Duration::from_secs(300),
+        || {
+            let g = gluster_status(net, &img.cluster).ok()?;
+            let h = &g.gluster.health;
+            (h.len() == 3 && h.iter().all(|n| n.safe && n.brick == "serving")).then_some(())
+        },
+    );
+    safe_again.with_context(|| {
+        format!(
+            "{:#?}\n{}",
+            gluster_status(net, &img.cluster).map(|g| g.gluster.health),
+            dump(&running(vms))
+        )
+    })?;
+    eprintln!(
+        "gluster_qemu: status --gluster says safe on all 3 nodes {:.0} s after node2 was booted again",
+        back.elapsed().as_secs_f64()
     );
 
     // 8. quorum: node 3 cut off from nodes 1 and 2 (its link down) cannot
