@@ -240,6 +240,7 @@ pub(crate) mod testutil {
             },
             network: NetworkSection::default(),
             storage: StorageSection::default(),
+            kubernetes: Default::default(),
         }
     }
 
