@@ -35,6 +35,8 @@
 
 pub mod etcd;
 pub mod gluster;
+pub mod kube_bootstrap;
+pub mod kube_control_plane;
 pub mod pki;
 pub mod vip;
 
@@ -184,6 +186,8 @@ pub fn all() -> Vec<Box<dyn Step>> {
         Box::new(pki::Pki),
         Box::new(etcd::Etcd),
         Box::new(vip::Vip),
+        Box::new(kube_control_plane::KubeControlPlane),
+        Box::new(kube_bootstrap::KubeBootstrap),
         Box::new(gluster::Brick),
         Box::new(gluster::Pool),
         Box::new(gluster::Volume),
@@ -532,7 +536,7 @@ mod tests {
         assert_eq!(
             names,
             vec![
-                vec!["pki", "etcd", "vip"],
+                vec!["pki", "etcd", "vip", "kube-control-plane", "kube-bootstrap"],
                 vec![
                     "gluster-brick",
                     "gluster-pool",
