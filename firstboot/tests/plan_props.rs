@@ -105,6 +105,7 @@ fn config() -> impl Strategy<Value = ClusterConfig> {
                 replica,
                 ..StorageSection::default()
             },
+            kubernetes: Default::default(),
         })
 }
 
