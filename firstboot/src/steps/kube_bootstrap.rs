@@ -272,6 +272,8 @@ pub fn manifests(ctx: &Ctx) -> Result<String, StepError> {
         .get("pki/ca.crt")
         .ok_or_else(|| StepError::Render("pki/ca.crt is not issued yet".into()))?;
     let vip = api_url(ctx.plan.vip);
+    // `data`, not `stringData`: a re-apply then finds the Secret unchanged.
+    let b64 = |s: &str| STANDARD.encode(s.as_bytes());
     let group = ("Group", BOOTSTRAP_GROUP);
     let nodes = ("Group", "system:nodes");
     let docs = [
@@ -282,14 +284,19 @@ metadata:
   name: bootstrap-token-{id}
   namespace: kube-system
 type: bootstrap.kubernetes.io/token
-stringData:
-  auth-extra-groups: {BOOTSTRAP_GROUP}
-  description: habuild bootstrap token (kubeadm join)
-  token-id: {id}
-  token-secret: {secret}
-  usage-bootstrap-authentication: \"true\"
-  usage-bootstrap-signing: \"true\"
-"
+data:
+  auth-extra-groups: {}
+  description: {}
+  token-id: {}
+  token-secret: {}
+  usage-bootstrap-authentication: {yes}
+  usage-bootstrap-signing: {yes}
+",
+            b64(BOOTSTRAP_GROUP),
+            b64("habuild bootstrap token (kubeadm join)"),
+            b64(id),
+            b64(secret),
+            yes = b64("true"),
         ),
         format!(
             "apiVersion: v1
@@ -557,7 +564,8 @@ mod tests {
         let ca = STANDARD.encode("PEM pki/ca.crt");
         let want = include_str!("kube_bootstrap.golden.yaml")
             .replace("@ID@", id)
-            .replace("@SECRET@", secret)
+            .replace("@ID64@", &STANDARD.encode(id))
+            .replace("@SECRET64@", &STANDARD.encode(secret))
             .replace("@CA@", &ca);
         if text != want {
             // Shows the first difference by line.

@@ -35,6 +35,7 @@ use crate::kube::{self as k8s, DNS_DOMAIN, KUBE_DIR};
 
 pub struct KubeControlPlane;
 
+/// The binaries, under the host root (`ctx.path`), as the preflight finds them.
 pub const APISERVER_BIN: &str = "/usr/bin/kube-apiserver";
 pub const CONTROLLER_MANAGER_BIN: &str = "/usr/bin/kube-controller-manager";
 pub const SCHEDULER_BIN: &str = "/usr/bin/kube-scheduler";
@@ -132,7 +133,7 @@ fn etcd_servers(ctx: &Ctx) -> Result<String, StepError> {
 pub fn apiserver_argv(ctx: &Ctx, ip: Ipv4Addr) -> Result<Vec<String>, StepError> {
     let pki = |f: &str| ctx.path(&format!("{PKI}/{f}"));
     Ok(vec![
-        APISERVER_BIN.into(),
+        ctx.path(APISERVER_BIN),
         format!("--advertise-address={ip}"),
         format!("--bind-address={ip}"),
         format!("--secure-port={API_PORT}"),
@@ -182,7 +183,7 @@ pub fn controller_manager_argv(ctx: &Ctx) -> Vec<String> {
     let pki = |f: &str| ctx.path(&format!("{PKI}/{f}"));
     let conf = ctx.path(&format!("{KUBE_DIR}/controller-manager.conf"));
     vec![
-        CONTROLLER_MANAGER_BIN.into(),
+        ctx.path(CONTROLLER_MANAGER_BIN),
         // Pod CIDRs are the plan's (the pod-network step), not the controller's.
         "--allocate-node-cidrs=false".into(),
         format!("--authentication-kubeconfig={conf}"),
@@ -209,7 +210,7 @@ pub fn controller_manager_argv(ctx: &Ctx) -> Vec<String> {
 pub fn scheduler_argv(ctx: &Ctx) -> Vec<String> {
     let conf = ctx.path(&format!("{KUBE_DIR}/scheduler.conf"));
     vec![
-        SCHEDULER_BIN.into(),
+        ctx.path(SCHEDULER_BIN),
         format!("--authentication-kubeconfig={conf}"),
         format!("--authorization-kubeconfig={conf}"),
         "--bind-address=127.0.0.1".into(),
@@ -221,7 +222,7 @@ pub fn scheduler_argv(ctx: &Ctx) -> Vec<String> {
 /// `kubectl` with this node's local admin kubeconfig and a short timeout.
 pub fn kubectl(ctx: &Ctx, args: &[&str]) -> Cmd {
     let mut argv = vec![
-        KUBECTL_BIN.to_string(),
+        ctx.path(KUBECTL_BIN),
         format!("--kubeconfig={}", ctx.path(LOCAL_ADMIN)),
         "--request-timeout=10s".to_string(),
     ];
