@@ -488,6 +488,11 @@ const EFFECTS: &[(&str, Effect)] = &[
     ("storage.replica", storage_replica),
     ("storage.nodes", storage_nodes),
     ("storage.mount_path", storage_mount_path),
+    ("kubernetes.enabled", kubernetes_enabled),
+    (
+        "kubernetes.control_plane_schedulable",
+        kubernetes_control_plane_schedulable,
+    ),
 ];
 
 /// The mDNS instance and TXT cluster name, what peers accept, the etcd
@@ -815,6 +820,65 @@ fn storage_mount_path() {
     let (name, text) = unit(&cfg_with(&[("storage.mount_path", r#""/var/lib/shared""#)]));
     assert_eq!(name, "etc/systemd/system/var-lib-shared.mount");
     assert!(text.contains("Where=/var/lib/shared\n"), "{text}");
+}
+
+/// Whether the Kubernetes steps run at all: off, they are not this node's
+/// business on any node (etcd, the VIP and Gluster still assemble).
+fn kubernetes_enabled() {
+    use steps::kube_bootstrap::KubeBootstrap;
+    use steps::kube_control_plane::KubeControlPlane;
+    let gates = |cfg: &ClusterConfig, me: NodeId| {
+        let st = state(cfg, members(4));
+        with_ctx(cfg, &st, me, "eth0", |ctx| {
+            (
+                KubeControlPlane.gate(ctx),
+                KubeBootstrap.gate(ctx),
+                vip::Vip.gate(ctx),
+            )
+        })
+    };
+    let (cp, boot, v) = gates(&base(), 1);
+    assert!(
+        matches!(cp, Gate::Wait(ref w) if w.contains("kube/admin.crt")),
+        "{cp:?}"
+    );
+    assert!(matches!(boot, Gate::Wait(_)), "{boot:?}");
+    assert_eq!(v, Gate::Run);
+    let off = cfg_with(&[("kubernetes.enabled", "false")]);
+    assert_eq!(gates(&off, 1), (Gate::NotHere, Gate::NotHere, Gate::Run));
+}
+
+/// The `node-role.kubernetes.io/master:NoSchedule` taint on registered
+/// control-plane nodes: only when they must not run workloads.
+fn kubernetes_control_plane_schedulable() {
+    use steps::kube_bootstrap::KubeBootstrap;
+    let commands = |cfg: &ClusterConfig| {
+        let st = state(cfg, members(4));
+        let rec = Recording::default();
+        rec.answer(
+            "/usr/bin/kubectl --kubeconfig=/etc/kubernetes/habuild/admin-local.conf --request-timeout=10s get nodes",
+            0,
+            r#"{"items":[{"metadata":{"name":"n1","labels":{}},"spec":{}}]}"#,
+            "",
+        );
+        with_ctx(cfg, &st, 1, "eth0", |ctx| {
+            KubeBootstrap
+                .act(ctx, &rec.host())
+                .unwrap_or_else(|e| panic!("kube-bootstrap: {e}"))
+        });
+        rec.commands()
+    };
+    let taint = "taint --overwrite node n1 node-role.kubernetes.io/master=:NoSchedule";
+    let label = "label --overwrite node n1 node-role.kubernetes.io/control-plane=";
+    let yes = commands(&base());
+    assert!(yes.iter().any(|c| c.contains(label)), "{yes:?}");
+    assert!(!yes.iter().any(|c| c.contains(taint)), "{yes:?}");
+    let no = commands(&cfg_with(&[(
+        "kubernetes.control_plane_schedulable",
+        "false",
+    )]));
+    assert!(no.iter().any(|c| c.contains(label)), "{no:?}");
+    assert!(no.iter().any(|c| c.contains(taint)), "{no:?}");
 }
 
 // ---------------------------------------------------------------------------

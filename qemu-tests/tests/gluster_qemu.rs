@@ -374,7 +374,10 @@ fn three_vms_build_a_replica_3_volume_that_survives_a_power_off() -> Result<()> 
         off.elapsed().as_secs_f64(),
         unsafe_view
             .iter()
-            .map(|n| format!("{} brick {} offline {:?}", n.hostname, n.brick, n.bricks_offline))
+            .map(|n| format!(
+                "{} brick {} offline {:?}",
+                n.hostname, n.brick, n.bricks_offline
+            ))
             .collect::<Vec<_>>()
     );
     let mid_done = wait_until(

@@ -332,6 +332,15 @@ pub fn issue_pki(
                 ip: m.ip,
             })
             .collect(),
+        members: state
+            .members
+            .values()
+            .map(|m| PkiNode {
+                id: m.id,
+                hostname: m.hostname.clone(),
+                ip: m.ip,
+            })
+            .collect(),
         now: time::OffsetDateTime::now_utc(),
     };
     let new = pki::issue(&items, &inputs)?;

@@ -20,14 +20,16 @@ use rcgen::{
 use time::OffsetDateTime;
 
 use super::policy::{
-    is_leaf_of, kubernetes_service_ip, leaf_profile, node_prefix, Ca, Leaf, LeafProfile, Usage,
-    BACKDATE, CA_VALIDITY, LEAF_VALIDITY,
+    is_leaf_of, kubelet_profile, kubernetes_service_ip, leaf_profile, node_prefix, Ca, KubeClient,
+    Leaf, LeafProfile, Usage, BACKDATE, CA_VALIDITY, LEAF_VALIDITY,
 };
 use super::{PkiError, PkiInputs};
 
 /// PEM items by name. `existing` are the items already in the state
 /// (decrypted). Returns ONLY the items to add: CAs and keys that are
-/// missing, and per-node items for control-plane nodes that lack them. Never
+/// missing, per-node items for control-plane nodes that lack them, the
+/// Kubernetes client certificates (`kube/*`, see [`crate::kube`]) and a
+/// kubelet client certificate for every member that lacks one. Never
 /// regenerates an existing item; a stored key without its certificate gets a
 /// certificate for that key.
 pub fn issue(
@@ -69,39 +71,86 @@ pub fn issue(
     for node in &inputs.control_plane {
         let prefix = node_prefix(node.id);
         for leaf in Leaf::ALL {
-            let cert_name = format!("{prefix}{}.crt", leaf.file());
-            let key_name = format!("{prefix}{}.key", leaf.file());
-            if existing.contains_key(&cert_name) || new.contains_key(&cert_name) {
-                if !existing.contains_key(&key_name) && !new.contains_key(&key_name) {
-                    return Err(PkiError::KeyMissing {
-                        cert: cert_name,
-                        key: key_name,
-                    });
-                }
-                continue;
-            }
-            let key = match existing.get(&key_name) {
-                Some(pem) => parse_key(&key_name, pem)?,
-                None => {
-                    let key = generate_key(&key_name)?;
-                    new.insert(key_name.clone(), key.serialize_pem());
-                    key
-                }
-            };
+            let stem = format!("{prefix}{}", leaf.file());
             let profile = leaf_profile(leaf, node, inputs, service_ip);
-            let params = leaf_params(&profile, inputs.now, &cert_name)?;
-            let (ca_cert, ca_key) = issuer(leaf.ca());
-            let cert =
-                params
-                    .signed_by(&key, ca_cert, ca_key)
-                    .map_err(|source| PkiError::Generate {
-                        name: cert_name.clone(),
-                        source,
-                    })?;
-            new.insert(cert_name, cert.pem());
+            issue_leaf(
+                &stem,
+                &profile,
+                issuer(leaf.ca()),
+                existing,
+                &mut new,
+                inputs.now,
+            )?;
         }
     }
+
+    // Kubernetes client certificates: once for the cluster, and a kubelet
+    // certificate for every member (workers too).
+    for client in KubeClient::ALL {
+        let profile = client.profile();
+        issue_leaf(
+            client.stem(),
+            &profile,
+            issuer(Ca::Cluster),
+            existing,
+            &mut new,
+            inputs.now,
+        )?;
+    }
+    // A member without a name yet gets its certificate once it has one.
+    for node in inputs.members.iter().filter(|n| !n.hostname.is_empty()) {
+        let profile = kubelet_profile(node);
+        issue_leaf(
+            &crate::kube::kubelet_item(node.id),
+            &profile,
+            issuer(Ca::Cluster),
+            existing,
+            &mut new,
+            inputs.now,
+        )?;
+    }
     Ok(new)
+}
+
+/// Issues `<stem>.crt` (and its key when missing) into `new` unless the
+/// certificate exists; a stored key without its certificate gets a
+/// certificate for that key, a stored certificate without its key is an error.
+fn issue_leaf(
+    stem: &str,
+    profile: &LeafProfile,
+    (ca_cert, ca_key): &(Certificate, KeyPair),
+    existing: &BTreeMap<String, String>,
+    new: &mut BTreeMap<String, String>,
+    now: OffsetDateTime,
+) -> Result<(), PkiError> {
+    let cert_name = format!("{stem}.crt");
+    let key_name = format!("{stem}.key");
+    if existing.contains_key(&cert_name) || new.contains_key(&cert_name) {
+        if !existing.contains_key(&key_name) && !new.contains_key(&key_name) {
+            return Err(PkiError::KeyMissing {
+                cert: cert_name,
+                key: key_name,
+            });
+        }
+        return Ok(());
+    }
+    let key = match existing.get(&key_name) {
+        Some(pem) => parse_key(&key_name, pem)?,
+        None => {
+            let key = generate_key(&key_name)?;
+            new.insert(key_name.clone(), key.serialize_pem());
+            key
+        }
+    };
+    let params = leaf_params(profile, now, &cert_name)?;
+    let cert = params
+        .signed_by(&key, ca_cert, ca_key)
+        .map_err(|source| PkiError::Generate {
+            name: cert_name.clone(),
+            source,
+        })?;
+    new.insert(cert_name, cert.pem());
+    Ok(())
 }
 
 /// The issuer for `ca`: from the state if its key is there (the stored

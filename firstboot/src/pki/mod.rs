@@ -44,8 +44,22 @@
 //! Control-plane nodes hold the CA keys, as with `kubeadm join
 //! --control-plane`: kubeadm signs the kubeconfigs (`admin.conf`,
 //! `controller-manager.conf`, ...) and kubelet client certs locally with
-//! them. Workers get the three CA certificates only; their kubelet
-//! bootstraps its client certificate with the bootstrap token.
+//! them. Workers get the three CA certificates only.
+//!
+//! The Kubernetes client certificates are items too, outside `pki/` (they
+//! go into kubeconfigs, not files of their own; see [`crate::kube`]), all
+//! signed by the cluster CA with client auth only:
+//!
+//! | item stem (`.crt`, `.key`) | subject | issued |
+//! | --- | --- | --- |
+//! | `kube/admin` | `O=system:masters, CN=kubernetes-admin` | once |
+//! | `kube/controller-manager` | `CN=system:kube-controller-manager` | once |
+//! | `kube/scheduler` | `CN=system:kube-scheduler` | once |
+//! | `kube/kube-proxy` | `CN=system:kube-proxy` | once |
+//! | `kube/kubelet/<id as 016x>` | `O=system:nodes, CN=system:node:<hostname>` | per member, workers too |
+//!
+//! So no kubelet of an agent-managed node needs the bootstrap token or CSR
+//! approval (the token stays for `kubeadm join` from unmanaged machines).
 //!
 //! Private keys are written 0600, certificates and `sa.pub` 0644.
 //!
@@ -104,6 +118,9 @@ pub struct PkiInputs {
     pub dns_domain: String,
     /// The etcd + apiserver nodes.
     pub control_plane: Vec<PkiNode>,
+    /// Every member (control plane and workers): each gets a kubelet client
+    /// certificate `kube/kubelet/<id>` (`CN=system:node:<hostname>`).
+    pub members: Vec<PkiNode>,
     /// Validity start of what is issued now.
     pub now: OffsetDateTime,
 }

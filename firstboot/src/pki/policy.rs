@@ -246,13 +246,76 @@ pub fn node_items(id: NodeId) -> Vec<String> {
         .collect()
 }
 
-/// Whether item `name` is a leaf certificate signed by `ca` (of any node).
+/// Whether item `name` is a leaf certificate signed by `ca` (of any node,
+/// or a Kubernetes client certificate, all signed by the cluster CA).
 pub(super) fn is_leaf_of(name: &str, ca: Ca) -> bool {
-    name.strip_prefix("pki/node/").is_some_and(|rest| {
+    let node_leaf = name.strip_prefix("pki/node/").is_some_and(|rest| {
         Leaf::ALL
             .iter()
             .any(|l| l.ca() == ca && rest.ends_with(&format!("/{}.crt", l.file())))
-    })
+    });
+    let kube_client = ca == Ca::Cluster && name.starts_with("kube/") && name.ends_with(".crt");
+    node_leaf || kube_client
+}
+
+/// The Kubernetes client certificates issued once for the whole cluster
+/// (signed by the cluster CA, client auth only), as kubeadm makes them for
+/// `admin.conf`, `controller-manager.conf`, `scheduler.conf` and
+/// kube-proxy's kubeconfig.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KubeClient {
+    Admin,
+    ControllerManager,
+    Scheduler,
+    KubeProxy,
+}
+
+impl KubeClient {
+    pub(super) const ALL: [KubeClient; 4] = [
+        KubeClient::Admin,
+        KubeClient::ControllerManager,
+        KubeClient::Scheduler,
+        KubeClient::KubeProxy,
+    ];
+
+    /// The item stem (`<stem>.crt`, `<stem>.key`), see [`crate::kube`].
+    pub(super) fn stem(self) -> &'static str {
+        match self {
+            KubeClient::Admin => crate::kube::ADMIN_ITEM,
+            KubeClient::ControllerManager => crate::kube::CONTROLLER_MANAGER_ITEM,
+            KubeClient::Scheduler => crate::kube::SCHEDULER_ITEM,
+            KubeClient::KubeProxy => crate::kube::KUBE_PROXY_ITEM,
+        }
+    }
+
+    pub(super) fn profile(self) -> LeafProfile {
+        let (organization, cn) = match self {
+            KubeClient::Admin => (Some("system:masters"), "kubernetes-admin"),
+            KubeClient::ControllerManager => (None, "system:kube-controller-manager"),
+            KubeClient::Scheduler => (None, "system:kube-scheduler"),
+            KubeClient::KubeProxy => (None, "system:kube-proxy"),
+        };
+        client_profile(organization, cn.to_string())
+    }
+}
+
+/// Node `node`'s kubelet client certificate: `CN=system:node:<hostname>`,
+/// `O=system:nodes` (what the Node authorizer and NodeRestriction expect).
+pub(super) fn kubelet_profile(node: &PkiNode) -> LeafProfile {
+    client_profile(
+        Some("system:nodes"),
+        format!("system:node:{}", node.hostname),
+    )
+}
+
+fn client_profile(organization: Option<&'static str>, common_name: String) -> LeafProfile {
+    LeafProfile {
+        organization,
+        common_name,
+        dns: vec![],
+        ips: vec![],
+        usages: vec![Usage::Client],
+    }
 }
 
 /// The `kubernetes` service IP: the first host address of the service CIDR

@@ -23,6 +23,7 @@ fn inputs(nodes: Vec<PkiNode>, now: OffsetDateTime) -> PkiInputs {
         vip: Ipv4Addr::new(10, 0, 0, 100),
         service_cidr: "10.96.0.0/12".parse().unwrap(),
         dns_domain: "cluster.local".into(),
+        members: nodes.clone(),
         control_plane: nodes,
         now,
     }
@@ -301,9 +302,13 @@ fn three_control_plane_nodes_verify_with_openssl() {
     let mut expected: BTreeSet<String> = shared_items().into_iter().collect();
     for id in CP {
         expected.extend(node_items(id));
+        expected.extend(kube_items(&crate::kube::kubelet_item(id)));
+    }
+    for stem in KUBE_CLIENTS.map(|(stem, _)| stem) {
+        expected.extend(kube_items(stem));
     }
     assert_eq!(items.keys().cloned().collect::<BTreeSet<_>>(), expected);
-    assert_eq!(items.len(), 8 + 3 * 14);
+    assert_eq!(items.len(), 8 + 3 * 14 + 4 * 2 + 3 * 2);
 
     let tmp = tempfile::tempdir().unwrap();
     let mut serials = BTreeSet::new();
@@ -414,6 +419,113 @@ fn worker_gets_only_ca_certificates() {
         assert!(cp.iter().any(|f| f.path == path && f.mode == 0o600));
         assert!(!files.iter().any(|f| f.path == path));
     }
+}
+
+fn kube_items(stem: &str) -> [String; 2] {
+    [format!("{stem}.crt"), format!("{stem}.key")]
+}
+
+/// The cluster-wide Kubernetes client certificates and their subjects.
+const KUBE_CLIENTS: [(&str, &str); 4] = [
+    (
+        crate::kube::ADMIN_ITEM,
+        "subject=CN=kubernetes-admin,O=system:masters",
+    ),
+    (
+        crate::kube::CONTROLLER_MANAGER_ITEM,
+        "subject=CN=system:kube-controller-manager",
+    ),
+    (
+        crate::kube::SCHEDULER_ITEM,
+        "subject=CN=system:kube-scheduler",
+    ),
+    (crate::kube::KUBE_PROXY_ITEM, "subject=CN=system:kube-proxy"),
+];
+
+/// Writes item `stem` as files under `dir`, and checks it is a client
+/// certificate of the cluster CA (not of the others) with `subject`, whose
+/// key is the certificate's.
+fn check_kube_client(dir: &Path, items: &BTreeMap<String, String>, stem: &str, subject_: &str) {
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name.replace('/', "_"));
+        std::fs::write(&p, text).unwrap();
+        s(p)
+    };
+    let ca = file("ca.crt", &items["pki/ca.crt"]);
+    let etcd_ca = file("etcd-ca.crt", &items["pki/etcd/ca.crt"]);
+    let cert = file(&format!("{stem}.crt"), &items[&format!("{stem}.crt")]);
+    let key = file(&format!("{stem}.key"), &items[&format!("{stem}.key")]);
+    let out = openssl_ok(&["verify", "-purpose", "sslclient", "-CAfile", &ca, &cert]);
+    assert_eq!(out.trim(), format!("{cert}: OK"));
+    let (ok, ..) = openssl(&["verify", "-CAfile", &etcd_ca, &cert]);
+    assert!(!ok, "{stem} verified against the etcd CA");
+    assert_eq!(subject(&cert), subject_, "{stem}");
+    let eku = ext(&cert, "extendedKeyUsage");
+    assert_eq!(
+        eku.lines().nth(1).map(str::trim),
+        Some("TLS Web Client Authentication"),
+        "{stem}: {eku}"
+    );
+    assert_eq!(pubkey_of_key(&key), pubkey_of_cert(&cert), "{stem}");
+}
+
+fn pubkey_of_cert(cert: &str) -> String {
+    openssl_ok(&["x509", "-noout", "-pubkey", "-in", cert])
+}
+
+#[test]
+fn kubernetes_client_certificates_for_the_cluster_and_every_member() {
+    let mut inputs = three_nodes();
+    let items = issue(&BTreeMap::new(), &inputs).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for (stem, subj) in KUBE_CLIENTS {
+        check_kube_client(tmp.path(), &items, stem, subj);
+    }
+    for n in &inputs.members {
+        check_kube_client(
+            tmp.path(),
+            &items,
+            &crate::kube::kubelet_item(n.id),
+            &format!("subject=CN=system:node:{},O=system:nodes", n.hostname),
+        );
+    }
+    // A worker joins: only its kubelet certificate is added.
+    let mut w = node(4, WORKER);
+    w.hostname = "node-w4".into();
+    inputs.members.push(w.clone());
+    let added = issue(&items, &inputs).unwrap();
+    let stem = crate::kube::kubelet_item(WORKER);
+    assert_eq!(
+        added.keys().cloned().collect::<Vec<_>>(),
+        kube_items(&stem).to_vec()
+    );
+    let all = union(&items, &added);
+    check_kube_client(
+        tmp.path(),
+        &all,
+        &stem,
+        "subject=CN=system:node:node-w4,O=system:nodes",
+    );
+    assert!(issue(&all, &inputs).unwrap().is_empty());
+    // A member without a name yet waits for it; the rest is issued.
+    let mut nameless = inputs.clone();
+    nameless.members.push(PkiNode {
+        id: 5,
+        hostname: String::new(),
+        ip: Ipv4Addr::new(10, 0, 0, 15),
+    });
+    assert!(issue(&all, &nameless).unwrap().is_empty());
+    // A fresh cluster CA would orphan the client certificates: refused.
+    let no_ca: BTreeMap<String, String> = all
+        .iter()
+        .filter(|(k, _)| k.starts_with("kube/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let err = issue(&no_ca, &inputs).unwrap_err();
+    assert!(
+        matches!(&err, PkiError::CaMissing { ca_key, .. } if ca_key == "pki/ca.key"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -547,7 +659,7 @@ fn partial_state_is_completed_or_refused() {
         .iter()
         .take_while(|(n, _)| n.ends_with(".key"))
         .count();
-    assert_eq!(keys, 4 + 3 * 7);
+    assert_eq!(keys, 4 + 3 * 7 + 4 + 3);
     assert!(order[keys..].iter().all(|(n, _)| !n.ends_with(".key")));
     for cut in [1, 4, 10, 24, 25, 30, order.len() - 1] {
         let stored: BTreeMap<String, String> = order[..cut]

@@ -35,6 +35,8 @@
 
 pub mod etcd;
 pub mod gluster;
+pub mod kube_bootstrap;
+pub mod kube_control_plane;
 pub mod node;
 pub mod pki;
 pub mod vip;
@@ -185,6 +187,8 @@ pub fn all() -> Vec<Box<dyn Step>> {
         Box::new(pki::Pki),
         Box::new(etcd::Etcd),
         Box::new(vip::Vip),
+        Box::new(kube_control_plane::KubeControlPlane),
+        Box::new(kube_bootstrap::KubeBootstrap),
         Box::new(gluster::Brick),
         Box::new(gluster::Pool),
         Box::new(gluster::Volume),
@@ -536,7 +540,16 @@ mod tests {
         assert_eq!(
             names,
             vec![
-                vec!["pki", "etcd", "vip", "pod-network", "kubelet", "kube-proxy"],
+                vec![
+                    "pki",
+                    "etcd",
+                    "vip",
+                    "kube-control-plane",
+                    "kube-bootstrap",
+                    "pod-network",
+                    "kubelet",
+                    "kube-proxy"
+                ],
                 vec![
                     "gluster-brick",
                     "gluster-pool",

@@ -1,0 +1,679 @@
+//! The `kube-control-plane` step: on the planned control-plane nodes,
+//! kube-apiserver, kube-controller-manager and kube-scheduler as services
+//! (systemd units on a node) from the image's binaries, against the TLS etcd
+//! of the `etcd` step, with kubeadm's file layout: the certificates the
+//! `pki` step wrote under `/etc/kubernetes/pki`, and the kubeconfigs
+//! `/etc/kubernetes/{admin,controller-manager,scheduler}.conf` this step
+//! writes from the client certificates the leader issued (`kube/*` items).
+//!
+//! The apiserver binds this node's cluster address only (`--bind-address`):
+//! haproxy of the `vip` step holds `VIP:6443` on the same hosts. The
+//! controller-manager and the scheduler talk to their own node's apiserver
+//! (`https://<node ip>:6443`) and elect a leader among the control-plane
+//! nodes; `admin.conf` names the VIP, as kubeadm writes it. A second admin
+//! kubeconfig, [`LOCAL_ADMIN`], names this node's apiserver: the health
+//! check and the `kube-bootstrap` step use it, so they test this node and
+//! not whichever node holds the VIP.
+//!
+//! Done when `kubectl get --raw /readyz` answers `ok` through this node's
+//! apiserver (which needs etcd quorum).
+//!
+//! Flags: every flag rendered exists in Kubernetes 1.20 and in 1.28–1.31
+//! (golden-tested). Differences kept out on purpose: 1.20's
+//! controller-manager and scheduler also serve plain-HTTP healthz/metrics on
+//! `--port` (10252/10251) unless `--port=0`, a flag 1.24+ no longer accepts
+//! (kubeadm 1.20 sets it; here the metrics stay readable without
+//! authentication on 1.20, nothing else is served there). The apiserver's
+//! insecure port is off by default in 1.20 and gone later.
+
+use std::net::Ipv4Addr;
+
+use super::{fingerprint, Chain, Check, Ctx, Gate, Rendered, Step, StepError};
+use crate::host::{last_lines, Cmd, FileSpec, Host, ServiceSpec};
+use crate::kube::kubeconfig::{self, Kubeconfig};
+use crate::kube::{self as k8s, DNS_DOMAIN, KUBE_DIR};
+
+pub struct KubeControlPlane;
+
+/// The binaries, under the host root (`ctx.path`), as the preflight finds them.
+pub const APISERVER_BIN: &str = "/usr/bin/kube-apiserver";
+pub const CONTROLLER_MANAGER_BIN: &str = "/usr/bin/kube-controller-manager";
+pub const SCHEDULER_BIN: &str = "/usr/bin/kube-scheduler";
+pub const KUBECTL_BIN: &str = "/usr/bin/kubectl";
+pub const API_PORT: u16 = super::vip::API_PORT;
+/// The refusal of every Kubernetes step on an image without the binaries.
+pub const NO_BINARIES: &str = "this image has no Kubernetes binaries (profile kube.source = none)";
+/// An admin kubeconfig naming this node's own apiserver (not the VIP).
+pub const LOCAL_ADMIN: &str = "etc/kubernetes/habuild/admin-local.conf";
+const PKI: &str = "etc/kubernetes/pki";
+
+/// Refuses with [`NO_BINARIES`] unless `bin` (absolute, e.g.
+/// `/usr/bin/kubectl`) is there under the host root.
+pub fn require_binary(host: &Host, bin: &str) -> Result<(), StepError> {
+    if host.files.exists(bin.trim_start_matches('/')) {
+        Ok(())
+    } else {
+        Err(StepError::Refused(NO_BINARIES.into()))
+    }
+}
+
+/// The Kubernetes steps' common gate: off with `kubernetes.enabled =
+/// false`, only on control-plane nodes, and only once this node's member
+/// record is there.
+pub fn control_plane_gate(ctx: &Ctx) -> Option<Gate> {
+    if !ctx.cfg.kubernetes.enabled || !ctx.is_control_plane() {
+        return Some(Gate::NotHere);
+    }
+    if ctx.my_ip().is_none() {
+        return Some(Gate::Wait("this node's member record".into()));
+    }
+    None
+}
+
+/// The items the step renders its kubeconfigs from.
+fn needed_items() -> Vec<String> {
+    let mut v = vec!["pki/ca.crt".to_string()];
+    for stem in [
+        k8s::ADMIN_ITEM,
+        k8s::CONTROLLER_MANAGER_ITEM,
+        k8s::SCHEDULER_ITEM,
+    ] {
+        v.push(format!("{stem}.crt"));
+        v.push(format!("{stem}.key"));
+    }
+    v
+}
+
+fn item<'a>(ctx: &'a Ctx, name: &str) -> Result<&'a str, StepError> {
+    ctx.items
+        .get(name)
+        .map(String::as_str)
+        .ok_or_else(|| StepError::Render(format!("{name} is not issued yet")))
+}
+
+/// A kubeconfig for the client certificate `stem`, as `user`, naming `server`.
+pub fn kubeconfig_for(
+    ctx: &Ctx,
+    stem: &str,
+    user: &str,
+    server: &str,
+) -> Result<String, StepError> {
+    Ok(kubeconfig::render(&Kubeconfig {
+        cluster: &ctx.cfg.cluster.name,
+        server,
+        ca_pem: item(ctx, "pki/ca.crt")?,
+        user,
+        client_cert_pem: item(ctx, &format!("{stem}.crt"))?,
+        client_key_pem: item(ctx, &format!("{stem}.key"))?,
+    }))
+}
+
+/// `https://<ip>:6443`.
+pub fn api_url(ip: Ipv4Addr) -> String {
+    format!("https://{ip}:{API_PORT}")
+}
+
+/// `https://<ip>:2379,...` for every planned control-plane member, in plan order.
+fn etcd_servers(ctx: &Ctx) -> Result<String, StepError> {
+    let urls: Result<Vec<String>, StepError> = ctx
+        .plan
+        .control_plane
+        .iter()
+        .map(|id| {
+            let m = ctx.member(*id).ok_or_else(|| {
+                StepError::Render(format!("control-plane node {id:016x} has no member record"))
+            })?;
+            Ok(format!("https://{}:{}", m.ip, super::etcd::CLIENT_PORT))
+        })
+        .collect();
+    Ok(urls?.join(","))
+}
+
+/// kube-apiserver's command line (pure).
+pub fn apiserver_argv(ctx: &Ctx, ip: Ipv4Addr) -> Result<Vec<String>, StepError> {
+    let pki = |f: &str| ctx.path(&format!("{PKI}/{f}"));
+    Ok(vec![
+        ctx.path(APISERVER_BIN),
+        format!("--advertise-address={ip}"),
+        format!("--bind-address={ip}"),
+        format!("--secure-port={API_PORT}"),
+        "--allow-privileged=true".into(),
+        "--authorization-mode=Node,RBAC".into(),
+        format!("--client-ca-file={}", pki("ca.crt")),
+        "--enable-admission-plugins=NodeRestriction".into(),
+        "--enable-bootstrap-token-auth=true".into(),
+        "--endpoint-reconciler-type=lease".into(),
+        format!("--etcd-cafile={}", pki("etcd/ca.crt")),
+        format!("--etcd-certfile={}", pki("apiserver-etcd-client.crt")),
+        format!("--etcd-keyfile={}", pki("apiserver-etcd-client.key")),
+        format!("--etcd-servers={}", etcd_servers(ctx)?),
+        format!(
+            "--kubelet-client-certificate={}",
+            pki("apiserver-kubelet-client.crt")
+        ),
+        format!(
+            "--kubelet-client-key={}",
+            pki("apiserver-kubelet-client.key")
+        ),
+        "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
+        format!("--proxy-client-cert-file={}", pki("front-proxy-client.crt")),
+        format!("--proxy-client-key-file={}", pki("front-proxy-client.key")),
+        "--requestheader-allowed-names=front-proxy-client".into(),
+        format!(
+            "--requestheader-client-ca-file={}",
+            pki("front-proxy-ca.crt")
+        ),
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+        "--requestheader-group-headers=X-Remote-Group".into(),
+        "--requestheader-username-headers=X-Remote-User".into(),
+        format!("--service-account-issuer=https://kubernetes.default.svc.{DNS_DOMAIN}"),
+        format!("--service-account-key-file={}", pki("sa.pub")),
+        format!("--service-account-signing-key-file={}", pki("sa.key")),
+        format!(
+            "--service-cluster-ip-range={}",
+            ctx.cfg.network.service_cidr
+        ),
+        format!("--tls-cert-file={}", pki("apiserver.crt")),
+        format!("--tls-private-key-file={}", pki("apiserver.key")),
+    ])
+}
+
+/// kube-controller-manager's command line (pure).
+pub fn controller_manager_argv(ctx: &Ctx) -> Vec<String> {
+    let pki = |f: &str| ctx.path(&format!("{PKI}/{f}"));
+    let conf = ctx.path(&format!("{KUBE_DIR}/controller-manager.conf"));
+    vec![
+        ctx.path(CONTROLLER_MANAGER_BIN),
+        // Pod CIDRs are the plan's (the pod-network step), not the controller's.
+        "--allocate-node-cidrs=false".into(),
+        format!("--authentication-kubeconfig={conf}"),
+        format!("--authorization-kubeconfig={conf}"),
+        "--bind-address=127.0.0.1".into(),
+        format!("--client-ca-file={}", pki("ca.crt")),
+        format!("--cluster-name={}", ctx.cfg.cluster.name),
+        format!("--cluster-signing-cert-file={}", pki("ca.crt")),
+        format!("--cluster-signing-key-file={}", pki("ca.key")),
+        "--controllers=*,bootstrapsigner,tokencleaner".into(),
+        format!("--kubeconfig={conf}"),
+        "--leader-elect=true".into(),
+        format!(
+            "--requestheader-client-ca-file={}",
+            pki("front-proxy-ca.crt")
+        ),
+        format!("--root-ca-file={}", pki("ca.crt")),
+        format!("--service-account-private-key-file={}", pki("sa.key")),
+        "--use-service-account-credentials=true".into(),
+    ]
+}
+
+/// kube-scheduler's command line (pure).
+pub fn scheduler_argv(ctx: &Ctx) -> Vec<String> {
+    let conf = ctx.path(&format!("{KUBE_DIR}/scheduler.conf"));
+    vec![
+        ctx.path(SCHEDULER_BIN),
+        format!("--authentication-kubeconfig={conf}"),
+        format!("--authorization-kubeconfig={conf}"),
+        "--bind-address=127.0.0.1".into(),
+        format!("--kubeconfig={conf}"),
+        "--leader-elect=true".into(),
+    ]
+}
+
+/// `kubectl` with this node's local admin kubeconfig and a short timeout.
+pub fn kubectl(ctx: &Ctx, args: &[&str]) -> Cmd {
+    let mut argv = vec![
+        ctx.path(KUBECTL_BIN),
+        format!("--kubeconfig={}", ctx.path(LOCAL_ADMIN)),
+        "--request-timeout=10s".to_string(),
+    ];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    Cmd::new(argv)
+}
+
+/// The files a service reads that are not in its argv's values (the PKI
+/// items of this node), for its restart fingerprint.
+fn pki_parts<'a>(ctx: &'a Ctx) -> Vec<&'a [u8]> {
+    ctx.items
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("pki/")
+                && (!k.starts_with("pki/node/") || k.starts_with(&crate::pki::node_prefix(ctx.me)))
+        })
+        .flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()])
+        .collect()
+}
+
+impl Step for KubeControlPlane {
+    fn name(&self) -> &'static str {
+        "kube-control-plane"
+    }
+
+    fn chain(&self) -> Chain {
+        Chain::ControlPlane
+    }
+
+    fn gate(&self, ctx: &Ctx) -> Gate {
+        if let Some(g) = control_plane_gate(ctx) {
+            return g;
+        }
+        let missing: Vec<String> = needed_items()
+            .into_iter()
+            .filter(|i| !ctx.items.contains_key(i))
+            .collect();
+        if missing.is_empty() {
+            Gate::Run
+        } else {
+            Gate::Wait(format!(
+                "Kubernetes client certificates from the leader: {}",
+                missing.join(", ")
+            ))
+        }
+    }
+
+    fn preflight(&self, _ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+        for bin in [
+            APISERVER_BIN,
+            CONTROLLER_MANAGER_BIN,
+            SCHEDULER_BIN,
+            KUBECTL_BIN,
+        ] {
+            require_binary(host, bin)?;
+        }
+        Ok(())
+    }
+
+    fn render(&self, ctx: &Ctx) -> Result<Rendered, StepError> {
+        let ip = ctx
+            .my_ip()
+            .ok_or_else(|| StepError::Render("no member record for this node".into()))?;
+        let local = api_url(ip);
+        let vip = api_url(ctx.plan.vip);
+        let conf = |name: &str, text: String| {
+            FileSpec::new(format!("{KUBE_DIR}/{name}.conf"), 0o600, text)
+        };
+        let admin = conf(
+            "admin",
+            kubeconfig_for(ctx, k8s::ADMIN_ITEM, "kubernetes-admin", &vip)?,
+        );
+        let local_admin = FileSpec::new(
+            LOCAL_ADMIN,
+            0o600,
+            kubeconfig_for(ctx, k8s::ADMIN_ITEM, "kubernetes-admin", &local)?,
+        );
+        let cm = conf(
+            "controller-manager",
+            kubeconfig_for(
+                ctx,
+                k8s::CONTROLLER_MANAGER_ITEM,
+                "system:kube-controller-manager",
+                &local,
+            )?,
+        );
+        let sched = conf(
+            "scheduler",
+            kubeconfig_for(ctx, k8s::SCHEDULER_ITEM, "system:kube-scheduler", &local)?,
+        );
+        let pki = pki_parts(ctx);
+        let service = |name: &str, description: &str, argv: Vec<String>, files: &[&FileSpec]| {
+            let fp = fingerprint(
+                argv.iter()
+                    .map(|a| a.as_bytes())
+                    .chain(files.iter().map(|f| f.contents.as_slice()))
+                    .chain(pki.iter().copied()),
+            );
+            ServiceSpec {
+                name: name.into(),
+                description: description.into(),
+                argv,
+                fingerprint: fp,
+            }
+        };
+        let services = vec![
+            service(
+                "kube-apiserver",
+                "Kubernetes API server (habuild)",
+                apiserver_argv(ctx, ip)?,
+                &[],
+            ),
+            service(
+                "kube-controller-manager",
+                "Kubernetes controller manager (habuild)",
+                controller_manager_argv(ctx),
+                &[&cm],
+            ),
+            service(
+                "kube-scheduler",
+                "Kubernetes scheduler (habuild)",
+                scheduler_argv(ctx),
+                &[&sched],
+            ),
+        ];
+        Ok(Rendered {
+            files: vec![admin, local_admin, cm, sched],
+            commands: vec![],
+            services,
+        })
+    }
+
+    fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
+        let o = host
+            .exec
+            .output(&kubectl(ctx, &["get", "--raw", "/readyz"]))?;
+        let addr = ctx
+            .my_ip()
+            .map(|ip| format!("{ip}:{API_PORT}"))
+            .unwrap_or_default();
+        if o.success() && o.stdout.trim() == "ok" {
+            Ok(Check::Done(format!("apiserver healthy at {addr}")))
+        } else {
+            Ok(Check::Pending(format!(
+                "apiserver at {addr} not ready yet: {}",
+                last_lines(&format!("{}\n{}", o.stdout, o.stderr), 3)
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::host::fake::Recording;
+    use crate::steps::testutil;
+
+    /// Placeholder PEM text for every item the Kubernetes steps read.
+    pub fn items() -> BTreeMap<String, String> {
+        let mut items: BTreeMap<String, String> = needed_items()
+            .into_iter()
+            .map(|n| (n.clone(), format!("PEM {n}")))
+            .collect();
+        for id in 1..=4 {
+            let stem = k8s::kubelet_item(id);
+            items.insert(format!("{stem}.crt"), format!("PEM {stem}"));
+        }
+        items
+    }
+
+    /// Runs `f` with node `me`'s context over the test state, with
+    /// [`items`] and `cfg` edited by `edit`.
+    pub fn with_items<R>(
+        me: u64,
+        edit: impl FnOnce(&mut crate::cluster::ClusterConfig),
+        f: impl FnOnce(&Ctx) -> R,
+    ) -> R {
+        let state = testutil::state();
+        let mut cfg = testutil::cfg();
+        edit(&mut cfg);
+        let items = items();
+        let ctx = Ctx {
+            me,
+            cfg: &cfg,
+            state: &state,
+            plan: state.plan.as_ref().unwrap(),
+            items: &items,
+            root: Path::new("/"),
+            interface: "eth0",
+            agent_exe: "/usr/lib/habuild/habuild-agent",
+        };
+        f(&ctx)
+    }
+
+    #[test]
+    fn golden_apiserver_command_line() {
+        let argv = with_items(
+            2,
+            |_| {},
+            |ctx| {
+                assert_eq!(KubeControlPlane.gate(ctx), Gate::Run);
+                KubeControlPlane.render(ctx).unwrap().services[0]
+                    .argv
+                    .join("\n")
+            },
+        );
+        assert_eq!(
+            argv,
+            "/usr/bin/kube-apiserver
+--advertise-address=10.77.0.2
+--bind-address=10.77.0.2
+--secure-port=6443
+--allow-privileged=true
+--authorization-mode=Node,RBAC
+--client-ca-file=/etc/kubernetes/pki/ca.crt
+--enable-admission-plugins=NodeRestriction
+--enable-bootstrap-token-auth=true
+--endpoint-reconciler-type=lease
+--etcd-cafile=/etc/kubernetes/pki/etcd/ca.crt
+--etcd-certfile=/etc/kubernetes/pki/apiserver-etcd-client.crt
+--etcd-keyfile=/etc/kubernetes/pki/apiserver-etcd-client.key
+--etcd-servers=https://10.77.0.1:2379,https://10.77.0.2:2379,https://10.77.0.3:2379
+--kubelet-client-certificate=/etc/kubernetes/pki/apiserver-kubelet-client.crt
+--kubelet-client-key=/etc/kubernetes/pki/apiserver-kubelet-client.key
+--kubelet-preferred-address-types=InternalIP,Hostname
+--proxy-client-cert-file=/etc/kubernetes/pki/front-proxy-client.crt
+--proxy-client-key-file=/etc/kubernetes/pki/front-proxy-client.key
+--requestheader-allowed-names=front-proxy-client
+--requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt
+--requestheader-extra-headers-prefix=X-Remote-Extra-
+--requestheader-group-headers=X-Remote-Group
+--requestheader-username-headers=X-Remote-User
+--service-account-issuer=https://kubernetes.default.svc.cluster.local
+--service-account-key-file=/etc/kubernetes/pki/sa.pub
+--service-account-signing-key-file=/etc/kubernetes/pki/sa.key
+--service-cluster-ip-range=10.96.0.0/12
+--tls-cert-file=/etc/kubernetes/pki/apiserver.crt
+--tls-private-key-file=/etc/kubernetes/pki/apiserver.key"
+        );
+    }
+
+    #[test]
+    fn golden_controller_manager_and_scheduler_command_lines() {
+        let (cm, sched) = with_items(
+            1,
+            |_| {},
+            |ctx| {
+                let r = KubeControlPlane.render(ctx).unwrap();
+                (r.services[1].argv.join("\n"), r.services[2].argv.join("\n"))
+            },
+        );
+        assert_eq!(
+            cm,
+            "/usr/bin/kube-controller-manager
+--allocate-node-cidrs=false
+--authentication-kubeconfig=/etc/kubernetes/controller-manager.conf
+--authorization-kubeconfig=/etc/kubernetes/controller-manager.conf
+--bind-address=127.0.0.1
+--client-ca-file=/etc/kubernetes/pki/ca.crt
+--cluster-name=lab
+--cluster-signing-cert-file=/etc/kubernetes/pki/ca.crt
+--cluster-signing-key-file=/etc/kubernetes/pki/ca.key
+--controllers=*,bootstrapsigner,tokencleaner
+--kubeconfig=/etc/kubernetes/controller-manager.conf
+--leader-elect=true
+--requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt
+--root-ca-file=/etc/kubernetes/pki/ca.crt
+--service-account-private-key-file=/etc/kubernetes/pki/sa.key
+--use-service-account-credentials=true"
+        );
+        assert_eq!(
+            sched,
+            "/usr/bin/kube-scheduler
+--authentication-kubeconfig=/etc/kubernetes/scheduler.conf
+--authorization-kubeconfig=/etc/kubernetes/scheduler.conf
+--bind-address=127.0.0.1
+--kubeconfig=/etc/kubernetes/scheduler.conf
+--leader-elect=true"
+        );
+    }
+
+    /// Flags 1.20 has that current releases removed (or the other way
+    /// round) must not be rendered: a unit with an unknown flag does not
+    /// start.
+    #[test]
+    fn no_flag_of_only_one_end_of_the_supported_range() {
+        let argv = with_items(
+            1,
+            |_| {},
+            |ctx| {
+                let r = KubeControlPlane.render(ctx).unwrap();
+                r.services
+                    .iter()
+                    .flat_map(|s| s.argv.clone())
+                    .collect::<Vec<_>>()
+            },
+        );
+        // Removed after 1.20 (1.24+ refuse them), or added after 1.20.
+        for gone in [
+            "--insecure-port",
+            "--port=",
+            "--address=",
+            "--kubelet-https",
+            "--experimental-cluster-signing-duration",
+            "--feature-gates",
+            "--service-account-api-audiences",
+            "--cluster-signing-duration",
+        ] {
+            assert!(
+                !argv.iter().any(|a| a.starts_with(gone)),
+                "{gone} in {argv:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn kubeconfigs_name_the_local_apiserver_and_admin_conf_the_vip() {
+        let files = with_items(3, |_| {}, |ctx| KubeControlPlane.render(ctx).unwrap().files);
+        let text = |path: &str| {
+            let f = files.iter().find(|f| f.path == path).expect(path);
+            assert_eq!(f.mode, 0o600, "{path}");
+            String::from_utf8(f.contents.clone()).unwrap()
+        };
+        let admin = text("etc/kubernetes/admin.conf");
+        assert!(
+            admin.contains("server: https://10.77.0.250:6443\n"),
+            "{admin}"
+        );
+        assert!(admin.contains("user: kubernetes-admin\n"), "{admin}");
+        let local = text(LOCAL_ADMIN);
+        assert!(
+            local.contains("server: https://10.77.0.3:6443\n"),
+            "{local}"
+        );
+        for (name, user) in [
+            ("controller-manager", "system:kube-controller-manager"),
+            ("scheduler", "system:kube-scheduler"),
+        ] {
+            let t = text(&format!("etc/kubernetes/{name}.conf"));
+            assert!(t.contains("server: https://10.77.0.3:6443\n"), "{t}");
+            assert!(t.contains(&format!("user: \"{user}\"\n")), "{t}");
+            use base64::Engine as _;
+            let cert =
+                base64::engine::general_purpose::STANDARD.encode(format!("PEM kube/{name}.crt"));
+            assert!(t.contains(&cert), "{t}");
+        }
+    }
+
+    #[test]
+    fn gates_and_refusals() {
+        // Workers, and everyone with kubernetes.enabled = false: not here.
+        with_items(
+            4,
+            |_| {},
+            |ctx| assert_eq!(KubeControlPlane.gate(ctx), Gate::NotHere),
+        );
+        with_items(
+            1,
+            |c| c.kubernetes.enabled = false,
+            |ctx| assert_eq!(KubeControlPlane.gate(ctx), Gate::NotHere),
+        );
+        // Without the client certificates: waiting, naming them.
+        testutil::with_ctx(1, |ctx| match KubeControlPlane.gate(ctx) {
+            Gate::Wait(w) => assert!(w.contains("kube/admin.crt"), "{w}"),
+            g => panic!("{g:?}"),
+        });
+        // No binaries: refused with the contract's text.
+        with_items(
+            1,
+            |_| {},
+            |ctx| {
+                let rec = Recording::default();
+                let host = rec.host();
+                assert_eq!(
+                    KubeControlPlane.preflight(ctx, &host),
+                    Err(StepError::Refused(NO_BINARIES.into()))
+                );
+                for bin in [
+                    APISERVER_BIN,
+                    CONTROLLER_MANAGER_BIN,
+                    SCHEDULER_BIN,
+                    KUBECTL_BIN,
+                ] {
+                    host.files.write(&FileSpec::new(bin, 0o755, "elf")).unwrap();
+                }
+                assert_eq!(KubeControlPlane.preflight(ctx, &host), Ok(()));
+            },
+        );
+    }
+
+    #[test]
+    fn health_comes_from_readyz_through_the_local_apiserver() {
+        with_items(
+            1,
+            |_| {},
+            |ctx| {
+                let rec = Recording::default();
+                let host = rec.host();
+                rec.answer(
+                "/usr/bin/kubectl",
+                1,
+                "",
+                "The connection to the server 10.77.0.1:6443 was refused - did you specify the right host or port?\n",
+            );
+                assert_eq!(
+                    KubeControlPlane.check(ctx, &host).unwrap(),
+                    Check::Pending(
+                        "apiserver at 10.77.0.1:6443 not ready yet: The connection to the server \
+                     10.77.0.1:6443 was refused - did you specify the right host or port?"
+                            .into()
+                    )
+                );
+                rec.lock().answers.clear();
+                rec.answer("/usr/bin/kubectl", 0, "ok", "");
+                assert_eq!(
+                    KubeControlPlane.check(ctx, &host).unwrap(),
+                    Check::Done("apiserver healthy at 10.77.0.1:6443".into())
+                );
+                assert_eq!(
+                    rec.commands().last().unwrap(),
+                    "/usr/bin/kubectl --kubeconfig=/etc/kubernetes/habuild/admin-local.conf \
+                 --request-timeout=10s get --raw /readyz"
+                );
+            },
+        );
+    }
+
+    #[test]
+    fn services_restart_when_their_kubeconfig_changes() {
+        let fps = |name: &str| {
+            let name = name.to_string();
+            with_items(
+                1,
+                move |c| c.cluster.name = name,
+                |ctx| {
+                    KubeControlPlane
+                        .render(ctx)
+                        .unwrap()
+                        .services
+                        .iter()
+                        .map(|s| s.fingerprint.clone())
+                        .collect::<Vec<_>>()
+                },
+            )
+        };
+        let (a, b) = (fps("lab"), fps("prod"));
+        assert_ne!(a[1], b[1], "controller-manager.conf names the cluster");
+        assert_ne!(a[2], b[2], "scheduler.conf names the cluster");
+        assert_eq!(a, fps("lab"), "stable");
+    }
+}
