@@ -14,13 +14,12 @@ pub use kubelet::Kubelet;
 pub use pod_network::PodNetwork;
 
 use super::{Ctx, Gate, StepError};
-use crate::host::Host;
 use crate::state::Member;
 
 /// The refusal when a Kubernetes binary is missing (the contract's text,
-/// shown once in status and on the console).
-pub const NO_KUBE_BINARIES: &str =
-    "this image has no Kubernetes binaries (profile kube.source = none)";
+/// shown once in status and on the console), and the check that gives it:
+/// one copy, shared with the control-plane steps.
+pub use super::kube_control_plane::{require_binary, NO_BINARIES as NO_KUBE_BINARIES};
 
 /// The control-plane step whose record on some control-plane node tells
 /// the node steps the API can be reached.
@@ -35,15 +34,6 @@ pub const API_PORT: u16 = super::vip::API_PORT;
 /// `https://VIP:6443`, what every node-side kubeconfig names.
 pub fn api_server(ctx: &Ctx) -> String {
     format!("https://{}:{API_PORT}", ctx.plan.vip)
-}
-
-/// Refuses when `rel` (a binary under the host root) is missing.
-pub fn require_binary(host: &Host, rel: &str) -> Result<(), StepError> {
-    if host.files.exists(rel) {
-        Ok(())
-    } else {
-        Err(StepError::Refused(NO_KUBE_BINARIES.into()))
-    }
 }
 
 /// The gate every node step starts with: not here when Kubernetes is off,
