@@ -1,6 +1,6 @@
 //! Kubernetes binaries for profiles whose kube source is a build script
-//! (`scripts/build-kube`: Debian's source, built once per machine and
-//! cached), release downloads (pinned sha256) or a local directory; packages
+//! (`scripts/build-kube`, compiled into habuild, or the profile's
+//! `kube.script`: Debian's source, built once per machine and cached), release downloads (pinned sha256) or a local directory; packages
 //! from a repository are installed by the rootfs backend instead
 //! (`Profile::package_list`). Binaries land in the staging tree's
 //! `usr/bin`, with `images/kube` (the kubelet unit and kubeadm's drop-in)
@@ -61,7 +61,11 @@ pub fn stage(
             stage_local(&dir, &bin)?
         }
         Kube::Build { script, .. } => {
-            let dir = run_build_script(profile, &profile.resolve(script))?;
+            let script = match script {
+                Some(s) => profile.resolve(s),
+                None => write_embedded_script(staging)?,
+            };
+            let dir = run_build_script(profile, &script)?;
             pause = built_pause(&dir);
             stage_local(&dir, &bin)?
         }
@@ -127,6 +131,20 @@ pub fn stage(
     }
     copy_tree(&images.join("kube"), staging)?;
     Ok(Staged { names, pause })
+}
+
+/// The checkout's `scripts/build-kube`, compiled in.
+pub const BUILD_KUBE: &str = include_str!("../../scripts/build-kube");
+
+/// Writes [`BUILD_KUBE`] beside the staging tree (in the build's work
+/// directory), executable.
+fn write_embedded_script(staging: &Path) -> Result<PathBuf> {
+    let dir = staging.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).at(dir)?;
+    let path = dir.join("build-kube");
+    fs::write(&path, BUILD_KUBE).at(&path)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).at(&path)?;
+    Ok(path)
 }
 
 /// `scripts/build-kube`'s layout: `<cache>/<version>/{bin,pause/pause}`.

@@ -186,11 +186,17 @@ pub enum Kube {
         #[serde(default)]
         pause: Option<PathBuf>,
     },
-    /// Built by a script (relative to the profile file, e.g.
-    /// `../scripts/build-kube`) that caches its result and prints the
-    /// directory of the binaries on its last stdout line; staged like
-    /// `Local`, pause binary from `<bin>/../pause/pause`.
-    Build { version: String, script: PathBuf },
+    /// Built by a script that caches its result and prints the directory
+    /// of the binaries on its last stdout line; staged like `Local`, pause
+    /// binary from `<bin>/../pause/pause`. Default script: the checkout's
+    /// `scripts/build-kube`, compiled into habuild (so an installed habuild
+    /// run outside the checkout has it too); `script` (relative to the
+    /// profile file) overrides it.
+    Build {
+        version: String,
+        #[serde(default)]
+        script: Option<PathBuf>,
+    },
 }
 
 impl Kube {
@@ -440,7 +446,7 @@ mod tests {
             p.profile.kube,
             Kube::Build {
                 version: "1.20.2".into(),
-                script: "../scripts/build-kube".into()
+                script: None
             }
         );
         assert_eq!(
@@ -459,14 +465,17 @@ mod tests {
             .unwrap_err();
         assert!(e.message.contains("unknown field `archive`"), "{e}");
         assert!(e.line.is_some(), "{e}");
-        // build needs its script; a pause binary for release sources is optional
-        let nos = text.replace("script = \"../scripts/build-kube\"\n", "");
-        let e = SourceFile::from_text("p.toml", nos)
+        // build needs its version; a pause binary for release sources is optional
+        let nov = text.replace(
+            "source = \"build\"\nversion = \"1.20.2\"",
+            "source = \"build\"",
+        );
+        let e = SourceFile::from_text("p.toml", nov)
             .parse::<Profile>()
             .unwrap_err();
-        assert!(e.message.contains("script"), "{e}");
+        assert!(e.message.contains("version"), "{e}");
         let local = text.replace(
-            "source = \"build\"\nversion = \"1.20.2\"\nscript = \"../scripts/build-kube\"",
+            "source = \"build\"\nversion = \"1.20.2\"",
             "source = \"local\"\nversion = \"1.20.2\"\ndir = \"/k/bin\"\npause = \"/k/pause\"",
         );
         let p: Profile = SourceFile::from_text("p.toml", local).parse().unwrap();
