@@ -18,7 +18,7 @@ use crate::output::Output;
 use crate::profile::{self, LoadedProfile};
 use crate::rootfs::{self, RootfsRequest};
 use crate::stages::Stages;
-use crate::{embedded, fsimage, kube, overlay, pxe};
+use crate::{embedded, fsimage, images, kube, overlay, pxe};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -104,7 +104,17 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
             &opts.agent,
             &staging,
         )?;
-        kube::stage(exec, &profile.profile.kube, &images, &opts.cache, &staging).map(|_| ())
+        let kube = kube::stage(exec, &profile, &images, &opts.cache, &staging)?;
+        if profile.profile.kube != profile::Kube::None && kube.pause.is_none() {
+            tracing::warn!(
+                "kube: no pause binary (set kube.pause in {}): the image gets no {} archive, so \
+                 nodes must pull {} from a registry",
+                profile.source.path.display(),
+                images::PAUSE_FILE,
+                firstboot::kube::PAUSE_IMAGE
+            );
+        }
+        images::stage(&profile, kube.pause.as_deref(), &staging).map(|_| ())
     })?;
 
     let req = RootfsRequest {

@@ -8,6 +8,7 @@ pub mod embedded;
 pub mod error;
 pub mod exec;
 pub mod fsimage;
+pub mod images;
 pub mod kube;
 pub mod kubeconfig;
 pub mod locate;

@@ -17,6 +17,9 @@ pub struct Profile {
     pub packages: Packages,
     #[serde(default)]
     pub kube: Kube,
+    /// Container images seeded into containerd at first boot (besides pause).
+    #[serde(default)]
+    pub images: ImageArchives,
     #[serde(default)]
     pub rootfs: RootfsSettings,
     #[serde(default)]
@@ -161,15 +164,62 @@ pub enum Kube {
     Repo {
         version: String,
         packages: Vec<String>,
+        /// A static pause binary to build the pause image from (relative to the profile file).
+        #[serde(default)]
+        pause: Option<PathBuf>,
     },
     /// Release binaries downloaded by URL and checked against pinned sha256 sums.
     Release {
         version: String,
         base_url: String,
         sha256: BTreeMap<String, String>,
+        /// A static pause binary to build the pause image from (relative to the profile file).
+        #[serde(default)]
+        pause: Option<PathBuf>,
     },
     /// A local directory holding kubeadm, kubelet, kubectl, ... (e.g. built from source).
-    Local { version: String, dir: PathBuf },
+    Local {
+        version: String,
+        dir: PathBuf,
+        /// A static pause binary (default: `<dir>/../pause/pause`, where
+        /// `scripts/build-kube` puts it, when that file exists).
+        #[serde(default)]
+        pause: Option<PathBuf>,
+    },
+    /// Built by a script that caches its result and prints the directory
+    /// of the binaries on its last stdout line; staged like `Local`, pause
+    /// binary from `<bin>/../pause/pause`. Default script: the checkout's
+    /// `scripts/build-kube`, compiled into habuild (so an installed habuild
+    /// run outside the checkout has it too); `script` (relative to the
+    /// profile file) overrides it.
+    Build {
+        version: String,
+        #[serde(default)]
+        script: Option<PathBuf>,
+    },
+}
+
+impl Kube {
+    /// The profile's explicit `kube.pause`, if any.
+    pub fn pause(&self) -> Option<&Path> {
+        match self {
+            Kube::Repo { pause, .. } | Kube::Release { pause, .. } | Kube::Local { pause, .. } => {
+                pause.as_deref()
+            }
+            Kube::None | Kube::Build { .. } => None,
+        }
+    }
+}
+
+/// `[images]`: OCI (or `docker save`) archives baked into
+/// `usr/share/habuild/images` and imported into containerd's `k8s.io`
+/// namespace at first boot, under the reference each archive names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ImageArchives {
+    /// Paths relative to the profile file.
+    #[serde(default)]
+    pub archives: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -238,6 +288,12 @@ pub struct LoadedProfile {
 impl LoadedProfile {
     pub fn dir(&self) -> &Path {
         self.source.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// A path from the profile, resolved against the profile's directory
+    /// (absolute paths stay as they are).
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        self.dir().join(p)
     }
 
     /// Overlay directories resolved against the profile's directory.
@@ -381,5 +437,48 @@ mod tests {
         let e = validate(&p, &src).unwrap_err();
         assert!(e.message.contains("must start with"), "{e}");
         assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn default_profile_builds_kube_and_images_section_parses() {
+        let p = load(&configs().join("debian-12.toml")).unwrap();
+        assert_eq!(
+            p.profile.kube,
+            Kube::Build {
+                version: "1.20.2".into(),
+                script: None
+            }
+        );
+        assert_eq!(
+            p.resolve(Path::new("../scripts/build-kube")),
+            configs().join("../scripts/build-kube")
+        );
+        assert!(p.profile.images.archives.is_empty());
+        let text = std::fs::read_to_string(configs().join("debian-12.toml")).unwrap();
+        let with = format!("{text}\n[images]\narchives = [\"apps/web.tar\"]\n");
+        let src = SourceFile::from_text("p.toml", with);
+        let p: Profile = src.parse().unwrap();
+        assert_eq!(p.images.archives, vec![PathBuf::from("apps/web.tar")]);
+        let typo = format!("{text}\n[images]\narchive = [\"apps/web.tar\"]\n");
+        let e = SourceFile::from_text("p.toml", typo)
+            .parse::<Profile>()
+            .unwrap_err();
+        assert!(e.message.contains("unknown field `archive`"), "{e}");
+        assert!(e.line.is_some(), "{e}");
+        // build needs its version; a pause binary for release sources is optional
+        let nov = text.replace(
+            "source = \"build\"\nversion = \"1.20.2\"",
+            "source = \"build\"",
+        );
+        let e = SourceFile::from_text("p.toml", nov)
+            .parse::<Profile>()
+            .unwrap_err();
+        assert!(e.message.contains("version"), "{e}");
+        let local = text.replace(
+            "source = \"build\"\nversion = \"1.20.2\"",
+            "source = \"local\"\nversion = \"1.20.2\"\ndir = \"/k/bin\"\npause = \"/k/pause\"",
+        );
+        let p: Profile = SourceFile::from_text("p.toml", local).parse().unwrap();
+        assert_eq!(p.kube.pause(), Some(Path::new("/k/pause")));
     }
 }
