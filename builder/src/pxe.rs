@@ -194,8 +194,9 @@ fn ipxe_script(inputs: &PxeInputs, root_sha: &str, list_sha: &str) -> String {
          # habuild-install-disk (e.g. /dev/nvme0n1), else to its first empty disk\n\
          # (never one holding data), verifies it and reboots into it. Boot order\n\
          # disk first, network second: the installed disk boots from then on.\n\
+         # (The x prefixes keep iseq's two arguments when habuild-mode is unset.)\n\
          isset ${{base-url}} || set base-url http://${{next-server}}/habuild/\n\
-         iseq ${{habuild-mode}} install && goto install ||\n\
+         iseq x${{habuild-mode}} xinstall && goto install ||\n\
          echo habuild: booting {name} live from ${{base-url}}\n\
          kernel ${{base-url}}vmlinuz {live}\n\
          initrd ${{base-url}}initrd.img\n\
