@@ -169,6 +169,8 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
                 root_fstype: fsimage::kernel_name(fs_type),
                 cmdline: &profile.profile.kernel.cmdline,
                 cluster: cluster.as_ref().map(|(src, _)| src.text.as_str()),
+                raw_disk: &out.raw_tmp,
+                layout: &layout,
             },
         )
     })?;

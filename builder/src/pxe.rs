@@ -1,6 +1,7 @@
 //! The network-boot artifacts, `pxe/` beside the disk image: the same kernel,
 //! initrd and root image (byte for byte slot A's) as the disk, an iPXE
-//! script that boots them live, and a dnsmasq snippet.
+//! script that boots them live or installs the disk image, the disk image's
+//! pieces for installing ([`install`]), and a dnsmasq snippet.
 //!
 //! Boot chain: the firmware's PXE (or iPXE in the NIC's ROM) gets `ipxe.efi`
 //! over TFTP, iPXE fetches `boot.ipxe` over HTTP, which loads `vmlinuz` and
@@ -8,12 +9,20 @@
 //! (`images/debian/.../scripts/habuild-live`) brings the NIC up with DHCP,
 //! downloads `root.img`, checks it against the sha256 this module writes on
 //! the kernel command line, runs it read-only from RAM and puts `/var` on
-//! the first empty local disk. Everything is written under a temporary name
-//! and renamed into place with the rest of the build ([`PxeOutput::commit`]).
+//! the first empty local disk. With `habuild-mode` set to `install` (iPXE
+//! variable; `install.ipxe` sets it and chains `boot.ipxe`) the kernel line
+//! says `habuild.mode=install` instead: the initrd (`scripts/habuild-install`)
+//! writes the pieces listed in `disk.list` to the named or first empty disk,
+//! verifies them, writes the GPT last and reboots into the disk. Everything
+//! is written under a temporary name and renamed into place with the rest of
+//! the build ([`PxeOutput::commit`]).
+
+pub mod install;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::disk::layout::Layout;
 use crate::error::{IoContext, Result};
 use crate::manifest::{sha256_bytes, sha256_file, Artifact};
 
@@ -34,6 +43,10 @@ pub struct PxeInputs<'a> {
     pub cmdline: &'a str,
     /// The site's cluster file when one is baked in.
     pub cluster: Option<&'a str>,
+    /// The finished raw disk and its layout: install mode's pieces are cut
+    /// from it.
+    pub raw_disk: &'a Path,
+    pub layout: &'a Layout,
 }
 
 /// `pxe/` being written under a temporary name; removed on drop unless
@@ -66,17 +79,44 @@ impl PxeOutput {
             fs::copy(inputs.root_img, &root).at(&root)?;
         }
         let (root_sha, root_size) = sha256_file(&root)?;
+        let pieces = install::write_pieces(
+            &out.tmp,
+            inputs.raw_disk,
+            inputs.layout,
+            &root_sha,
+            root_size,
+        )?;
+        let list = install::write_list(&out.tmp, inputs.name, inputs.layout.disk_bytes, &pieces)?;
+        let list_sha = sha256_bytes(&list);
+        let mut artifacts = vec![Artifact {
+            file: format!("{DIR}/{}", install::LIST),
+            sha256: list_sha.clone(),
+            size: list.len() as u64,
+        }];
+        for p in pieces
+            .iter()
+            .filter(|p| p.file != install::ZERO && p.file != "root.img")
+        {
+            artifacts.push(Artifact {
+                file: format!("{DIR}/{}", p.file),
+                sha256: p.sha256.clone(),
+                size: p.length,
+            });
+        }
         let mut files: Vec<(&str, Vec<u8>)> = vec![
             ("vmlinuz", inputs.kernel.to_vec()),
             ("initrd.img", inputs.initrd.to_vec()),
-            ("boot.ipxe", ipxe_script(inputs, &root_sha).into_bytes()),
+            (
+                "boot.ipxe",
+                ipxe_script(inputs, &root_sha, &list_sha).into_bytes(),
+            ),
+            ("install.ipxe", install_script(inputs.name).into_bytes()),
             ("dnsmasq.conf", dnsmasq_snippet(inputs.name).into_bytes()),
             ("README.txt", readme(inputs.name).into_bytes()),
         ];
         if let Some(c) = inputs.cluster {
             files.push(("cluster.toml", c.as_bytes().to_vec()));
         }
-        let mut artifacts = Vec::new();
         for (name, bytes) in &files {
             let path = out.tmp.join(name);
             fs::write(&path, bytes).at(&path)?;
@@ -128,22 +168,59 @@ pub fn live_cmdline(base: &str, inputs: &PxeInputs, root_sha: &str) -> String {
     )
 }
 
-fn ipxe_script(inputs: &PxeInputs, root_sha: &str) -> String {
+/// The kernel command line of an install boot: the initrd writes the pieces
+/// `disk.list` names (the list pinned by its sha256) to a disk and reboots.
+pub fn install_cmdline(base: &str, inputs: &PxeInputs, list_sha: &str) -> String {
+    format!(
+        "initrd=initrd.img boot=habuild-live habuild.mode=install habuild.disk_list={base}{} \
+         habuild.disk_list_sha256={list_sha} ip=dhcp {}",
+        install::LIST,
+        inputs.cmdline
+    )
+}
+
+fn ipxe_script(inputs: &PxeInputs, root_sha: &str, list_sha: &str) -> String {
     format!(
         "#!ipxe\n\
-         # habuild {name}: live network boot. Serve this directory over HTTP and\n\
+         # habuild {name}: network boot. Serve this directory over HTTP and\n\
          # point iPXE here (dnsmasq.conf beside this file shows how). base-url is\n\
          # where this directory is served; by default the DHCP next-server's\n\
-         # /habuild/. The node fetches root.img (checked against its sha256 below)\n\
-         # and cluster.toml from there, runs the root from RAM and keeps /var on its\n\
-         # first empty disk.\n\
+         # /habuild/.\n\
+         # live (default): the node fetches root.img (checked against its sha256\n\
+         # below) and cluster.toml from there, runs the root from RAM and keeps\n\
+         # /var on its first empty disk.\n\
+         # install (set habuild-mode install first, as install.ipxe does): the\n\
+         # node writes the disk image (disk.list) to the disk named by\n\
+         # habuild-install-disk (e.g. /dev/nvme0n1), else to its first empty disk\n\
+         # (never one holding data), verifies it and reboots into it. Boot order\n\
+         # disk first, network second: the installed disk boots from then on.\n\
+         # (The x prefixes keep iseq's two arguments when habuild-mode is unset.)\n\
          isset ${{base-url}} || set base-url http://${{next-server}}/habuild/\n\
+         iseq x${{habuild-mode}} xinstall && goto install ||\n\
          echo habuild: booting {name} live from ${{base-url}}\n\
-         kernel ${{base-url}}vmlinuz {cmdline}\n\
+         kernel ${{base-url}}vmlinuz {live}\n\
+         initrd ${{base-url}}initrd.img\n\
+         boot\n\
+         :install\n\
+         isset ${{habuild-install-disk}} && set habuild-disk-arg habuild.install_disk=${{habuild-install-disk}} ||\n\
+         echo habuild: installing {name} to disk from ${{base-url}}\n\
+         kernel ${{base-url}}vmlinuz {install} ${{habuild-disk-arg}}\n\
          initrd ${{base-url}}initrd.img\n\
          boot\n",
         name = inputs.name,
-        cmdline = live_cmdline("${base-url}", inputs, root_sha),
+        live = live_cmdline("${base-url}", inputs, root_sha),
+        install = install_cmdline("${base-url}", inputs, list_sha),
+    )
+}
+
+fn install_script(name: &str) -> String {
+    format!(
+        "#!ipxe\n\
+         # habuild {name}: install mode. Point a machine's iPXE here instead of\n\
+         # boot.ipxe to write the disk image to its first empty disk (set\n\
+         # habuild-install-disk to name one) and reboot into it.\n\
+         set habuild-mode install\n\
+         chain boot.ipxe\n"
     )
 }
 
@@ -171,7 +248,12 @@ fn readme(name: &str) -> String {
          \n\
          vmlinuz, initrd.img  the kernel and initrd of the disk image's slot A\n\
          root.img             the read-only root, the same bytes as slot A\n\
-         boot.ipxe            iPXE script: boots them live (root in RAM, /var on the first empty disk)\n\
+         boot.ipxe            iPXE script: boots them live (root in RAM, /var on the first empty disk),\n\
+                              or installs the disk image when habuild-mode is install\n\
+         install.ipxe         sets habuild-mode install and chains boot.ipxe\n\
+         disk.list            install mode: the disk image's pieces (offset, length, file, sha256)\n\
+         disk-head.img        protective MBR + primary GPT (written last), esp.img: the ESP,\n\
+         disk-tail.img        the backup GPT; root.img is slot A\n\
          cluster.toml         the site's cluster file (present when baked with --cluster; otherwise put yours here)\n\
          dnsmasq.conf         a proxy-DHCP + TFTP snippet that points PXE clients at boot.ipxe\n\
          \n\
@@ -182,8 +264,35 @@ fn readme(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::Partitions;
 
-    fn inputs<'a>(root: &'a Path, cluster: Option<&'a str>) -> PxeInputs<'a> {
+    fn layout() -> Layout {
+        Layout::new(
+            &Partitions {
+                esp_mib: 64,
+                root_mib: 256,
+                data_mib: 64,
+            },
+            &[1; 32],
+        )
+    }
+
+    /// A sparse raw disk of the layout's size in the test's directory.
+    fn raw_disk(dir: &Path, layout: &Layout) -> PathBuf {
+        let raw = dir.join("disk.raw");
+        fs::File::create(&raw)
+            .unwrap()
+            .set_len(layout.disk_bytes)
+            .unwrap();
+        raw
+    }
+
+    fn inputs<'a>(
+        root: &'a Path,
+        cluster: Option<&'a str>,
+        raw_disk: &'a Path,
+        layout: &'a Layout,
+    ) -> PxeInputs<'a> {
         PxeInputs {
             name: "debian-12",
             kernel: b"kernel",
@@ -192,6 +301,8 @@ mod tests {
             root_fstype: "erofs",
             cmdline: "console=ttyS0,115200",
             cluster,
+            raw_disk,
+            layout,
         }
     }
 
@@ -202,8 +313,10 @@ mod tests {
         fs::write(&root, b"erofs bytes").unwrap();
         let out_dir = t.path().join("out");
         fs::create_dir_all(&out_dir).unwrap();
+        let layout = layout();
+        let raw = raw_disk(t.path(), &layout);
         let (out, artifacts) =
-            PxeOutput::write(&out_dir, &inputs(&root, Some("[cluster]\n"))).unwrap();
+            PxeOutput::write(&out_dir, &inputs(&root, Some("[cluster]\n"), &raw, &layout)).unwrap();
         assert!(!out_dir.join(DIR).exists(), "nothing at pxe/ before commit");
         let names: Vec<&str> = artifacts.iter().map(|a| a.file.as_str()).collect();
         assert_eq!(
@@ -212,8 +325,13 @@ mod tests {
                 "pxe/README.txt",
                 "pxe/boot.ipxe",
                 "pxe/cluster.toml",
+                "pxe/disk-head.img",
+                "pxe/disk-tail.img",
+                "pxe/disk.list",
                 "pxe/dnsmasq.conf",
+                "pxe/esp.img",
                 "pxe/initrd.img",
+                "pxe/install.ipxe",
                 "pxe/root.img",
                 "pxe/vmlinuz"
             ]
@@ -228,6 +346,27 @@ mod tests {
         );
         assert!(script.contains("boot=habuild-live"));
         assert!(script.contains("rootfstype=erofs ro console=ttyS0,115200\n"));
+        // install mode: the list pinned by its sha256, the live entry stays the default
+        let list_sha = sha256_bytes(&fs::read(dir.join("disk.list")).unwrap());
+        assert!(
+            script.contains(&format!(
+                "habuild.mode=install habuild.disk_list=${{base-url}}disk.list habuild.disk_list_sha256={list_sha} ip=dhcp console=ttyS0,115200 ${{habuild-disk-arg}}\n"
+            )),
+            "{script}"
+        );
+        let live = script.find("habuild.root=").unwrap();
+        assert!(live < script.find(":install").unwrap(), "live comes first");
+        let list = fs::read_to_string(dir.join("disk.list")).unwrap();
+        assert!(
+            list.contains(&format!(
+                "piece {} 11 root.img {}\n",
+                layout.root_a.offset(),
+                sha256_bytes(b"erofs bytes")
+            )),
+            "{list}"
+        );
+        let chain = fs::read_to_string(dir.join("install.ipxe")).unwrap();
+        assert!(chain.contains("set habuild-mode install\nchain boot.ipxe\n"));
         assert_eq!(fs::read(dir.join("root.img")).unwrap(), b"erofs bytes");
         for a in &artifacts {
             let (sha, size) = sha256_file(&out_dir.join(&a.file)).unwrap();
@@ -247,16 +386,20 @@ mod tests {
         fs::write(&root, b"one").unwrap();
         let out_dir = t.path().join("out");
         fs::create_dir_all(&out_dir).unwrap();
+        let layout = layout();
+        let raw = raw_disk(t.path(), &layout);
         {
-            let (_out, _) = PxeOutput::write(&out_dir, &inputs(&root, None)).unwrap();
+            let (_out, _) =
+                PxeOutput::write(&out_dir, &inputs(&root, None, &raw, &layout)).unwrap();
         }
         assert_eq!(fs::read_dir(&out_dir).unwrap().count(), 0);
-        let (out, _) = PxeOutput::write(&out_dir, &inputs(&root, None)).unwrap();
+        let (out, _) = PxeOutput::write(&out_dir, &inputs(&root, None, &raw, &layout)).unwrap();
         out.commit().unwrap();
         assert!(!out_dir.join(DIR).join("cluster.toml").exists());
         let root2 = t.path().join("root2.img");
         fs::write(&root2, b"two").unwrap();
-        let (out, _) = PxeOutput::write(&out_dir, &inputs(&root2, Some("x"))).unwrap();
+        let (out, _) =
+            PxeOutput::write(&out_dir, &inputs(&root2, Some("x"), &raw, &layout)).unwrap();
         out.commit().unwrap();
         assert_eq!(fs::read(out_dir.join("pxe/root.img")).unwrap(), b"two");
         assert!(out_dir.join("pxe/cluster.toml").exists());
