@@ -311,11 +311,11 @@ pub fn debian_image_for(cluster_text: &str) -> Result<BuiltImage> {
 
 /// The Kubernetes scenario's image: the Debian 12 profile plus the test
 /// workload's OCI archive in `[images] archives` (seeded into containerd
-/// at first boot like any user archive), and the default test cluster.
+/// at first boot like any user archive), and `cluster_text`.
 /// The derived profile is written next to the checkout's `target/` (one
 /// level below the workspace, like `configs/`, so the profile's relative
 /// paths still resolve).
-pub fn kube_test_image() -> Result<BuiltImage> {
+pub fn kube_test_image(cluster_text: &str) -> Result<BuiltImage> {
     let archive = crate::kube::workload_archive(&test_cache().join("workload"))?;
     let ws = workspace();
     let base = ws.join("configs/debian-12.toml");
@@ -330,7 +330,7 @@ pub fn kube_test_image() -> Result<BuiltImage> {
             archive.display().to_string()
         ),
     )?;
-    image_for(&profile, &test_cluster_text(3, 3))
+    image_for(&profile, cluster_text)
 }
 
 fn image_for(profile: &Path, cluster_text: &str) -> Result<BuiltImage> {

@@ -210,9 +210,75 @@ pub fn parse_nodes(text: &str) -> Result<Vec<NodeState>> {
         .collect())
 }
 
-/// How long a kubectl probe through the VIP may take before the scenario
-/// treats the API as not answering.
-pub const API_PROBE: Duration = Duration::from_secs(20);
+/// Waits until the API answers `/readyz` through the kubeconfig's server.
+pub fn api_ready(kubectl: &Kubectl, limit: Duration) -> Result<()> {
+    let mut last = String::new();
+    crate::cluster::wait_until("the API to answer /readyz", limit, || {
+        match kubectl.run(&["get", "--raw", "/readyz"]) {
+            Ok(t) if t.trim() == "ok" => Some(()),
+            Ok(t) => {
+                last = t;
+                None
+            }
+            Err(e) => {
+                last = format!("{e:#}");
+                None
+            }
+        }
+    })
+    .with_context(|| format!("last answer: {last}"))
+}
+
+/// Waits until `want` nodes are registered and all of them are `Ready`.
+pub fn nodes_ready(kubectl: &Kubectl, want: usize, limit: Duration) -> Result<Vec<NodeState>> {
+    let mut last = String::new();
+    crate::cluster::wait_until(&format!("{want} nodes Ready"), limit, || {
+        match kubectl.nodes() {
+            Ok(n) => {
+                last = format!("{n:?}");
+                (n.len() == want && n.iter().all(|x| x.ready)).then_some(n)
+            }
+            Err(e) => {
+                last = format!("{e:#}");
+                None
+            }
+        }
+    })
+    .with_context(|| format!("last seen: {last}"))
+}
+
+/// The workload's pods, once `want` of them are Ready on distinct nodes.
+pub fn pods_ready(kubectl: &Kubectl, want: usize, limit: Duration) -> Result<Vec<PodState>> {
+    let mut last = String::new();
+    crate::cluster::wait_until(
+        &format!("{want} web pods Ready on distinct nodes"),
+        limit,
+        || {
+            let text = match kubectl.run(&["get", "pods", "-l", "app=web", "-o", "json"]) {
+                Ok(t) => t,
+                Err(e) => {
+                    last = format!("{e:#}");
+                    return None;
+                }
+            };
+            let pods: Vec<PodState> = parse_pods(&text)
+                .ok()?
+                .into_iter()
+                .filter(|p| p.ready)
+                .collect();
+            last = format!("{pods:?}");
+            let nodes: std::collections::BTreeSet<_> =
+                pods.iter().map(|p| p.node.clone()).collect();
+            (pods.len() == want && nodes.len() == want).then_some(pods)
+        },
+    )
+    .with_context(|| {
+        let events = kubectl
+            .run(&["get", "events", "-A", "--sort-by=.lastTimestamp"])
+            .unwrap_or_default();
+        format!("last seen: {last}\nevents:\n{events}")
+    })
+}
 
 #[cfg(test)]
 mod tests {
@@ -292,12 +358,13 @@ pub fn workload_archive(dir: &Path) -> Result<PathBuf> {
 }
 
 /// The workload: one pod per node (required anti-affinity), each serving
-/// on :8080 with the Gluster mount (`/mnt/gluster`, propagated from the
-/// host so a mount made after the pod started is seen) at `/data`; a
+/// on :8080 with the host directory `data` (the Gluster mount
+/// `/mnt/gluster` on a storage cluster; propagated from the host so a mount
+/// made after the pod started is seen; created if missing) at `/data`; a
 /// ClusterIP Service `web` (port 80) and a NodePort Service `web-node`
 /// (port 30080, `externalTrafficPolicy: Local`, so a node's port is
 /// answered by that node's own pod).
-pub fn workload_manifest(replicas: u32) -> String {
+pub fn workload_manifest(replicas: u32, data: &str) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -343,8 +410,8 @@ spec:
       volumes:
       - name: data
         hostPath:
-          path: /mnt/gluster
-          type: Directory
+          path: {data}
+          type: DirectoryOrCreate
 ---
 apiVersion: v1
 kind: Service
@@ -451,10 +518,11 @@ mod pod_tests {
 
     #[test]
     fn manifest_spreads_one_pod_per_node_and_pins_the_seeded_image() {
-        let m = workload_manifest(3);
+        let m = workload_manifest(3, "/mnt/gluster");
         assert!(m.contains("replicas: 3"));
         assert!(m.contains("topologyKey: kubernetes.io/hostname"));
         assert!(m.contains("image: habuild.test/web:1\n        imagePullPolicy: Never"));
         assert!(m.contains("nodePort: 30080"));
+        assert!(m.contains("path: /mnt/gluster\n          type: DirectoryOrCreate"));
     }
 }
