@@ -128,18 +128,24 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
         nodes[0].kubelet_version,
         kubelet_done.as_secs_f64()
     );
-    let st = status(net, &img.cluster)?;
-    let kube = st
-        .kubernetes
-        .context("status --json has no kubernetes view")?;
-    ensure!(
-        kube.nodes_ready == 1
-            && kube
-                .nodes
-                .iter()
-                .any(|n| n.hostname == agent.hostname && n.kube == "cp+Ready"),
-        "status does not show the node cp+Ready: {kube:?}"
+    // status shows the node cp+Ready (a round of the chain may briefly show
+    // the kubelet step held back while an earlier step re-checks)
+    let mut last = None;
+    let seen = wait_until(
+        "status showing the node cp+Ready",
+        Duration::from_secs(300),
+        || {
+            let kube = status(net, &img.cluster).ok()?.kubernetes?;
+            let ok = kube.nodes_ready == 1
+                && kube
+                    .nodes
+                    .iter()
+                    .any(|n| n.hostname == agent.hostname && n.kube == "cp+Ready");
+            last = Some(kube.clone());
+            ok.then_some(kube)
+        },
     );
+    seen.with_context(|| format!("last status kubernetes view: {last:?}"))?;
     if let Some(t) = &agent.timeline {
         let since = |step: &str| {
             t.steps
