@@ -74,24 +74,7 @@ impl Kubectl<'_> {
     /// Runs `kubectl args…`; stdout on success, an error with stderr
     /// otherwise. Every call has a 20 s request timeout.
     pub fn run(&self, args: &[&str]) -> Result<String> {
-        let o = self
-            .net
-            .exec(&self.bin)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--request-timeout=20s")
-            .args(args)
-            .output()
-            .context("running kubectl")?;
-        if !o.status.success() {
-            bail!(
-                "kubectl {} failed ({}): {}",
-                args.join(" "),
-                o.status,
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        self.run_stdin(args, "")
     }
 
     /// Like [`Kubectl::run`], with `stdin` fed to the command (`apply -f -`).
