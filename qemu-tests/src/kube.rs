@@ -109,6 +109,24 @@ impl Kubectl<'_> {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
+    /// [`Kubectl::run_stdin`], tried again for up to `limit` while it
+    /// fails: an emulated apiserver answers the odd request with "an error
+    /// on the server" or a timeout, which an operator would simply retry.
+    /// The last error when it never succeeds.
+    pub fn retrying(&self, args: &[&str], stdin: &str, limit: Duration) -> Result<String> {
+        let mut last = String::new();
+        crate::cluster::wait_until(&format!("kubectl {}", args.join(" ")), limit, || match self
+            .run_stdin(args, stdin)
+        {
+            Ok(out) => Some(out),
+            Err(e) => {
+                last = format!("{e:#}");
+                None
+            }
+        })
+        .with_context(|| format!("last error: {last}"))
+    }
+
     /// Every node with whether its `Ready` condition is `True`.
     pub fn nodes(&self) -> Result<Vec<NodeState>> {
         let text = self.run(&["get", "nodes", "-o", "json"])?;

@@ -397,6 +397,7 @@ async fn run_chain(
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
     let mut times: BTreeMap<&'static str, StepTimes> = BTreeMap::new();
     let mut pace = Pace::default();
+    let recent = Arc::new(std::sync::Mutex::new(steps::Recent::default()));
     let mut metrics = node.raft().metrics();
     loop {
         let state = until_due(&node, &mut metrics, &pace).await;
@@ -411,7 +412,13 @@ async fn run_chain(
             .filter(|(_, (until, _))| *until > now)
             .map(|(k, _)| k.clone())
             .collect();
-        let (h, c, s, st) = (host.clone(), cfg.clone(), steps.clone(), state.clone());
+        let (h, c, s, st, r) = (
+            host.clone(),
+            cfg.clone(),
+            steps.clone(),
+            state.clone(),
+            recent.clone(),
+        );
         let round = tokio::task::spawn_blocking(move || {
             let Some(plan) = st.plan.as_ref() else {
                 return Vec::new();
@@ -426,7 +433,8 @@ async fn run_chain(
                 interface: &c.interface,
                 agent_exe: &c.agent_exe,
             };
-            steps::converge_timed(&s, &ctx, &h, &|n| skip.iter().any(|k| k == n))
+            let mut recent = r.lock().unwrap_or_else(|e| e.into_inner());
+            steps::converge_timed(&s, &ctx, &h, &|n| skip.iter().any(|k| k == n), &mut recent)
         })
         .await;
         let runs = match round {

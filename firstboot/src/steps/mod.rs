@@ -31,7 +31,10 @@
 //! steps on other nodes wait on it and how `habuild cluster status` shows
 //! progress and errors. Failed steps are retried with backoff by the agent.
 //! [`converge_timed`] also says when each step started and ended, for the
-//! timeline in the status document.
+//! timeline in the status document. A done step whose rendering and state
+//! have not changed is trusted for a few seconds ([`recent`]), so a chain
+//! waiting on one slow step does not re-run every earlier step's checks on
+//! each of its quick rounds.
 
 pub mod etcd;
 pub mod gluster;
@@ -39,12 +42,15 @@ pub mod kube_bootstrap;
 pub mod kube_control_plane;
 pub mod node;
 pub mod pki;
+pub mod recent;
 pub mod vip;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+pub use recent::Recent;
 
 use sha2::{Digest, Sha256};
 
@@ -250,7 +256,7 @@ pub fn converge(
     host: &Host,
     skip: &dyn Fn(&str) -> bool,
 ) -> Vec<(&'static str, Outcome)> {
-    converge_timed(steps, ctx, host, skip)
+    converge_timed(steps, ctx, host, skip, &mut Recent::new(Duration::ZERO))
         .into_iter()
         .map(|r| (r.name, r.outcome))
         .collect()
@@ -266,13 +272,16 @@ pub struct StepRun {
     pub end: SystemTime,
 }
 
-/// [`converge`], with when each step started and ended.
+/// [`converge`], with when each step started and ended, trusting the done
+/// steps `recent` holds (and recording this round's into it).
 pub fn converge_timed(
     steps: &[Box<dyn Step>],
     ctx: &Ctx,
     host: &Host,
     skip: &dyn Fn(&str) -> bool,
+    recent: &mut Recent,
 ) -> Vec<StepRun> {
+    let state = recent::state_digest(ctx.state);
     let mut out = Vec::new();
     let mut blocked: Vec<Chain> = Vec::new();
     for step in steps {
@@ -283,7 +292,7 @@ pub fn converge_timed(
         } else if skip(name) {
             Outcome::Skipped
         } else {
-            run_one(step.as_ref(), ctx, host)
+            run_trusting(step.as_ref(), ctx, host, &state, recent)
         };
         if !outcome.is_settled() {
             blocked.push(step.chain());
@@ -296,6 +305,35 @@ pub fn converge_timed(
         });
     }
     out
+}
+
+/// [`run_one`], unless the step is still trusted done ([`recent`]).
+fn run_trusting(
+    step: &dyn Step,
+    ctx: &Ctx,
+    host: &Host,
+    state: &[u8; 32],
+    recent: &mut Recent,
+) -> Outcome {
+    let name = step.name();
+    let key = match (step.gate(ctx), step.render(ctx)) {
+        (Gate::Run, Ok(r)) => Some(recent::key(state, &r)),
+        _ => None,
+    };
+    if let Some(k) = &key {
+        if let Some(detail) = recent.trusted(name, k, Instant::now()) {
+            return Outcome::Done(detail.to_string());
+        }
+    }
+    let outcome = run_one(step, ctx, host);
+    if let Some(k) = key {
+        let done = match &outcome {
+            Outcome::Done(d) => Some(d.as_str()),
+            _ => None,
+        };
+        recent.ran(name, k, done, Instant::now());
+    }
+    outcome
 }
 
 /// `steps` split by [`Step::chain`], chains in order of their first step.
@@ -488,6 +526,59 @@ mod tests {
             );
         });
     }
+    #[test]
+    fn a_done_step_is_trusted_while_its_rendering_and_the_state_stay_the_same() {
+        testutil::with_ctx(1, |ctx| {
+            let steps: Vec<Box<dyn Step>> = vec![
+                Box::new(Fake("a", Gate::Run, Check::Done("fine".into()))),
+                Box::new(Fake("c", Gate::Run, Check::Pending("warming".into()))),
+            ];
+            let rec = Recording::default();
+            let host = rec.host();
+            let mut recent = Recent::new(Duration::from_secs(3600));
+            let outcomes = |runs: Vec<StepRun>| -> Vec<Outcome> {
+                runs.into_iter().map(|r| r.outcome).collect()
+            };
+            let first = converge_timed(&steps, ctx, &host, &|_| false, &mut recent);
+            let ran = |rec: &Recording| -> Vec<Event> {
+                rec.events()
+                    .into_iter()
+                    .filter(|e| matches!(e, Event::Ran(_)))
+                    .collect()
+            };
+            assert_eq!(
+                ran(&rec),
+                vec![Event::Ran("true a".into()), Event::Ran("true c".into())]
+            );
+            let second = converge_timed(&steps, ctx, &host, &|_| false, &mut recent);
+            assert_eq!(outcomes(first), outcomes(second), "the same outcomes");
+            assert_eq!(
+                ran(&rec),
+                vec![
+                    Event::Ran("true a".into()),
+                    Event::Ran("true c".into()),
+                    Event::Ran("true c".into())
+                ],
+                "the done step is trusted, the pending one runs again"
+            );
+            // another state: everything runs again
+            let mut state = ctx.state.clone();
+            state.members.remove(&4);
+            let changed = Ctx {
+                state: &state,
+                ..*ctx
+            };
+            converge_timed(&steps, &changed, &host, &|_| false, &mut recent);
+            assert_eq!(ran(&rec).len(), 5, "{:?}", rec.events());
+            assert_eq!(ran(&rec)[3], Event::Ran("true a".into()));
+            // never trusted: every round runs every step
+            let mut never = Recent::new(Duration::ZERO);
+            converge_timed(&steps, ctx, &host, &|_| false, &mut never);
+            converge_timed(&steps, ctx, &host, &|_| false, &mut never);
+            assert_eq!(ran(&rec).len(), 9);
+        });
+    }
+
     #[test]
     fn a_step_not_done_holds_back_only_its_own_chain() {
         struct Storage(Fake);
