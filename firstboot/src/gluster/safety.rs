@@ -177,6 +177,10 @@ pub struct RebuildObs<'a> {
     pub online: &'a BTreeMap<String, bool>,
     /// `heal-count`: brick → pending entries (None = unknown).
     pub heal: &'a BTreeMap<String, Option<u64>>,
+    /// `heal info split-brain`: entries in split brain over the bricks that
+    /// answered (None = unknown: no brick answered). Asked only before a
+    /// wipe.
+    pub split_brain: Option<u64>,
 }
 
 /// One command of a rebuild, and whether its failure stops the rebuild.
@@ -207,8 +211,10 @@ pub enum Rebuild {
 
 /// Decides what to do with an untrusted brick. The rule that matters:
 /// the brick is wiped only when every other brick of its replica set is
-/// online (and so holds the data to heal it from); never when this node
-/// holds the only copy left.
+/// online (and so holds the data to heal it from) and they agree (no
+/// entry in split brain: with two copies that differ, this brick's copy may
+/// be the one that tells which is right, so an operator decides); never
+/// when this node holds the only copy left.
 pub fn decide(obs: &RebuildObs) -> Rebuild {
     let Some(info) = obs.info else {
         return Rebuild::Trust("volume does not exist yet: nothing to rebuild".into());
@@ -264,6 +270,21 @@ pub fn decide(obs: &RebuildObs) -> Rebuild {
             "brick untrusted after an unclean shutdown; not rebuilt while {} offline (it may hold the only good copy)",
             join(&offline)
         ));
+    }
+    match obs.split_brain {
+        Some(0) => {}
+        Some(n) => {
+            return Rebuild::Wait(format!(
+                "brick untrusted after an unclean shutdown; not rebuilt while {n} entries are in split brain on {} (this copy may be needed to resolve them: gluster volume heal {VOLUME} info split-brain, then gluster volume heal {VOLUME} split-brain …)",
+                join(&others)
+            ))
+        }
+        None => {
+            return Rebuild::Wait(format!(
+                "brick untrusted after an unclean shutdown; not rebuilt until gluster volume heal {VOLUME} info split-brain answers for {}",
+                join(&others)
+            ))
+        }
     }
     let dev = lv_device();
     let mut ops = vec![

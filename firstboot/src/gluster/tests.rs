@@ -353,6 +353,7 @@ fn an_untrusted_brick_is_rebuilt_only_while_the_others_are_online() {
             mounted,
             online: on,
             heal: &none,
+            split_brain: Some(0),
         })
     };
     // Node 2 back from a power loss while node 3 is down: node 1 may be the
@@ -402,6 +403,25 @@ fn an_untrusted_brick_is_rebuilt_only_while_the_others_are_online() {
         dec(Phase::Committed, false, &both),
         Rebuild::Wipe { .. }
     ));
+    // The others online but in split brain, or silent about it: never wiped.
+    for (split, says) in [
+        (Some(2), "2 entries are in split brain"),
+        (None, "answers for"),
+    ] {
+        let got = decide(&RebuildObs {
+            info: Some(&info),
+            brick: &b[1],
+            phase: Phase::Untrusted,
+            mounted: false,
+            online: &both,
+            heal: &none,
+            split_brain: split,
+        });
+        let Rebuild::Wait(why) = got else {
+            panic!("must wait with split brain {split:?}: {got:?}")
+        };
+        assert!(why.contains(says) && why.contains("10.0.0.1:"), "{why}");
+    }
 }
 
 #[test]
@@ -423,6 +443,7 @@ fn a_committed_brick_is_verified_only_when_the_whole_set_healed() {
             mounted: true,
             online,
             heal,
+            split_brain: Some(0),
         })
     };
     let Rebuild::Healing { why, kick } = decide_with(&counts([Some(3), Some(0), Some(2)]), &all)
@@ -469,6 +490,7 @@ fn nothing_to_rebuild_from_means_the_brick_is_kept() {
             mounted: false,
             online: &none_on,
             heal: &none_heal,
+            split_brain: None,
         });
         assert!(matches!(got, Rebuild::Trust(_)), "{got:?}");
     }

@@ -467,6 +467,18 @@ fn rebuild(ctx: &Ctx, host: &Host) -> Result<bool, StepError> {
     } else {
         Default::default()
     };
+    let split_brain = if phase == Phase::Untrusted {
+        let o = host.exec.output(&gluster_cmd(&[
+            "volume",
+            "heal",
+            VOLUME,
+            "info",
+            "split-brain",
+        ]))?;
+        health::parse_split_brain(&o.stdout)
+    } else {
+        Some(0)
+    };
     let mounted = mounted_fs(host, BRICK_MOUNT).as_deref() == Some("xfs");
     let decision = safety::decide(&RebuildObs {
         info: info.as_ref(),
@@ -475,6 +487,7 @@ fn rebuild(ctx: &Ctx, host: &Host) -> Result<bool, StepError> {
         mounted,
         online: &online,
         heal: &heal,
+        split_brain,
     });
     match decision {
         Rebuild::Trust(why) | Rebuild::Verified(why) => {
@@ -911,11 +924,23 @@ mod tests {
             "Volume Name: habuild\nType: Replicate\nStatus: Started\nNumber of Bricks: 1 x 3 = 3\n"
                 .to_string();
         let mut detail = "Status of volume: habuild\n".to_string();
+        let mut split = String::new();
         for (i, b) in bricks.iter().enumerate() {
             info += &format!("Brick{}: {b}\n", i + 1);
             let on = if online[i] { "Y" } else { "N" };
             detail += &format!("Brick                : Brick {b}\nOnline               : {on}\n");
+            split += &if online[i] {
+                format!("Brick {b}\nStatus: Connected\nNumber of entries in split-brain: 0\n\n")
+            } else {
+                format!("Brick {b}\nStatus: Transport endpoint is not connected\nNumber of entries in split-brain: -\n\n")
+            };
         }
+        rec.answer(
+            "gluster --mode=script volume heal habuild info split-brain",
+            0,
+            &split,
+            "",
+        );
         rec.answer("gluster --mode=script volume info", 0, &info, "");
         rec.answer(
             "gluster --mode=script volume status habuild detail",
@@ -952,6 +977,29 @@ mod tests {
             };
             assert!(why.contains("untrusted after an unclean shutdown"), "{why}");
 
+            // Both others online but an entry in split brain between them:
+            // not touched either (this copy may be the one that settles it).
+            let rec = Recording::default();
+            rec.lock()
+                .files
+                .insert(marker.into(), FileSpec::new(marker, 0o644, ""));
+            rec.answer(
+                "gluster --mode=script volume heal habuild info split-brain",
+                0,
+                "Brick a\nStatus: Connected\nNumber of entries in split-brain: 1\n",
+                "",
+            );
+            answers_for(&c, &rec, &[true, false, true]);
+            rec.answer("findmnt", 1, "", "");
+            Brick.act(&c, &rec.host()).unwrap();
+            assert!(
+                rec.commands()
+                    .iter()
+                    .all(|c| !c.contains("reset-brick") && !c.starts_with("mkfs")),
+                "{:?}",
+                rec.commands()
+            );
+
             // Both others online: the whole rebuild, in order, then "committed".
             let rec = Recording::default();
             rec.lock()
@@ -978,9 +1026,15 @@ mod tests {
             );
             assert!(pos("mkfs.xfs -f") < pos("mount -t xfs"));
             assert!(pos("mount -t xfs") < pos(&format!("gluster --mode=script volume reset-brick habuild {mine} {mine} commit force")));
+            let heal_kick = cmds
+                .iter()
+                .position(|c| c == "gluster --mode=script volume heal habuild")
+                .expect("the heal kick");
+            assert!(pos("gluster --mode=script volume reset-brick habuild 10") < heal_kick);
             assert!(
-                pos("gluster --mode=script volume reset-brick habuild 10")
-                    < pos("gluster --mode=script volume heal habuild")
+                pos("gluster --mode=script volume heal habuild info split-brain")
+                    < pos("gluster --mode=script volume reset-brick habuild"),
+                "split brain is asked before anything is wiped"
             );
             assert_eq!(rec.file(marker).as_deref(), Some("committed\n"));
             assert!(cmds.iter().all(|c| !c.starts_with("rm -f")), "{cmds:?}");
