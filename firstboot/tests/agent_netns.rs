@@ -232,13 +232,20 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
             .collect::<Vec<_>>()
     );
 
-    // 5. a clone of node 1's disk (same node id, another address) is refused
-    //    and reported on both sides; the group and the plan are untouched
+    // 5. a clone of the leader's disk (same node id, another address) is
+    //    refused and reported on both sides; the group and the plan are
+    //    untouched. The leader's: the clone cannot reach "the leader" a
+    //    follower redirects it to (its own id), so the followers must tell it.
+    let orig_i = all
+        .iter()
+        .copied()
+        .find(|i| hex(node_id(*i)) == new_leader)
+        .expect("the new leader is one of ours");
     let clone = NODES + 1;
-    start(&mut lab, clone, &good, node_id(1));
+    start(&mut lab, clone, &good, node_id(orig_i));
     let t = Instant::now();
     loop {
-        let orig = lab.status(1);
+        let orig = lab.status(orig_i);
         let cl = lab.status(clone);
         let seen = |s: &Option<StatusDoc>| {
             s.as_ref()
@@ -264,7 +271,7 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
         assert!(
             t.elapsed() < Duration::from_secs(20),
             "duplicate node id not reported\n{}",
-            lab.dump(&[1, clone])
+            lab.dump(&[orig_i, clone])
         );
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -288,8 +295,8 @@ fn five_agents_form_one_group_fail_over_and_refuse_a_wrong_secret() {
     assert_eq!(v, voters, "same voters");
     assert_eq!(p, plan, "plan unchanged by the clone");
     println!(
-        "agent_netns: clone of {} reported as a duplicate node id after {:.1} s and kept out",
-        hex(node_id(1)),
+        "agent_netns: clone of the leader {} reported as a duplicate node id after {:.1} s and kept out",
+        hex(node_id(orig_i)),
         t.elapsed().as_secs_f64()
     );
 }

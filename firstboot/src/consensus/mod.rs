@@ -333,6 +333,20 @@ impl ConsensusNode {
         let raft = &self.inner.raft;
         let _g = self.inner.join_lock.lock().await;
         let m = self.metrics();
+        // A member's id joining from another address: a second host with the
+        // same id (a cloned disk). Never let it overwrite the member. Any
+        // member answers this, not only the leader: a clone of the leader's
+        // disk would otherwise be sent on to "the leader", its own id, which
+        // it cannot reach, and never learn why it is not admitted.
+        if let Some(n) = m.membership_config.membership().get_node(&req.id) {
+            if n.addr != req.addr {
+                return JoinResponse::Retry(format!(
+                    "node id {:016x} is already the member at {}: duplicate node id (a cloned \
+                     disk that kept /etc/machine-id?)",
+                    req.id, n.addr
+                ));
+            }
+        }
         if m.state != ServerState::Leader {
             return JoinResponse::NotLeader {
                 leader: m.current_leader.filter(|&l| l != self.inner.id),
@@ -346,17 +360,6 @@ impl ConsensusNode {
             }
             _ => None,
         };
-        // A member's id joining from another address: a second host with the
-        // same id (a cloned disk). Never let it overwrite the member.
-        if let Some(n) = m.membership_config.membership().get_node(&req.id) {
-            if n.addr != req.addr {
-                return JoinResponse::Retry(format!(
-                    "node id {:016x} is already the member at {}: duplicate node id (a cloned \
-                     disk that kept /etc/machine-id?)",
-                    req.id, n.addr
-                ));
-            }
-        }
         if m.membership_config.membership().get_node(&req.id).is_none() {
             let add = raft.add_learner(req.id, BasicNode::new(req.addr.clone()), true);
             match tokio::time::timeout(JOIN_TIMEOUT, add).await {
