@@ -451,31 +451,25 @@ fn rebuild(ctx: &Ctx, host: &Host) -> Result<bool, StepError> {
         .ok_or_else(|| StepError::Render("this node has no address in the plan".into()))?;
     let brick = brick_of(me);
     let info = volume_info(host)?;
-    let status = host
-        .exec
-        .output(&gluster_cmd(&["volume", "status", VOLUME, "detail"]))?;
-    let online = gluster::parse_status_detail(&status.stdout);
+    let ask = |args: &[&str]| -> Result<String, StepError> {
+        Ok(host.exec.output(&gluster_cmd(args))?.stdout)
+    };
+    let online = gluster::parse_status_detail(&ask(&["volume", "status", VOLUME, "detail"])?);
+    // The heal count matters once the rebuilt brick is committed; split
+    // brain before anything is wiped.
     let heal = if phase == Phase::Committed {
-        let o = host.exec.output(&gluster_cmd(&[
+        gluster::parse_heal_count(&ask(&[
             "volume",
             "heal",
             VOLUME,
             "statistics",
             "heal-count",
-        ]))?;
-        gluster::parse_heal_count(&o.stdout)
+        ])?)
     } else {
         Default::default()
     };
     let split_brain = if phase == Phase::Untrusted {
-        let o = host.exec.output(&gluster_cmd(&[
-            "volume",
-            "heal",
-            VOLUME,
-            "info",
-            "split-brain",
-        ]))?;
-        health::parse_split_brain(&o.stdout)
+        health::parse_split_brain(&ask(&["volume", "heal", VOLUME, "info", "split-brain"])?)
     } else {
         Some(0)
     };

@@ -307,7 +307,10 @@ pub fn converge_timed(
     out
 }
 
-/// [`run_one`], unless the step is still trusted done ([`recent`]).
+/// One step's round: gated, then — unless it is still trusted done
+/// ([`recent`]) — preflighted, applied, acted and checked. Gate and
+/// rendering are computed once: the rendering is both what is applied and
+/// part of the key the step is trusted under.
 fn run_trusting(
     step: &dyn Step,
     ctx: &Ctx,
@@ -315,17 +318,20 @@ fn run_trusting(
     state: &[u8; 32],
     recent: &mut Recent,
 ) -> Outcome {
+    match step.gate(ctx) {
+        Gate::NotHere => return Outcome::NotHere,
+        Gate::Wait(why) => return Outcome::Waiting(why),
+        Gate::Run => {}
+    }
     let name = step.name();
-    let key = match (step.gate(ctx), step.render(ctx)) {
-        (Gate::Run, Ok(r)) => Some(recent::key(state, &r)),
-        _ => None,
-    };
+    let rendered = step.render(ctx);
+    let key = rendered.as_ref().ok().map(|r| recent::key(state, r));
     if let Some(k) = &key {
         if let Some(detail) = recent.trusted(name, k, Instant::now()) {
             return Outcome::Done(detail.to_string());
         }
     }
-    let outcome = run_one(step, ctx, host);
+    let outcome = run_gated(step, ctx, host, rendered);
     if let Some(k) = key {
         let done = match &outcome {
             Outcome::Done(d) => Some(d.as_str()),
@@ -348,12 +354,14 @@ pub fn by_chain(steps: Vec<Box<dyn Step>>) -> Vec<Vec<Box<dyn Step>>> {
     chains
 }
 
-fn run_one(step: &dyn Step, ctx: &Ctx, host: &Host) -> Outcome {
-    match step.gate(ctx) {
-        Gate::NotHere => return Outcome::NotHere,
-        Gate::Wait(why) => return Outcome::Waiting(why),
-        Gate::Run => {}
-    }
+/// A step its gate let through, with its rendering: check first (for
+/// [`Step::check_first`] steps), preflight, apply, act, check.
+fn run_gated(
+    step: &dyn Step,
+    ctx: &Ctx,
+    host: &Host,
+    rendered: Result<Rendered, StepError>,
+) -> Outcome {
     let result = (|| {
         if step.check_first() {
             if let Ok(Check::Done(d)) = step.check(ctx, host) {
@@ -361,7 +369,7 @@ fn run_one(step: &dyn Step, ctx: &Ctx, host: &Host) -> Outcome {
             }
         }
         step.preflight(ctx, host)?;
-        apply(&step.render(ctx)?, host)?;
+        apply(&rendered?, host)?;
         step.act(ctx, host)?;
         step.check(ctx, host)
     })();
