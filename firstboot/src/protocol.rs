@@ -293,8 +293,9 @@ pub struct GlusterNodeHealth {
     /// `rebuilding` (wiped and healing from the other replicas), or the
     /// step's status when it reported no safety view (`pending`, `failed`…).
     pub brick: String,
-    /// Bricks gluster reports offline, as this node sees them.
-    pub bricks_offline: Vec<String>,
+    /// Bricks gluster reports offline, as this node sees them (None:
+    /// unknown, `gluster volume status` did not answer on that node).
+    pub bricks_offline: Option<Vec<String>>,
     /// Pending heal entries (None: unknown).
     pub heal_pending: Option<u64>,
     /// Split-brain entries (None: unknown).

@@ -121,8 +121,12 @@ fn render_safety(health: &[GlusterNodeHealth], bricks: usize) -> String {
         if h.brick != "serving" {
             parts.push(format!("brick {}", h.brick));
         }
-        if !h.bricks_offline.is_empty() {
-            parts.push(format!("{} brick(s) offline", h.bricks_offline.len()));
+        match &h.bricks_offline {
+            None => {
+                parts.push("bricks online unknown (gluster volume status did not answer)".into())
+            }
+            Some(o) if !o.is_empty() => parts.push(format!("{} brick(s) offline", o.len())),
+            Some(_) => {}
         }
         if h.heal_pending != Some(0) {
             parts.push(format!("{} pending heals", n(h.heal_pending)));
@@ -150,7 +154,9 @@ fn render_safety(health: &[GlusterNodeHealth], bricks: usize) -> String {
             cell(&h.node),
             cell(&h.hostname),
             cell(&h.brick),
-            h.bricks_offline.len(),
+            h.bricks_offline
+                .as_ref()
+                .map_or("?".to_string(), |o| o.len().to_string()),
             n(h.heal_pending),
             n(h.split_brain)
         );
@@ -189,7 +195,7 @@ mod tests {
     fn every_node_safe_says_safe_and_a_rebuilding_brick_says_not_safe_yet() {
         let ok = Health {
             brick: SERVING.into(),
-            offline: vec![],
+            offline: Some(vec![]),
             heal_pending: Some(0),
             split_brain: Some(0),
         };
@@ -240,6 +246,31 @@ mod tests {
         );
         assert!(
             text.contains("node2        brick rebuilding offline 0   heal-pending 12"),
+            "{text}"
+        );
+
+        // a node whose glusterd did not answer `volume status` (waiting on
+        // a dead peer) says "unknown", not "every brick offline"
+        let silent = Health {
+            offline: None,
+            ..ok.clone()
+        };
+        let r = report(vec![
+            agent(1, &serving, "done"),
+            agent(2, &format!("brick /b: xfs; {}", silent.to_detail()), "done"),
+            agent(3, &serving, "done"),
+        ]);
+        let g = r.gluster().unwrap();
+        assert_eq!(g.gluster.health[1].bricks_offline, None);
+        assert!(!g.gluster.health[1].safe);
+        assert_eq!(g.gluster.health[0].bricks_offline, Some(vec![]));
+        let text = r.render_gluster();
+        assert!(
+            text.contains("safety: NOT SAFE YET (node2: bricks online unknown (gluster volume status did not answer))"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node2        brick serving    offline ?   heal-pending 0"),
             "{text}"
         );
     }

@@ -22,8 +22,10 @@ const PREFIX: &str = "safety: ";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     pub brick: String,
-    /// Bricks of the volume gluster does not report online.
-    pub offline: Vec<String>,
+    /// Bricks of the volume gluster does not report online (None:
+    /// unknown, `volume status` did not answer, e.g. glusterd waiting on a
+    /// dead peer).
+    pub offline: Option<Vec<String>>,
     /// Pending heal entries over the bricks that answered (None: unknown).
     pub heal_pending: Option<u64>,
     /// Split-brain entries (None: unknown).
@@ -32,7 +34,8 @@ pub struct Health {
 
 impl Health {
     /// From what gluster said: `bricks` of the volume, `online` from
-    /// `volume status detail`, `heal` from `heal-count`, and the
+    /// `volume status detail` (empty when it did not answer: which bricks
+    /// are online is then unknown, not "none"), `heal` from `heal-count`, and the
     /// split-brain count (asked only when something is pending: a
     /// split-brain entry is always also a pending one).
     pub fn observe(
@@ -46,11 +49,13 @@ impl Health {
         let heal_pending = (!known.is_empty()).then(|| known.iter().sum());
         Health {
             brick: brick.into(),
-            offline: bricks
-                .iter()
-                .filter(|b| !online.get(*b).copied().unwrap_or(false))
-                .cloned()
-                .collect(),
+            offline: (!online.is_empty()).then(|| {
+                bricks
+                    .iter()
+                    .filter(|b| !online.get(*b).copied().unwrap_or(false))
+                    .cloned()
+                    .collect()
+            }),
             heal_pending,
             split_brain: if heal_pending == Some(0) {
                 Some(0)
@@ -60,21 +65,23 @@ impl Health {
         }
     }
 
-    /// Safe = this brick serving, every brick online, nothing pending, no split brain.
+    /// Safe = this brick serving, every brick known online, nothing
+    /// pending, no split brain.
     pub fn safe(&self) -> bool {
         self.brick == SERVING
-            && self.offline.is_empty()
+            && self.offline.as_ref().is_some_and(|o| o.is_empty())
             && self.heal_pending == Some(0)
             && self.split_brain == Some(0)
     }
 
-    /// `safety: brick serving; bricks offline: none; heal pending: 0; split-brain: 0`.
+    /// `safety: brick serving; bricks offline: none; heal pending: 0; split-brain: 0`
+    /// (`?` for what is unknown).
     pub fn to_detail(&self) -> String {
         let n = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
-        let offline = if self.offline.is_empty() {
-            "none".to_string()
-        } else {
-            self.offline.join(" ")
+        let offline = match &self.offline {
+            None => "?".to_string(),
+            Some(o) if o.is_empty() => "none".to_string(),
+            Some(o) => o.join(" "),
         };
         format!(
             "{PREFIX}brick {}; bricks offline: {offline}; heal pending: {}; split-brain: {}",
@@ -89,7 +96,7 @@ impl Health {
         let (_, rest) = detail.rsplit_once(PREFIX)?;
         let mut h = Health {
             brick: String::new(),
-            offline: Vec::new(),
+            offline: None,
             heal_pending: None,
             split_brain: None,
         };
@@ -97,9 +104,11 @@ impl Health {
             if let Some(b) = part.strip_prefix("brick ") {
                 h.brick = b.trim().into();
             } else if let Some(o) = part.strip_prefix("bricks offline: ") {
-                if o.trim() != "none" {
-                    h.offline = o.split_whitespace().map(String::from).collect();
-                }
+                h.offline = match o.trim() {
+                    "?" => None,
+                    "none" => Some(Vec::new()),
+                    o => Some(o.split_whitespace().map(String::from).collect()),
+                };
             } else if let Some(n) = part.strip_prefix("heal pending: ") {
                 h.heal_pending = n.trim().parse().ok();
             } else if let Some(n) = part.strip_prefix("split-brain: ") {

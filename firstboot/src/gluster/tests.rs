@@ -152,7 +152,7 @@ fn volume_is_created_started_and_grown() {
              10.0.0.3:/var/lib/habuild/bricks/brick0/habuild",
             "gluster --mode=script volume set habuild cluster.quorum-type auto",
             "gluster --mode=script volume set habuild cluster.server-quorum-type server",
-            "gluster --mode=script volume set habuild network.ping-timeout 5",
+            "gluster --mode=script volume set habuild network.ping-timeout 3",
             "gluster --mode=script volume set habuild cluster.ensure-durability on",
             "gluster --mode=script volume set all cluster.server-quorum-ratio 51%",
             "gluster --mode=script volume start habuild",
@@ -205,7 +205,7 @@ fn volume_is_created_started_and_grown() {
 
 #[test]
 fn gluster_cli_output_is_parsed() {
-    let info = "\nVolume Name: habuild\nType: Replicate\nVolume ID: 5d0c2f3e-aaaa\nStatus: Started\nSnapshot Count: 0\nNumber of Bricks: 1 x 3 = 3\nTransport-type: tcp\nBricks:\nBrick1: 10.0.0.1:/var/lib/habuild/bricks/brick0/habuild\nBrick2: 10.0.0.2:/var/lib/habuild/bricks/brick0/habuild\nBrick3: 10.0.0.3:/var/lib/habuild/bricks/brick0/habuild\nOptions Reconfigured:\ncluster.granular-entry-heal: on\nnetwork.ping-timeout: 5\n";
+    let info = "\nVolume Name: habuild\nType: Replicate\nVolume ID: 5d0c2f3e-aaaa\nStatus: Started\nSnapshot Count: 0\nNumber of Bricks: 1 x 3 = 3\nTransport-type: tcp\nBricks:\nBrick1: 10.0.0.1:/var/lib/habuild/bricks/brick0/habuild\nBrick2: 10.0.0.2:/var/lib/habuild/bricks/brick0/habuild\nBrick3: 10.0.0.3:/var/lib/habuild/bricks/brick0/habuild\nOptions Reconfigured:\ncluster.granular-entry-heal: on\nnetwork.ping-timeout: 3\n";
     let v = parse_volume_info(info).unwrap();
     assert_eq!(
         (v.replica, v.status.as_str(), v.kind.as_str()),
@@ -214,7 +214,7 @@ fn gluster_cli_output_is_parsed() {
     assert_eq!(v.bricks, bricks(&[1, 2, 3]));
     assert_eq!(v.id, "5d0c2f3e-aaaa");
     assert_eq!(v.options.len(), 2);
-    assert_eq!(v.options["network.ping-timeout"], "5");
+    assert_eq!(v.options["network.ping-timeout"], "3");
     let d = parse_volume_info("Volume Name: habuild\nType: Distribute\nStatus: Created\nNumber of Bricks: 1\nBrick1: 10.0.0.1:/b\n").unwrap();
     assert_eq!((d.replica, d.bricks.len()), (1, 1));
     assert!(parse_volume_info("Volume habuild does not exist\n").is_none());
@@ -271,7 +271,7 @@ fn options_are_reapplied_only_when_missing_or_changed() {
         .insert("network.ping-timeout".into(), "42".into());
     assert_eq!(
         show(volume_actions(Some(&info), &l3, &bricks(&[1, 2, 3]))),
-        vec!["gluster --mode=script volume set habuild network.ping-timeout 5"]
+        vec!["gluster --mode=script volume set habuild network.ping-timeout 3"]
     );
     // Two nodes: no server quorum (51 % of 2 would stop the survivor).
     let two: Vec<&str> = safety::volume_options(2).iter().map(|(k, _)| *k).collect();
@@ -513,7 +513,7 @@ fn health_goes_through_the_step_detail_and_back() {
     let online = parse_status_detail(STATUS_DETAIL);
     let heal = parse_heal_count(HEAL_COUNT);
     let h = Health::observe(REBUILDING, &b, &online, &heal, Some(1));
-    assert_eq!(h.offline, vec![b[1].clone(), b[2].clone()]);
+    assert_eq!(h.offline, Some(vec![b[1].clone(), b[2].clone()]));
     assert_eq!((h.heal_pending, h.split_brain), (Some(7), Some(1)));
     assert!(!h.safe());
     let detail = format!("brick rebuilt after an unclean shutdown; {}", h.to_detail());
@@ -529,6 +529,16 @@ fn health_goes_through_the_step_detail_and_back() {
         "safety: brick serving; bricks offline: none; heal pending: 0; split-brain: 0"
     );
     assert_eq!(Health::from_detail("brick /b: xfs"), None);
+    // `volume status` did not answer (glusterd waiting on a dead peer):
+    // which bricks are online is unknown, not "all offline", and not safe
+    let silent = Health::observe(SERVING, &b, &Default::default(), &zero, None);
+    assert_eq!(silent.offline, None);
+    assert!(!silent.safe(), "{silent:?}");
+    assert_eq!(
+        silent.to_detail(),
+        "safety: brick serving; bricks offline: ?; heal pending: 0; split-brain: 0"
+    );
+    assert_eq!(Health::from_detail(&silent.to_detail()), Some(silent));
     let sb = "Brick 10.0.0.1:/b\nStatus: Connected\nNumber of entries in split-brain: 2\n\nBrick 10.0.0.2:/b\nStatus: Connected\nNumber of entries in split-brain: 1\n";
     assert_eq!(parse_split_brain(sb), Some(3));
     assert_eq!(parse_split_brain("Volume habuild is not started"), None);

@@ -82,6 +82,9 @@ impl Files for RootFiles {
     }
 }
 
+/// A command that takes this long is logged (at info) with its duration.
+const SLOW_COMMAND: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs programs on this host (in the agent's own network namespace).
 #[derive(Debug, Default, Clone)]
 pub struct HostExec;
@@ -93,6 +96,7 @@ impl Exec for HostExec {
             message: "empty command line".into(),
         })?;
         tracing::debug!(command = %cmd.display(), "exec");
+        let started = std::time::Instant::now();
         let o = Command::new(prog)
             .args(args)
             .envs(cmd.env.iter().map(|(k, v)| (k, v)))
@@ -102,6 +106,12 @@ impl Exec for HostExec {
                 command: cmd.display(),
                 message: format!("cannot start {prog}: {e}"),
             })?;
+        let took = started.elapsed();
+        if took >= SLOW_COMMAND {
+            // where boot-time assembly spends its time (issue 13): read
+            // with `journalctl -u habuild-agent | grep 'slow command'`
+            tracing::info!(command = %cmd.display(), secs = format!("{:.1}", took.as_secs_f64()), "slow command");
+        }
         Ok(Output {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
