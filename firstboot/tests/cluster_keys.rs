@@ -856,7 +856,7 @@ fn kubernetes_control_plane_schedulable() {
         let st = state(cfg, members(4));
         let rec = Recording::default();
         rec.answer(
-            "/usr/bin/kubectl --kubeconfig=/etc/kubernetes/habuild/admin-local.conf --request-timeout=10s get nodes",
+            "/usr/bin/kubectl --kubeconfig=/etc/kubernetes/habuild/admin-local.conf --request-timeout=30s get nodes",
             0,
             r#"{"items":[{"metadata":{"name":"n1","labels":{}},"spec":{}}]}"#,
             "",

@@ -1,6 +1,8 @@
 //! What every Kubernetes step shares: where kubeadm's layout puts things,
 //! the names of the Kubernetes items in the replicated state, the pause
-//! image's reference, and kubeconfig rendering ([`kubeconfig`]).
+//! image's reference, kubeconfig rendering ([`kubeconfig`]), kubectl's
+//! request timeouts, and the tolerance of the control plane's health probe
+//! ([`tolerance`]).
 //!
 //! Design (see ARCHITECTURE.md, "Kubernetes"): the control plane
 //! (kube-apiserver, kube-controller-manager, kube-scheduler) runs as systemd
@@ -11,6 +13,7 @@
 //! does not manage works against the same cluster.
 
 pub mod kubeconfig;
+pub mod tolerance;
 
 use crate::state::NodeId;
 
@@ -30,6 +33,23 @@ pub const IMAGES_DIR: &str = "usr/share/habuild/images";
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.2";
 /// Cluster DNS domain (kubeadm's default).
 pub const DNS_DOMAIN: &str = "cluster.local";
+
+/// `kubectl --request-timeout` of reads (`get`, the `/readyz` probe), in
+/// seconds. Not kubectl's customary 10 s: on a one-vCPU emulated node the
+/// apiserver, starved by etcd and its own start-up, takes longer than that
+/// to answer a healthy get, and a probe cut short reads as "not ready".
+pub const GET_TIMEOUT_SECS: u64 = 30;
+/// `kubectl --request-timeout` of writes (`apply` of the bootstrap
+/// manifests, `label`, `taint`), in seconds. A three-control-plane TCG run
+/// had `kubectl apply` of the bootstrap manifests (fifteen objects, each a
+/// write through etcd) fail at 10 s with "context cancellation while
+/// reading body", then back off for up to a minute, round after round.
+pub const APPLY_TIMEOUT_SECS: u64 = 60;
+
+/// `--request-timeout=<secs>s`.
+pub fn request_timeout(secs: u64) -> String {
+    format!("--request-timeout={secs}s")
+}
 
 /// Client certificates the leader issues once for the whole cluster, by
 /// item stem (`<stem>.crt` and `<stem>.key` in the state): the admin

@@ -35,7 +35,7 @@ use super::kube_control_plane::{
 use super::{Chain, Check, Ctx, Gate, Rendered, Step, StepError};
 use crate::cluster::Ipv4Cidr;
 use crate::host::{Cmd, FileSpec, Host};
-use crate::kube::DNS_DOMAIN;
+use crate::kube::{APPLY_TIMEOUT_SECS, DNS_DOMAIN, GET_TIMEOUT_SECS};
 
 pub struct KubeBootstrap;
 
@@ -490,9 +490,11 @@ impl Step for KubeBootstrap {
     /// Listing or labelling failures do not fail the step: the manifests are
     /// applied, and the next round tries the nodes again.
     fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
-        let list = host
-            .exec
-            .output(&kubectl(ctx, &["get", "nodes", "-o", "json"]))?;
+        let list = host.exec.output(&kubectl(
+            ctx,
+            GET_TIMEOUT_SECS,
+            &["get", "nodes", "-o", "json"],
+        ))?;
         if !list.success() {
             tracing::warn!(stderr = %list.stderr.trim(), "listing nodes to label them");
             return Ok(());
@@ -504,7 +506,7 @@ impl Step for KubeBootstrap {
         );
         for args in cmds {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let cmd = kubectl(ctx, &args);
+            let cmd = kubectl(ctx, APPLY_TIMEOUT_SECS, &args);
             let o = host.exec.output(&cmd)?;
             if !o.success() {
                 tracing::warn!(command = %cmd.display(), stderr = %o.stderr.trim(), "node update");
@@ -514,10 +516,11 @@ impl Step for KubeBootstrap {
     }
 
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
-        let (_, missing) = match host
-            .exec
-            .output(&kubectl(ctx, &["get", "nodes", "-o", "json"]))
-        {
+        let (_, missing) = match host.exec.output(&kubectl(
+            ctx,
+            GET_TIMEOUT_SECS,
+            &["get", "nodes", "-o", "json"],
+        )) {
             Ok(o) if o.success() => node_updates(
                 &o.stdout,
                 &control_plane_names(ctx),
@@ -543,7 +546,11 @@ impl Step for KubeBootstrap {
 
 /// `kubectl apply -f` of [`MANIFESTS`] through this node's apiserver.
 pub fn apply_command(ctx: &Ctx) -> Cmd {
-    kubectl(ctx, &["apply", "-f", &ctx.path(MANIFESTS)])
+    kubectl(
+        ctx,
+        APPLY_TIMEOUT_SECS,
+        &["apply", "-f", &ctx.path(MANIFESTS)],
+    )
 }
 
 #[cfg(test)]
@@ -594,7 +601,7 @@ mod tests {
                 assert_eq!(
                     r.commands[0].display(),
                     "/usr/bin/kubectl --kubeconfig=/etc/kubernetes/habuild/admin-local.conf \
-                 --request-timeout=10s apply -f /etc/kubernetes/habuild/bootstrap.yaml"
+                 --request-timeout=60s apply -f /etc/kubernetes/habuild/bootstrap.yaml"
                 );
                 assert_eq!(r.commands[0], apply_command(ctx));
             },
@@ -698,13 +705,28 @@ mod tests {
                 let rec = Recording::default();
                 let host = rec.host();
                 rec.answer(
-                "/usr/bin/kubectl --kubeconfig=/etc/kubernetes/habuild/admin-local.conf --request-timeout=10s get nodes",
+                "/usr/bin/kubectl --kubeconfig=/etc/kubernetes/habuild/admin-local.conf --request-timeout=30s get nodes",
                 0,
                 &format!(r#"{{"items":[{}]}}"#, node("n1", "", "")),
                 "",
             );
                 KubeBootstrap.act(ctx, &host).unwrap();
                 let cmds = rec.commands();
+                // Reads with the get timeout, writes with the apply timeout.
+                assert!(
+                    cmds.iter().any(|c| c.starts_with(
+                        "/usr/bin/kubectl --kubeconfig=/etc/kubernetes/habuild/admin-local.conf \
+                         --request-timeout=60s label --overwrite node n1 "
+                    )),
+                    "{cmds:?}"
+                );
+                assert!(
+                    cmds.iter().any(|c| c.starts_with(
+                        "/usr/bin/kubectl --kubeconfig=/etc/kubernetes/habuild/admin-local.conf \
+                         --request-timeout=60s taint --overwrite node n1 "
+                    )),
+                    "{cmds:?}"
+                );
                 assert!(cmds.iter().any(|c| c.ends_with("label --overwrite node n1 node-role.kubernetes.io/control-plane= node-role.kubernetes.io/master=")), "{cmds:?}");
                 assert!(
                     cmds.iter().any(|c| c.ends_with(

@@ -16,7 +16,14 @@
 //! not whichever node holds the VIP.
 //!
 //! Done when `kubectl get --raw /readyz` answers `ok` through this node's
-//! apiserver (which needs etcd quorum).
+//! apiserver (which needs etcd quorum), within [`GET_TIMEOUT_SECS`]. Once
+//! it has answered, a failed probe does not undo that at once: the step
+//! stays done (saying the last probe failed and when the apiserver last
+//! answered) until failures persist, by the rule of
+//! [`crate::kube::tolerance`] — so one slow probe of a starved apiserver no
+//! longer sends the later steps of the chain back to waiting. The memory of
+//! the last answer is [`HEALTH_MEMORY`], a file under `run/habuild` (gone
+//! with a reboot: a rebooted node's apiserver must answer once again).
 //!
 //! Flags: every flag rendered exists in Kubernetes 1.20 and in 1.28–1.31
 //! (golden-tested). Differences kept out on purpose: 1.20's
@@ -31,7 +38,8 @@ use std::net::Ipv4Addr;
 use super::{fingerprint, Chain, Check, Ctx, Gate, Rendered, Step, StepError};
 use crate::host::{last_lines, Cmd, FileSpec, Host, ServiceSpec};
 use crate::kube::kubeconfig::{self, Kubeconfig};
-use crate::kube::{self as k8s, DNS_DOMAIN, KUBE_DIR};
+use crate::kube::tolerance::{self, Memory, Verdict};
+use crate::kube::{self as k8s, request_timeout, DNS_DOMAIN, GET_TIMEOUT_SECS, KUBE_DIR};
 
 pub struct KubeControlPlane;
 
@@ -46,6 +54,10 @@ pub const NO_BINARIES: &str = "this image has no Kubernetes binaries (profile ku
 /// An admin kubeconfig naming this node's own apiserver (not the VIP).
 pub const LOCAL_ADMIN: &str = "etc/kubernetes/habuild/admin-local.conf";
 const PKI: &str = "etc/kubernetes/pki";
+/// What the health check remembers between rounds ([`tolerance::Memory`]):
+/// when this node's apiserver last answered, and the run of failed probes
+/// since.
+pub const HEALTH_MEMORY: &str = "run/habuild/kube-apiserver-health";
 
 /// Refuses with [`NO_BINARIES`] unless `bin` (absolute, e.g.
 /// `/usr/bin/kubectl`) is there under the host root.
@@ -219,12 +231,14 @@ pub fn scheduler_argv(ctx: &Ctx) -> Vec<String> {
     ]
 }
 
-/// `kubectl` with this node's local admin kubeconfig and a short timeout.
-pub fn kubectl(ctx: &Ctx, args: &[&str]) -> Cmd {
+/// `kubectl` with this node's local admin kubeconfig and a request timeout
+/// of `timeout_secs` ([`GET_TIMEOUT_SECS`] for reads,
+/// [`crate::kube::APPLY_TIMEOUT_SECS`] for writes).
+pub fn kubectl(ctx: &Ctx, timeout_secs: u64, args: &[&str]) -> Cmd {
     let mut argv = vec![
         ctx.path(KUBECTL_BIN),
         format!("--kubeconfig={}", ctx.path(LOCAL_ADMIN)),
-        "--request-timeout=10s".to_string(),
+        request_timeout(timeout_secs),
     ];
     argv.extend(args.iter().map(|a| a.to_string()));
     Cmd::new(argv)
@@ -356,22 +370,58 @@ impl Step for KubeControlPlane {
     }
 
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
-        let o = host
-            .exec
-            .output(&kubectl(ctx, &["get", "--raw", "/readyz"]))?;
-        let addr = ctx
-            .my_ip()
-            .map(|ip| format!("{ip}:{API_PORT}"))
-            .unwrap_or_default();
-        if o.success() && o.stdout.trim() == "ok" {
-            Ok(Check::Done(format!("apiserver healthy at {addr}")))
-        } else {
-            Ok(Check::Pending(format!(
-                "apiserver at {addr} not ready yet: {}",
-                last_lines(&format!("{}\n{}", o.stdout, o.stderr), 3)
-            )))
-        }
+        check_readyz(ctx, host, &unix_now)
     }
+}
+
+/// Seconds since the epoch, now (the wall clock: [`HEALTH_MEMORY`] outlives
+/// the agent's process).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The step's check with the clock `now` (read once the probe returned):
+/// probes `/readyz` through this node's apiserver and judges the answer
+/// with the memory of earlier probes ([`tolerance`]), which it updates.
+fn check_readyz(ctx: &Ctx, host: &Host, now: &dyn Fn() -> u64) -> Result<Check, StepError> {
+    let o = host.exec.output(&kubectl(
+        ctx,
+        GET_TIMEOUT_SECS,
+        &["get", "--raw", "/readyz"],
+    ))?;
+    let answered = o.success() && o.stdout.trim() == "ok";
+    let memory = host
+        .files
+        .read(HEALTH_MEMORY)?
+        .map(|b| Memory::parse(&String::from_utf8_lossy(&b)))
+        .unwrap_or_default();
+    let (verdict, next) = memory.observe(now(), answered);
+    if next != memory {
+        host.files
+            .write(&FileSpec::new(HEALTH_MEMORY, 0o644, next.render()))?;
+    }
+    let addr = ctx
+        .my_ip()
+        .map(|ip| format!("{ip}:{API_PORT}"))
+        .unwrap_or_default();
+    let why = || last_lines(&format!("{}\n{}", o.stdout, o.stderr), 3);
+    Ok(match verdict {
+        Verdict::Healthy => Check::Done(format!("apiserver healthy at {addr}")),
+        Verdict::Tolerated {
+            last_ok_ago,
+            failing_for,
+            failures,
+        } => Check::Done(format!(
+            "apiserver at {addr} last answered {last_ok_ago} s ago; the last probe failed \
+             ({failures} in a row for {failing_for} s, tolerated until {} in a row for {} s): {}",
+            tolerance::MIN_FAILED_PROBES,
+            tolerance::GRACE_SECS,
+            why()
+        )),
+        Verdict::Down => Check::Pending(format!("apiserver at {addr} not ready yet: {}", why())),
+    })
 }
 
 #[cfg(test)]
@@ -647,7 +697,184 @@ pub(crate) mod tests {
                 assert_eq!(
                     rec.commands().last().unwrap(),
                     "/usr/bin/kubectl --kubeconfig=/etc/kubernetes/habuild/admin-local.conf \
-                 --request-timeout=10s get --raw /readyz"
+                 --request-timeout=30s get --raw /readyz"
+                );
+            },
+        );
+    }
+
+    const REFUSED: &str = "The connection to the server 10.77.0.1:6443 was refused - did you specify the right host or port?\n";
+
+    /// Makes the next probes answer `ok` (or be refused).
+    fn probes_answer(rec: &Recording, ok: bool) {
+        rec.lock().answers.clear();
+        if ok {
+            rec.answer("/usr/bin/kubectl", 0, "ok", "");
+        } else {
+            rec.answer("/usr/bin/kubectl", 1, "", REFUSED);
+        }
+    }
+
+    #[test]
+    fn a_control_plane_that_answered_stays_done_until_failures_persist() {
+        use std::cell::Cell;
+        with_items(
+            1,
+            |_| {},
+            |ctx| {
+                let rec = Recording::default();
+                let host = rec.host();
+                let clock = Cell::new(1_000u64);
+                let check = || check_readyz(ctx, &host, &|| clock.get()).unwrap();
+                // Never answered: a failure is pending, and nothing is kept.
+                probes_answer(&rec, false);
+                assert!(matches!(check(), Check::Pending(_)));
+                assert_eq!(rec.file(HEALTH_MEMORY), None);
+                probes_answer(&rec, true);
+                assert_eq!(
+                    check(),
+                    Check::Done("apiserver healthy at 10.77.0.1:6443".into())
+                );
+                assert_eq!(rec.file(HEALTH_MEMORY).unwrap(), "last_ok 1000\n");
+                // One failed probe, 40 s later: still done, saying so.
+                clock.set(1_040);
+                probes_answer(&rec, false);
+                assert_eq!(
+                    check(),
+                    Check::Done(
+                        "apiserver at 10.77.0.1:6443 last answered 40 s ago; the last probe \
+                         failed (1 in a row for 0 s, tolerated until 2 in a row for 90 s): The \
+                         connection to the server 10.77.0.1:6443 was refused - did you specify \
+                         the right host or port?"
+                            .into()
+                    )
+                );
+                // Still failing 89 s after the first failure: done.
+                clock.set(1_129);
+                let Check::Done(d) = check() else {
+                    panic!("within the grace")
+                };
+                assert!(
+                    d.starts_with(
+                        "apiserver at 10.77.0.1:6443 last answered 129 s ago; the last probe \
+                         failed (2 in a row for 89 s"
+                    ),
+                    "{d}"
+                );
+                // 90 s: the failures persisted; pending, and forgotten.
+                clock.set(1_130);
+                assert_eq!(
+                    check(),
+                    Check::Pending(
+                        "apiserver at 10.77.0.1:6443 not ready yet: The connection to the \
+                         server 10.77.0.1:6443 was refused - did you specify the right host \
+                         or port?"
+                            .into()
+                    )
+                );
+                assert_eq!(rec.file(HEALTH_MEMORY).unwrap(), "");
+                clock.set(1_131);
+                assert!(matches!(check(), Check::Pending(_)), "no memory any more");
+                // It answers again: done, and the tolerance is back.
+                probes_answer(&rec, true);
+                assert!(matches!(check(), Check::Done(_)));
+                clock.set(1_140);
+                probes_answer(&rec, false);
+                assert!(matches!(check(), Check::Done(_)));
+                // A probe that answers in between ends a run of failures.
+                clock.set(1_200);
+                probes_answer(&rec, true);
+                assert!(matches!(check(), Check::Done(_)));
+                clock.set(1_400);
+                probes_answer(&rec, false);
+                assert!(matches!(check(), Check::Done(_)), "a new run starts at 1");
+            },
+        );
+    }
+
+    /// The chain's view: a failed probe after the apiserver answered leaves
+    /// the step done (its replicated record too: kube-bootstrap's gate and
+    /// other nodes' kubelets read it) and the later steps run; persisting
+    /// failures make it pending and hold them back, as before.
+    #[test]
+    fn one_failed_probe_does_not_hold_back_the_later_steps() {
+        struct Later;
+        impl Step for Later {
+            fn name(&self) -> &'static str {
+                "later"
+            }
+            fn chain(&self) -> Chain {
+                Chain::ControlPlane
+            }
+            fn gate(&self, _: &Ctx) -> Gate {
+                Gate::Run
+            }
+            fn render(&self, _: &Ctx) -> Result<Rendered, StepError> {
+                Ok(Rendered::default())
+            }
+            fn check(&self, _: &Ctx, _: &Host) -> Result<Check, StepError> {
+                Ok(Check::Done("later done".into()))
+            }
+        }
+        with_items(
+            1,
+            |_| {},
+            |ctx| {
+                let rec = Recording::default();
+                let host = rec.host();
+                for bin in [
+                    APISERVER_BIN,
+                    CONTROLLER_MANAGER_BIN,
+                    SCHEDULER_BIN,
+                    KUBECTL_BIN,
+                ] {
+                    host.files.write(&FileSpec::new(bin, 0o755, "elf")).unwrap();
+                }
+                let steps: Vec<Box<dyn Step>> = vec![Box::new(KubeControlPlane), Box::new(Later)];
+                let round = || crate::steps::converge(&steps, ctx, &host, &|_| false);
+                probes_answer(&rec, true);
+                let out = round();
+                assert_eq!(
+                    out[0].1,
+                    crate::steps::Outcome::Done("apiserver healthy at 10.77.0.1:6443".into())
+                );
+                // One refused probe: still done, recorded done, the later step runs.
+                probes_answer(&rec, false);
+                let out = round();
+                let crate::steps::Outcome::Done(d) = &out[0].1 else {
+                    panic!("{out:?}")
+                };
+                assert!(d.contains("the last probe failed (1 in a row"), "{d}");
+                assert_eq!(
+                    out[0].1.status(),
+                    Some((crate::state::StepStatus::Done, String::new()))
+                );
+                assert_eq!(
+                    out[1],
+                    ("later", crate::steps::Outcome::Done("later done".into()))
+                );
+                // Failing since 100 s ago (the memory says so): pending, and
+                // the later step waits.
+                let now = unix_now();
+                let kept = Memory {
+                    last_ok: Some(now - 200),
+                    failing_since: Some(now - 100),
+                    failures: 1,
+                };
+                host.files
+                    .write(&FileSpec::new(HEALTH_MEMORY, 0o644, kept.render()))
+                    .unwrap();
+                let out = round();
+                assert!(
+                    matches!(&out[0].1, crate::steps::Outcome::Pending(p) if p.starts_with("apiserver at 10.77.0.1:6443 not ready yet")),
+                    "{out:?}"
+                );
+                assert_eq!(
+                    out[1],
+                    (
+                        "later",
+                        crate::steps::Outcome::Waiting("an earlier step on this node".into())
+                    )
                 );
             },
         );

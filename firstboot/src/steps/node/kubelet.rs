@@ -35,7 +35,8 @@ use super::{api_server, base_gate, control_plane_gate, item, items_gate, require
 use super::{pod_network, CA_ITEM};
 use crate::host::{last_lines, Cmd, FileSpec, Host, HostError, ServiceSpec};
 use crate::kube::{
-    kubeconfig, kubelet_item, DNS_DOMAIN, IMAGES_DIR, KUBELET_DIR, KUBE_DIR, PAUSE_IMAGE,
+    kubeconfig, kubelet_item, request_timeout, DNS_DOMAIN, GET_TIMEOUT_SECS, IMAGES_DIR,
+    KUBELET_DIR, KUBE_DIR, PAUSE_IMAGE,
 };
 use crate::steps::{fingerprint, Chain, Check, Gate, Rendered, Step, StepError};
 
@@ -316,7 +317,7 @@ impl Step for Kubelet {
         let o = host.exec.output(&Cmd::new([
             "kubectl".to_string(),
             format!("--kubeconfig={}", ctx.path(KUBELET_CONF)),
-            "--request-timeout=10s".into(),
+            request_timeout(GET_TIMEOUT_SECS),
             "get".into(),
             "node".into(),
             name.to_string(),
@@ -558,7 +559,7 @@ staticPodPath: /etc/kubernetes/manifests
             );
             assert_eq!(
                 rec.commands()[0],
-                "kubectl --kubeconfig=/etc/kubernetes/kubelet.conf --request-timeout=10s get node n4 -o 'jsonpath={.status.conditions[?(@.type==\"Ready\")].status}'"
+                "kubectl --kubeconfig=/etc/kubernetes/kubelet.conf --request-timeout=30s get node n4 -o 'jsonpath={.status.conditions[?(@.type==\"Ready\")].status}'"
             );
             rec.lock().answers.clear();
             rec.answer("kubectl", 0, "False", "");

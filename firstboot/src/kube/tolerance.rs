@@ -1,0 +1,233 @@
+//! How much a control plane that has been healthy is forgiven: the rule
+//! the `kube-control-plane` step applies to its `/readyz` probe (pure; the
+//! step keeps the [`Memory`] in a file under `run/habuild` and reads the
+//! clock).
+//!
+//! A starved apiserver (one vCPU, emulated, sharing it with etcd) misses a
+//! probe now and then although it serves. Before this rule one missed probe
+//! made the step pending, and every later step of the control-plane chain
+//! (kube-bootstrap, pod-network, kubelet, kube-proxy) went back to waiting,
+//! round after round, and no kubelet came Ready. The rule:
+//!
+//! - Until a probe has answered, a failed probe is a failure (pending).
+//! - Once a probe answered, failed probes are tolerated — the step stays
+//!   done, its detail saying that the last probe failed, how many failed in
+//!   a row, and how long ago the apiserver last answered — until they
+//!   persist: at least [`MIN_FAILED_PROBES`] in a row *and* for at least
+//!   [`GRACE_SECS`] since the first of them. Then the step is pending again
+//!   (and the memory of the last answer is dropped: the next failed probe is
+//!   a plain failure, until a probe answers again).
+//! - A probe that answers ends the run of failures.
+//!
+//! Both conditions, so that neither a single slow probe (however long it
+//! took) nor a burst of quick refusals within a few seconds is enough.
+
+/// How long failed probes must persist, from the first of a run, before a
+/// control plane that was healthy counts as down (three of the 30 s probe
+/// timeouts, [`super::GET_TIMEOUT_SECS`]).
+pub const GRACE_SECS: u64 = 90;
+/// How many failed probes in a row, at least, before it counts as down.
+pub const MIN_FAILED_PROBES: u32 = 2;
+
+/// What is remembered between rounds (unix seconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// When a probe last answered; `None`: never, or forgotten after the
+    /// failures persisted.
+    pub last_ok: Option<u64>,
+    /// When the first failed probe of the current run of failures was seen.
+    pub failing_since: Option<u64>,
+    /// Failed probes in a row since the last answer.
+    pub failures: u32,
+}
+
+/// The judgement on one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The probe answered.
+    Healthy,
+    /// The probe failed, but the control plane answered before and the
+    /// failures have not persisted yet: still done.
+    Tolerated {
+        /// Seconds since a probe last answered.
+        last_ok_ago: u64,
+        /// Seconds since the first failed probe of this run.
+        failing_for: u64,
+        /// Failed probes in a row, this one included.
+        failures: u32,
+    },
+    /// The probe failed and nothing (any more) excuses it: pending.
+    Down,
+}
+
+impl Memory {
+    /// Reads what [`Memory::render`] wrote; anything unreadable is no memory.
+    pub fn parse(text: &str) -> Memory {
+        let mut m = Memory::default();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next().and_then(|w| w.parse().ok())) {
+                (Some("last_ok"), Some(t)) => m.last_ok = Some(t),
+                (Some("failing_since"), Some(t)) => m.failing_since = Some(t),
+                (Some("failures"), Some(n)) => m.failures = n as u32,
+                _ => {}
+            }
+        }
+        m
+    }
+
+    /// One `key value` per line, the fields that are set.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        if let Some(t) = self.last_ok {
+            s += &format!("last_ok {t}\n");
+        }
+        if let Some(t) = self.failing_since {
+            s += &format!("failing_since {t}\n");
+        }
+        if self.failures > 0 {
+            s += &format!("failures {}\n", self.failures);
+        }
+        s
+    }
+
+    /// The verdict on a probe that `answered` (or not) at `now`, and what
+    /// to remember for the next one (see the module text for the rule).
+    pub fn observe(&self, now: u64, answered: bool) -> (Verdict, Memory) {
+        if answered {
+            let m = Memory {
+                last_ok: Some(now),
+                ..Memory::default()
+            };
+            return (Verdict::Healthy, m);
+        }
+        let Some(last_ok) = self.last_ok else {
+            return (Verdict::Down, Memory::default());
+        };
+        // A time after now (the clock was stepped back) counts as now.
+        let since = self.failing_since.unwrap_or(now).min(now);
+        let failures = self.failures.saturating_add(1);
+        let failing_for = now - since;
+        if failures >= MIN_FAILED_PROBES && failing_for >= GRACE_SECS {
+            return (Verdict::Down, Memory::default());
+        }
+        let verdict = Verdict::Tolerated {
+            last_ok_ago: now.saturating_sub(last_ok),
+            failing_for,
+            failures,
+        };
+        let m = Memory {
+            last_ok: Some(last_ok),
+            failing_since: Some(since),
+            failures,
+        };
+        (verdict, m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_healthy_failures_are_down_and_remember_nothing() {
+        let (v, m) = Memory::default().observe(1000, false);
+        assert_eq!(v, Verdict::Down);
+        assert_eq!(m, Memory::default());
+    }
+
+    #[test]
+    fn one_failed_probe_after_an_answer_is_tolerated_however_long_it_took() {
+        let (v, m) = Memory::default().observe(1000, true);
+        assert_eq!(v, Verdict::Healthy);
+        // 500 s later (a long settled gap and a slow probe): one failure.
+        let (v, m) = m.observe(1500, false);
+        assert_eq!(
+            v,
+            Verdict::Tolerated {
+                last_ok_ago: 500,
+                failing_for: 0,
+                failures: 1
+            }
+        );
+        // Even a single failure reported long after the run began is one.
+        let (v, _) = Memory {
+            failing_since: Some(1000),
+            failures: 0,
+            ..m.clone()
+        }
+        .observe(1200, false);
+        assert!(matches!(v, Verdict::Tolerated { failures: 1, .. }), "{v:?}");
+        // An answer ends the run.
+        let (v, m) = m.observe(1510, true);
+        assert_eq!(v, Verdict::Healthy);
+        assert_eq!(
+            m,
+            Memory {
+                last_ok: Some(1510),
+                failing_since: None,
+                failures: 0
+            }
+        );
+    }
+
+    #[test]
+    fn failures_go_down_only_when_both_many_and_long() {
+        let (_, m) = Memory::default().observe(0, true);
+        // Quick refusals: many, but within the grace.
+        let mut m = m;
+        for t in 10..20 {
+            let (v, next) = m.observe(t, false);
+            assert!(matches!(v, Verdict::Tolerated { .. }), "{t}: {v:?}");
+            m = next;
+        }
+        assert_eq!(m.failing_since, Some(10));
+        assert_eq!(m.failures, 10);
+        let (v, _) = m.observe(10 + GRACE_SECS - 1, false);
+        assert_eq!(
+            v,
+            Verdict::Tolerated {
+                last_ok_ago: 10 + GRACE_SECS - 1,
+                failing_for: GRACE_SECS - 1,
+                failures: 11
+            }
+        );
+        let (v, after) = m.observe(10 + GRACE_SECS, false);
+        assert_eq!(v, Verdict::Down);
+        assert_eq!(after, Memory::default(), "forgotten");
+        // Once down, the next failure is a plain failure.
+        assert_eq!(after.observe(200, false).0, Verdict::Down);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_does_not_go_down_early_or_panic() {
+        let m = Memory {
+            last_ok: Some(5000),
+            failing_since: Some(5000),
+            failures: 1,
+        };
+        let (v, m) = m.observe(100, false);
+        assert_eq!(
+            v,
+            Verdict::Tolerated {
+                last_ok_ago: 0,
+                failing_for: 0,
+                failures: 2
+            }
+        );
+        assert_eq!(m.failing_since, Some(100));
+    }
+
+    #[test]
+    fn memory_round_trips_and_garbage_is_no_memory() {
+        let m = Memory {
+            last_ok: Some(7),
+            failing_since: Some(9),
+            failures: 3,
+        };
+        assert_eq!(m.render(), "last_ok 7\nfailing_since 9\nfailures 3\n");
+        assert_eq!(Memory::parse(&m.render()), m);
+        assert_eq!(Memory::parse(""), Memory::default());
+        assert_eq!(Memory::parse("last_ok x\n\u{0}"), Memory::default());
+    }
+}
