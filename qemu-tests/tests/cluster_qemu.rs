@@ -491,6 +491,14 @@ fn three_vms_assemble_etcd_the_vip_and_a_replica_3_volume_and_survive_a_power_of
     let writer = (victim + 1) % 3;
     let reader = (victim + 2) % 3;
     let (vn, wn, rn) = (name(victim), name(writer), name(reader));
+    // where the first assembly spent its time, command by command: the
+    // agent logs every command that took 2 s or more (issue 13)
+    let slow = sh(
+        vm(writer, vms)?,
+        "journalctl -b -u habuild-agent -o short-monotonic --no-pager | grep 'slow command' | sed 's/\\x1b\\[[0-9;]*m//g' | cut -c1-240 | head -60 || true",
+        Duration::from_secs(60),
+    )?;
+    eprintln!("cluster_qemu: {wn}'s agent commands of 2 s or more during assembly (seconds since boot):\n{slow}");
     eprintln!("cluster_qemu: {vn} holds the VIP and will lose power; {wn} writes, {rn} reads");
 
     // 3. habuild cluster status --gluster: replica 3 over the 3 nodes, topology
