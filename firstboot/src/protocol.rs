@@ -360,6 +360,9 @@ pub struct StepTimes {
     pub first_start: Option<f64>,
     /// The end of the round that last made it done (absent while not done).
     pub done: Option<f64>,
+    /// The end of the first round that made it done (kept when the step
+    /// goes back to pending: what a boot-time benchmark measures).
+    pub first_done: Option<f64>,
     /// The end of the latest round that ran it.
     pub last_end: Option<f64>,
     /// How many rounds ran it.
@@ -367,13 +370,17 @@ pub struct StepTimes {
 }
 
 /// One line of a [`Timeline`]: a milestone (`start` only) or a step
-/// (`start`, and `end` once done).
+/// (`start`, `end` once first done, `done_now` while done).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Milestone {
     /// `power-on`, `agent start`, `discovery`, `raft group`, `plan`, or `step NAME`.
     pub what: String,
     pub start: Option<f64>,
+    /// Steps: the first time it was done.
     pub end: Option<f64>,
+    /// Steps: since when it is done now (None while not done); differs
+    /// from `end` when it went back to pending and was done again.
+    pub done_now: Option<f64>,
     /// Steps: when the step first waited on others, before `start`.
     pub waited_from: Option<f64>,
 }
@@ -386,6 +393,7 @@ impl Timeline {
             what: what.into(),
             start: at,
             end: None,
+            done_now: None,
             waited_from: None,
         };
         let mut out = vec![
@@ -398,7 +406,9 @@ impl Timeline {
         out.extend(self.steps.iter().map(|s| Milestone {
             what: format!("step {}", s.step),
             start: s.first_start,
-            end: s.done,
+            // agents older than `first_done` only report `done`
+            end: s.first_done.or(s.done),
+            done_now: s.done,
             waited_from: s.first_wait,
         }));
         out

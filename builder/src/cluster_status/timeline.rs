@@ -73,7 +73,15 @@ fn block(doc: &StatusDoc) -> String {
                 (Some(w), None) => format!("since {}", offset(w - origin)),
                 _ => "-".into(),
             };
-            (since(m.end), took, waited)
+            // the first done; a step that went back to pending says so
+            let done = match (m.end, m.done_now) {
+                (Some(first), Some(now)) if (now - first).abs() > 0.05 => {
+                    format!("{}, again {}", since(Some(first)), since(Some(now)))
+                }
+                (Some(first), None) => format!("{}, not now", since(Some(first))),
+                (end, _) => since(end),
+            };
+            (done, took, waited)
         } else {
             Default::default()
         };
@@ -111,6 +119,7 @@ struct Row {
     what: String,
     start: Option<f64>,
     end: Option<f64>,
+    done_now: Option<f64>,
     waited_from: Option<f64>,
     step: bool,
 }
@@ -123,6 +132,7 @@ fn rows_of(t: &Timeline) -> Vec<Row> {
             what: m.what,
             start: m.start,
             end: m.end,
+            done_now: m.done_now,
             waited_from: m.waited_from,
         })
         .collect()
@@ -191,6 +201,7 @@ mod tests {
                     first_wait: Some(T0 + 25.1),
                     first_start: Some(T0 + 26.0),
                     done: Some(T0 + 26.2),
+                    first_done: Some(T0 + 26.2),
                     last_end: Some(T0 + 60.0),
                     rounds: 9,
                 },
@@ -199,6 +210,7 @@ mod tests {
                     first_wait: Some(T0 + 25.1),
                     first_start: Some(T0 + 26.2),
                     done: Some(T0 + 41.25),
+                    first_done: Some(T0 + 41.25),
                     last_end: Some(T0 + 61.0),
                     rounds: 12,
                 },
@@ -207,6 +219,7 @@ mod tests {
                     first_wait: Some(T0 + 25.1),
                     first_start: None,
                     done: None,
+                    first_done: None,
                     last_end: None,
                     rounds: 0,
                 },
@@ -242,6 +255,37 @@ mod tests {
         ]
         .join("\n");
         assert_eq!(t, want, "\n{t}");
+    }
+
+    #[test]
+    fn a_step_that_went_back_to_pending_shows_its_first_done() {
+        let mut t = timeline();
+        // etcd: first done at 41.2 s, pending again, done again at 90 s
+        t.steps[1].done = Some(T0 + 90.0);
+        // pki: first done at 26.2 s, pending now
+        t.steps[0].done = None;
+        let text = render_timeline(&[doc(Some(t.clone()))]);
+        assert!(
+            text.contains("step pki     10:00:26.0  26.0 s       26.2 s, not now   0.2 s  0.9 s"),
+            "\n{text}"
+        );
+        assert!(
+            text.contains("step etcd    10:00:26.2  26.2 s  41.2 s, again 90.0 s  15.0 s  1.1 s"),
+            "\n{text}"
+        );
+        // what tests and benchmarks read: the first done
+        let offsets = t.offsets(T0);
+        let at = |what: &str| {
+            offsets
+                .iter()
+                .find(|(w, _)| w == what)
+                .map(|(_, s)| (s * 10.0).round() / 10.0)
+        };
+        assert_eq!(
+            (at("step etcd done"), at("step pki done")),
+            (Some(41.3), Some(26.2)),
+            "{offsets:?}"
+        );
     }
 
     #[test]

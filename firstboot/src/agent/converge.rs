@@ -264,6 +264,7 @@ fn note(times: &mut StepTimes, run: &StepRun) {
             times.rounds += 1;
             if matches!(o, Outcome::Done(_)) {
                 times.done.get_or_insert(end);
+                times.first_done.get_or_insert(end);
             } else {
                 times.done = None;
             }
@@ -670,17 +671,18 @@ mod tests {
             first_wait: Some(10.0),
             first_start: Some(20.0),
             done: Some(33.0),
+            first_done: Some(33.0),
             last_end: Some(41.0),
             rounds: 4,
         };
         assert_eq!(t, want);
         // not healthy any more: not done until the next done round
         note(&mut t, &run(Outcome::Pending("restarting".into()), 50, 51));
-        assert_eq!(t.done, None);
+        assert_eq!((t.done, t.first_done), (None, Some(33.0)));
         note(&mut t, &run(done(), 60, 62));
         assert_eq!(
-            (t.first_start, t.done, t.rounds),
-            (Some(20.0), Some(62.0), 6)
+            (t.first_start, t.done, t.first_done, t.rounds),
+            (Some(20.0), Some(62.0), Some(33.0), 6)
         );
     }
 

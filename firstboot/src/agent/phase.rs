@@ -237,9 +237,8 @@ mod tests {
             step: "pki".into(),
             first_wait,
             first_start,
-            done: None,
-            last_end: None,
             rounds: 1,
+            ..StepTimes::default()
         };
         let t = m.timeline(vec![step(None, Some(10.4)), step(Some(10.2), None)]);
         assert_eq!((t.raft_group, t.plan), (Some(10.2), Some(10.2)));
