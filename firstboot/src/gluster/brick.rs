@@ -88,7 +88,13 @@ pub fn brick_actions(
         let unit = mount_unit_name(BRICK_MOUNT);
         out.push(Cmd::new(["mkdir", "-p", BRICK_MOUNT]));
         out.push(Cmd::new(["systemctl", "daemon-reload"]));
-        out.push(Cmd::new(["systemctl", "enable", "--now", unit.as_str()]));
+        out.push(Cmd::new([
+            "systemctl",
+            "enable",
+            "--no-reload",
+            "--now",
+            unit.as_str(),
+        ]));
     }
     Ok(out)
 }

@@ -59,7 +59,7 @@ fn golden_brick_commands_from_nothing_and_after_a_reboot() {
             "mkfs.xfs -i size=512 -L habuild-gl /dev/habuild_gluster/brick0",
             "mkdir -p /var/lib/habuild/bricks/brick0",
             "systemctl daemon-reload",
-            "systemctl enable --now var-lib-habuild-bricks-brick0.mount",
+            "systemctl enable --no-reload --now var-lib-habuild-bricks-brick0.mount",
         ]
     );
     // After a reboot everything exists but the mount: no LVM or mkfs again.
@@ -78,7 +78,7 @@ fn golden_brick_commands_from_nothing_and_after_a_reboot() {
             "vgchange --activate y habuild_gluster",
             "mkdir -p /var/lib/habuild/bricks/brick0",
             "systemctl daemon-reload",
-            "systemctl enable --now var-lib-habuild-bricks-brick0.mount",
+            "systemctl enable --no-reload --now var-lib-habuild-bricks-brick0.mount",
         ]
     );
     let foreign = BrickObs {

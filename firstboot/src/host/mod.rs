@@ -157,6 +157,11 @@ pub trait Services: Send + Sync {
     /// Makes `svc` run as specified (started if stopped, restarted if its
     /// fingerprint changed, enabled across reboots where that applies).
     fn ensure(&self, svc: &ServiceSpec) -> Result<(), HostError>;
+    /// [`Services::ensure`] for several services at once (systemd: one
+    /// daemon-reload for all of them).
+    fn ensure_all(&self, svcs: &[ServiceSpec]) -> Result<(), HostError> {
+        svcs.iter().try_for_each(|s| self.ensure(s))
+    }
     /// Whether `name` is running now.
     fn running(&self, name: &str) -> bool;
     /// Stops `name` (no error if it is not running).

@@ -787,7 +787,7 @@ impl Step for Mount {
         for c in [
             Cmd::new(["mkdir", "-p", path.as_str(), "/var/log/glusterfs"]),
             Cmd::new(["systemctl", "daemon-reload"]),
-            Cmd::new(["systemctl", "enable", unit.as_str()]),
+            Cmd::new(["systemctl", "enable", "--no-reload", unit.as_str()]),
             Cmd::new(["systemctl", "start", unit.as_str()]),
         ] {
             host.exec.run(&c)?;
@@ -895,7 +895,8 @@ mod tests {
             assert!(pos("/usr/lib/habuild/gluster-loop attach") < pos("pvcreate --yes /dev/loop3"));
             assert!(pos("pvcreate") < pos("mkfs.xfs -i size=512"));
             assert!(
-                pos("mkfs.xfs") < pos("systemctl enable --now var-lib-habuild-bricks-brick0.mount")
+                pos("mkfs.xfs")
+                    < pos("systemctl enable --no-reload --now var-lib-habuild-bricks-brick0.mount")
             );
             assert!(rec
                 .file("var/lib/habuild/gluster/loop.conf")

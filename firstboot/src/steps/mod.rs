@@ -390,9 +390,7 @@ pub fn apply(r: &Rendered, host: &Host) -> Result<(), StepError> {
     for c in &r.commands {
         host.exec.run(c)?;
     }
-    for s in &r.services {
-        host.services.ensure(s)?;
-    }
+    host.services.ensure_all(&r.services)?;
     Ok(())
 }
 

@@ -300,6 +300,7 @@ impl Step for Kubelet {
             host.exec.run(&Cmd::new([
                 "systemctl",
                 "enable",
+                "--no-reload",
                 "--now",
                 "containerd.service",
             ]))?;
@@ -508,7 +509,9 @@ staticPodPath: /etc/kubernetes/manifests
             );
             Kubelet.act(ctx, &host).unwrap();
             let cmds = rec.commands();
-            assert!(cmds.contains(&"systemctl enable --now containerd.service".to_string()));
+            assert!(
+                cmds.contains(&"systemctl enable --no-reload --now containerd.service".to_string())
+            );
             assert_eq!(
                 cmds.iter()
                     .filter(|c| c.starts_with("ctr -n k8s.io images import"))
