@@ -740,29 +740,43 @@ fn three_vms_assemble_etcd_the_vip_and_a_replica_3_volume_and_survive_a_power_of
         written.push((first_idle, idle_sum));
         written.push((first, first_sum));
         // what an operator sees: `habuild cluster status --gluster` says
-        // the volume is not safe to lose another node, naming the victim's
-        // brick offline
+        // the volume is not safe to lose another node: every survivor says
+        // NOT SAFE, with the victim's brick offline or, while glusterd's
+        // cluster-wide lock still waits on the dead peer and it has not
+        // marked it disconnected yet, which bricks are online unknown
+        let last = std::sync::Mutex::new(None);
         let unsafe_view = wait_until(
-            "status --gluster to say NOT SAFE with a brick offline",
+            "status --gluster to say NOT SAFE with a brick offline or unknown",
             Duration::from_secs(180),
             || {
                 let g = gluster_status(net, cluster).ok()?;
                 let h = g.gluster.health.clone();
-                let offline = h
+                *last.lock().unwrap() = Some(h.clone());
+                let why = h
                     .iter()
-                    .any(|n| !n.safe && n.bricks_offline.as_ref().is_some_and(|o| !o.is_empty()));
-                offline.then_some(h)
+                    .any(|n| n.bricks_offline.as_ref().is_none_or(|o| !o.is_empty()));
+                (h.len() >= 2 && h.iter().all(|n| !n.safe) && why).then_some(h)
             },
         )
-        .with_context(|| dump(&running(vms_now)))?;
+        .with_context(|| {
+            format!(
+                "last status --gluster health: {:?}\n{}",
+                last.lock().unwrap(),
+                dump(&running(vms_now))
+            )
+        })?;
         eprintln!(
             "cluster_qemu: {vn} off: status --gluster NOT SAFE {:.0} s after the power-off: {:?}",
             off.elapsed().as_secs_f64(),
             unsafe_view
                 .iter()
                 .map(|n| format!(
-                    "{} brick {} offline {:?}",
-                    n.hostname, n.brick, n.bricks_offline
+                    "{} brick {} offline {}",
+                    n.hostname,
+                    n.brick,
+                    n.bricks_offline
+                        .as_ref()
+                        .map_or("unknown".to_string(), |o| format!("{o:?}"))
                 ))
                 .collect::<Vec<_>>()
         );

@@ -85,6 +85,18 @@ pub fn connected_peers(pool_list: &str) -> Vec<String> {
         .collect()
 }
 
+/// Hostnames/addresses `gluster pool list` shows as disconnected.
+pub fn disconnected_peers(pool_list: &str) -> Vec<String> {
+    pool_list
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && f[2] == "Disconnected").then(|| f[1].to_string())
+        })
+        .collect()
+}
+
 /// Which bricks `gluster volume status VOL detail` reports, and whether
 /// each is online ("Online : Y"). Bricks of peers that are not connected
 /// are missing from that output: callers treat "absent" as offline.

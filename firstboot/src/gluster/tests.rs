@@ -223,6 +223,10 @@ fn gluster_cli_output_is_parsed() {
                 3a4b\t10.0.0.3\tDisconnected \n\
                 5c6d\tlocalhost\tConnected \n";
     assert_eq!(connected_peers(pool), vec!["10.0.0.2".to_string()]);
+    assert_eq!(
+        crate::gluster::cli::disconnected_peers(pool),
+        vec!["10.0.0.3".to_string()]
+    );
 }
 
 #[test]

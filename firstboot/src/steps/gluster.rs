@@ -394,7 +394,24 @@ fn safety_suffix(ctx: &Ctx, host: &Host, state: &str) -> String {
             .map(|o| o.stdout)
             .unwrap_or_default()
     };
-    let online = gluster::parse_status_detail(&ask(&["volume", "status", VOLUME, "detail"]));
+    let mut online = gluster::parse_status_detail(&ask(&["volume", "status", VOLUME, "detail"]));
+    if online.is_empty() {
+        // `volume status` did not answer: its cluster-wide lock waits on a
+        // peer that lost power. What this glusterd knows locally: the
+        // bricks of disconnected peers are offline (the others unknown,
+        // counted online here: the verdict is "not safe" either way).
+        let down = gluster::cli::disconnected_peers(&ask(&["pool", "list"]));
+        if !down.is_empty() {
+            online = info
+                .bricks
+                .iter()
+                .map(|b| {
+                    let host = b.split_once(':').map_or(b.as_str(), |x| x.0);
+                    (b.clone(), !down.iter().any(|d| d == host))
+                })
+                .collect();
+        }
+    }
     let heal = gluster::parse_heal_count(&ask(&[
         "volume",
         "heal",
@@ -1130,6 +1147,60 @@ mod tests {
             };
             assert_eq!(again, d);
             assert_eq!(asked(&rec), 1, "the kept view is reused");
+        });
+    }
+
+    #[test]
+    fn a_silent_volume_status_names_the_bricks_of_disconnected_peers_or_says_unknown() {
+        let mut state = super::super::testutil::state();
+        let plan = state.plan.clone().unwrap();
+        state.apply(Command::RecordStep(StepRecord {
+            node: plan.storage_leader.unwrap(),
+            step: "gluster-volume".into(),
+            status: StepStatus::Done,
+            detail: String::new(),
+            attempts: 0,
+        }));
+        with_ctx(1, |ctx| {
+            let c = Ctx {
+                me: plan.storage[1],
+                state: &state,
+                ..*ctx
+            };
+            let dead = c.member(plan.storage[2]).unwrap().ip;
+            let view = |pool: &str| {
+                let rec = Recording::default();
+                // glusterd's cluster-wide lock waits on the dead peer
+                rec.answer(
+                    "gluster --mode=script volume status",
+                    1,
+                    "",
+                    &format!("Locking failed on {dead}. Please check log file for details."),
+                );
+                rec.answer("gluster --mode=script pool list", 0, pool, "");
+                answers_for(&c, &rec, &[true, true, true]);
+                rec.answer("findmnt", 0, "xfs\n", "");
+                rec.lock().files.insert(
+                    "sys/module/dm_thin_pool".into(),
+                    FileSpec::new("sys/module/dm_thin_pool", 0o644, ""),
+                );
+                rec.lock()
+                    .services
+                    .insert(GLUSTERD.into(), glusterd_service());
+                let Check::Done(d) = Brick.check(&c, &rec.host()).unwrap() else {
+                    panic!("done")
+                };
+                health::Health::from_detail(&d).unwrap()
+            };
+            let h = view(&format!(
+                "UUID\tHostname\tState\n1a\t{dead}\tDisconnected \n2b\tlocalhost\tConnected \n"
+            ));
+            assert_eq!(h.offline, Some(vec![brick_of(dead)]));
+            assert!(!h.safe());
+            // every peer connected as far as this glusterd knows: unknown
+            let h = view("UUID\tHostname\tState\n2b\tlocalhost\tConnected \n");
+            assert_eq!(h.offline, None);
+            assert!(!h.safe());
         });
     }
 
