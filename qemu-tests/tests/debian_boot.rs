@@ -108,7 +108,14 @@ fn boot_profile(vm: &Vm) -> Result<()> {
     let agent_us: u64 = started.trim().parse().context("agent start timestamp")?;
     let report = guest
         .sh(
-            "systemd-analyze; echo '--- blame (top 15)'; systemd-analyze blame --no-pager | head -15; \
+            "systemd-analyze; \
+             eval \"$(systemctl show -p UserspaceTimestampMonotonic \
+               -p GeneratorsStartTimestampMonotonic -p GeneratorsFinishTimestampMonotonic \
+               -p UnitsLoadStartTimestampMonotonic -p UnitsLoadFinishTimestampMonotonic)\"; \
+             u=$UserspaceTimestampMonotonic; \
+             echo \"manager before the first unit: generators $(( (GeneratorsStartTimestampMonotonic - u) / 1000 ))..$(( (GeneratorsFinishTimestampMonotonic - u) / 1000 )) ms, \
+               unit load $(( (UnitsLoadStartTimestampMonotonic - u) / 1000 ))..$(( (UnitsLoadFinishTimestampMonotonic - u) / 1000 )) ms after userspace start\"; \
+             echo '--- blame (top 15)'; systemd-analyze blame --no-pager | head -15; \
              echo '--- critical chain'; systemd-analyze critical-chain --no-pager habuild-agent.service",
             EXEC,
         )?
