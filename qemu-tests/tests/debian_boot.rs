@@ -4,7 +4,9 @@
 //! the data partition grown to the disk; the ESP's habuild/cluster.toml is read
 //! by the OS; two fresh copies get different machine-ids; a reboot keeps the
 //! machine-id and does not re-format /var; the QEMU guest agent answers and
-//! runs commands in each VM (guest-exec over virtio-serial).
+//! runs commands in each VM (guest-exec over virtio-serial); the agent unit is
+//! active. Prints each boot's `systemd-analyze` figures (kernel, userspace, the
+//! slowest units, the agent's critical chain): benchmarks, not asserts.
 
 use std::time::Duration;
 
@@ -68,12 +70,62 @@ fn check_guest(vm: &Vm, id: &str) -> Result<()> {
     ensure!(!kernel.trim().is_empty(), "empty uname -r");
     let fail = guest.exec(&["/bin/sh", "-c", "echo oops >&2; exit 3"], EXEC)?;
     ensure!(fail.code == 3 && fail.stderr == "oops\n", "{fail:?}");
+    boot_profile(vm)?;
     eprintln!(
         "{}: guest agent answered {:.1}s after QEMU start (waited {:.1}s); kernel {}",
         vm.name(),
         ready.as_secs_f64(),
         waited.as_secs_f64(),
         kernel.trim()
+    );
+    Ok(())
+}
+
+/// Prints where this boot's time went, from the guest's systemd: totals,
+/// the slowest units, and the chain the agent waited on; fails if the agent
+/// unit is not active. Timings are printed, never asserted.
+fn boot_profile(vm: &Vm) -> Result<()> {
+    let guest = vm.guest();
+    let active = guest.exec(&["systemctl", "is-active", "habuild-agent.service"], EXEC)?;
+    ensure!(
+        active.stdout.trim() == "active",
+        "{}: habuild-agent.service is {:?} ({})",
+        vm.name(),
+        active.stdout.trim(),
+        active.stderr.trim()
+    );
+    // systemd-analyze answers only once the boot job queue is empty.
+    let state = guest.exec(
+        &["timeout", "300", "systemctl", "is-system-running", "--wait"],
+        Duration::from_secs(310),
+    )?;
+    let started = guest
+        .sh(
+            "systemctl show -P ActiveEnterTimestampMonotonic habuild-agent.service",
+            EXEC,
+        )?
+        .stdout;
+    let agent_us: u64 = started.trim().parse().context("agent start timestamp")?;
+    let report = guest
+        .sh(
+            "systemd-analyze; \
+             eval \"$(systemctl show -p UserspaceTimestampMonotonic \
+               -p GeneratorsStartTimestampMonotonic -p GeneratorsFinishTimestampMonotonic \
+               -p UnitsLoadStartTimestampMonotonic -p UnitsLoadFinishTimestampMonotonic)\"; \
+             u=$UserspaceTimestampMonotonic; \
+             echo \"manager before the first unit: generators $(( (GeneratorsStartTimestampMonotonic - u) / 1000 ))..$(( (GeneratorsFinishTimestampMonotonic - u) / 1000 )) ms, \
+               unit load $(( (UnitsLoadStartTimestampMonotonic - u) / 1000 ))..$(( (UnitsLoadFinishTimestampMonotonic - u) / 1000 )) ms after userspace start\"; \
+             echo '--- blame (top 15)'; systemd-analyze blame --no-pager | head -15; \
+             echo '--- critical chain'; systemd-analyze critical-chain --no-pager habuild-agent.service",
+            EXEC,
+        )?
+        .stdout;
+    eprintln!(
+        "{}: boot profile (system {}; habuild-agent.service active {:.1}s after kernel start)\n{}",
+        vm.name(),
+        state.stdout.trim(),
+        agent_us as f64 / 1e6,
+        report.trim_end()
     );
     Ok(())
 }
