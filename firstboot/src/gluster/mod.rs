@@ -38,7 +38,8 @@ pub mod volume;
 
 pub use brick::{brick_actions, lv_device, BrickObs};
 pub use cli::{
-    connected_peers, parse_heal_count, parse_status_detail, parse_volume_info, VolumeInfo,
+    connected_peers, disconnected_peers, parse_heal_count, parse_status_detail, parse_volume_info,
+    VolumeInfo,
 };
 pub use devices::{check_configured, parse_lsblk, spare_disks, unusable_reason, BlockDevice};
 pub use mount::{brick_mount_unit, fuse_mount_unit, mount_unit_name};

@@ -224,7 +224,7 @@ fn gluster_cli_output_is_parsed() {
                 5c6d\tlocalhost\tConnected \n";
     assert_eq!(connected_peers(pool), vec!["10.0.0.2".to_string()]);
     assert_eq!(
-        crate::gluster::cli::disconnected_peers(pool),
+        crate::gluster::disconnected_peers(pool),
         vec!["10.0.0.3".to_string()]
     );
 }

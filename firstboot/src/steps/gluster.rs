@@ -365,9 +365,7 @@ fn safety_suffix(ctx: &Ctx, host: &Host, state: &str) -> String {
     if !volume_done {
         return String::new();
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = super::unix_now();
     let kept = host
         .files
         .read(SAFETY_CACHE)
@@ -400,7 +398,7 @@ fn safety_suffix(ctx: &Ctx, host: &Host, state: &str) -> String {
         // peer that lost power. What this glusterd knows locally: the
         // bricks of disconnected peers are offline (the others unknown,
         // counted online here: the verdict is "not safe" either way).
-        let down = gluster::cli::disconnected_peers(&ask(&["pool", "list"]));
+        let down = gluster::disconnected_peers(&ask(&["pool", "list"]));
         if !down.is_empty() {
             online = info
                 .bricks
@@ -1101,17 +1099,38 @@ mod tests {
         });
     }
 
-    #[test]
-    fn the_brick_step_reports_the_volumes_safety_asked_at_most_every_30_s() {
+    /// The test state with the storage leader's `gluster-volume` step done
+    /// (what makes the brick step report the volume's safety).
+    fn volume_done_state() -> crate::state::ClusterState {
         let mut state = super::super::testutil::state();
-        let plan = state.plan.clone().unwrap();
+        let leader = state.plan.as_ref().unwrap().storage_leader.unwrap();
         state.apply(Command::RecordStep(StepRecord {
-            node: plan.storage_leader.unwrap(),
+            node: leader,
             step: "gluster-volume".into(),
             status: StepStatus::Done,
             detail: String::new(),
             attempts: 0,
         }));
+        state
+    }
+
+    /// What the brick step's check finds on a serving brick: XFS mounted,
+    /// dm_thin_pool loaded, glusterd running.
+    fn brick_serving(rec: &Recording) {
+        rec.answer("findmnt", 0, "xfs\n", "");
+        rec.lock().files.insert(
+            "sys/module/dm_thin_pool".into(),
+            FileSpec::new("sys/module/dm_thin_pool", 0o644, ""),
+        );
+        rec.lock()
+            .services
+            .insert(GLUSTERD.into(), glusterd_service());
+    }
+
+    #[test]
+    fn the_brick_step_reports_the_volumes_safety_asked_at_most_every_30_s() {
+        let state = volume_done_state();
+        let plan = state.plan.clone().unwrap();
         with_ctx(1, |ctx| {
             let c = Ctx {
                 me: plan.storage[1],
@@ -1120,14 +1139,7 @@ mod tests {
             };
             let rec = Recording::default();
             answers_for(&c, &rec, &[true, false, true]);
-            rec.answer("findmnt", 0, "xfs\n", "");
-            rec.lock().files.insert(
-                "sys/module/dm_thin_pool".into(),
-                FileSpec::new("sys/module/dm_thin_pool", 0o644, ""),
-            );
-            rec.lock()
-                .services
-                .insert(GLUSTERD.into(), glusterd_service());
+            brick_serving(&rec);
             let Check::Done(d) = Brick.check(&c, &rec.host()).unwrap() else {
                 panic!("done")
             };
@@ -1152,15 +1164,8 @@ mod tests {
 
     #[test]
     fn a_silent_volume_status_names_the_bricks_of_disconnected_peers_or_says_unknown() {
-        let mut state = super::super::testutil::state();
+        let state = volume_done_state();
         let plan = state.plan.clone().unwrap();
-        state.apply(Command::RecordStep(StepRecord {
-            node: plan.storage_leader.unwrap(),
-            step: "gluster-volume".into(),
-            status: StepStatus::Done,
-            detail: String::new(),
-            attempts: 0,
-        }));
         with_ctx(1, |ctx| {
             let c = Ctx {
                 me: plan.storage[1],
@@ -1179,14 +1184,7 @@ mod tests {
                 );
                 rec.answer("gluster --mode=script pool list", 0, pool, "");
                 answers_for(&c, &rec, &[true, true, true]);
-                rec.answer("findmnt", 0, "xfs\n", "");
-                rec.lock().files.insert(
-                    "sys/module/dm_thin_pool".into(),
-                    FileSpec::new("sys/module/dm_thin_pool", 0o644, ""),
-                );
-                rec.lock()
-                    .services
-                    .insert(GLUSTERD.into(), glusterd_service());
+                brick_serving(&rec);
                 let Check::Done(d) = Brick.check(&c, &rec.host()).unwrap() else {
                     panic!("done")
                 };

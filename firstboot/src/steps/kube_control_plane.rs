@@ -370,16 +370,9 @@ impl Step for KubeControlPlane {
     }
 
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
-        check_readyz(ctx, host, &unix_now)
+        // the wall clock: [`HEALTH_MEMORY`] outlives the agent's process
+        check_readyz(ctx, host, &super::unix_now)
     }
-}
-
-/// Seconds since the epoch, now (the wall clock: [`HEALTH_MEMORY`] outlives
-/// the agent's process).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The step's check with the clock `now` (read once the probe returned):
@@ -674,12 +667,7 @@ pub(crate) mod tests {
             |ctx| {
                 let rec = Recording::default();
                 let host = rec.host();
-                rec.answer(
-                "/usr/bin/kubectl",
-                1,
-                "",
-                "The connection to the server 10.77.0.1:6443 was refused - did you specify the right host or port?\n",
-            );
+                probes_answer(&rec, false);
                 assert_eq!(
                     KubeControlPlane.check(ctx, &host).unwrap(),
                     Check::Pending(
@@ -688,8 +676,7 @@ pub(crate) mod tests {
                             .into()
                     )
                 );
-                rec.lock().answers.clear();
-                rec.answer("/usr/bin/kubectl", 0, "ok", "");
+                probes_answer(&rec, true);
                 assert_eq!(
                     KubeControlPlane.check(ctx, &host).unwrap(),
                     Check::Done("apiserver healthy at 10.77.0.1:6443".into())
@@ -855,7 +842,7 @@ pub(crate) mod tests {
                 );
                 // Failing since 100 s ago (the memory says so): pending, and
                 // the later step waits.
-                let now = unix_now();
+                let now = super::super::unix_now();
                 let kept = Memory {
                     last_ok: Some(now - 200),
                     failing_since: Some(now - 100),

@@ -394,6 +394,14 @@ pub fn apply(r: &Rendered, host: &Host) -> Result<(), StepError> {
     Ok(())
 }
 
+/// Seconds since the epoch, now (wall clock), for what a step keeps
+/// between rounds in files (0 if the clock is before 1970).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A fingerprint of the files a service reads (for restart-on-change).
 pub fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
     let mut h = Sha256::new();
