@@ -14,6 +14,7 @@
 
 use sha2::{Digest, Sha256};
 
+use super::tolerance::{self, Verdict};
 use super::{fingerprint, node_name, Chain, Check, Ctx, Gate, Rendered, Step, StepError};
 use crate::host::{last_lines, Cmd, FileSpec, Host, ServiceSpec};
 
@@ -26,6 +27,9 @@ pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
 pub const ETCDCTL_BIN: &str = "/usr/bin/etcdctl";
+/// What the health check remembers between rounds ([`tolerance::Memory`]):
+/// when the local member last answered, and the run of failed probes since.
+pub const HEALTH_MEMORY: &str = "run/habuild/etcd-health";
 
 /// The initial-cluster token: fixed for the life of the cluster, derived
 /// (one-way) from the cluster name and the plan's bootstrap token.
@@ -173,36 +177,58 @@ impl Step for Etcd {
     /// quorum). What it observed goes into the status: this member and
     /// cluster id, how many members answer, the leader, the revision, and
     /// whether a write (this node's key under `habuild/agents/`) committed.
+    ///
+    /// Once the member has been healthy, a failed health probe keeps the
+    /// step done until failures persist ([`tolerance`]: a starved member
+    /// misses a probe while it serves), so the later steps of the chain do
+    /// not go back to waiting on one slow answer.
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
-        let o = host.exec.output(&etcdctl(ctx, &["endpoint", "health"]))?;
-        if !o.success() {
-            return Ok(Check::Pending(format!(
-                "etcd not healthy yet: {}",
-                last_lines(&format!("{}\n{}", o.stdout, o.stderr), 2)
-            )));
-        }
-        let status = host
-            .exec
-            .output(&etcdctl(ctx, &["endpoint", "status", "-w", "json"]))?;
-        let cluster = host
-            .exec
-            .output(&etcdctl(ctx, &["endpoint", "health", "--cluster"]))?;
-        let write = host.exec.output(&etcdctl(
-            ctx,
-            &[
-                "put",
-                &format!("habuild/agents/{}", node_name(ctx.me)),
-                "alive",
-            ],
-        ))?;
-        let planned = planned_endpoints(ctx)?;
-        Ok(Check::Done(observation(
-            &status.stdout,
-            &format!("{}\n{}", cluster.stdout, cluster.stderr),
-            write.success(),
-            &planned,
-        )))
+        check_health(ctx, host, &super::unix_now)
     }
+}
+
+/// The step's check with the clock `now` (read once the probe returned).
+fn check_health(ctx: &Ctx, host: &Host, now: &dyn Fn() -> u64) -> Result<Check, StepError> {
+    let o = host.exec.output(&etcdctl(ctx, &["endpoint", "health"]))?;
+    let why = || last_lines(&format!("{}\n{}", o.stdout, o.stderr), 2);
+    match tolerance::judge(host, HEALTH_MEMORY, now, o.success())? {
+        Verdict::Healthy => {}
+        Verdict::Tolerated {
+            last_ok_ago,
+            failing_for,
+            failures,
+        } => {
+            return Ok(Check::Done(tolerance::tolerated_detail(
+                "the local etcd member",
+                last_ok_ago,
+                failing_for,
+                failures,
+                &why(),
+            )))
+        }
+        Verdict::Down => return Ok(Check::Pending(format!("etcd not healthy yet: {}", why()))),
+    }
+    let status = host
+        .exec
+        .output(&etcdctl(ctx, &["endpoint", "status", "-w", "json"]))?;
+    let cluster = host
+        .exec
+        .output(&etcdctl(ctx, &["endpoint", "health", "--cluster"]))?;
+    let write = host.exec.output(&etcdctl(
+        ctx,
+        &[
+            "put",
+            &format!("habuild/agents/{}", node_name(ctx.me)),
+            "alive",
+        ],
+    ))?;
+    let planned = planned_endpoints(ctx)?;
+    Ok(Check::Done(observation(
+        &status.stdout,
+        &format!("{}\n{}", cluster.stdout, cluster.stderr),
+        write.success(),
+        &planned,
+    )))
 }
 
 /// A planned etcd member as the health check names it.
@@ -398,6 +424,64 @@ mod tests {
                 .ends_with("put habuild/agents/node-0000000000000002 alive"));
             assert!(rec.commands()[0]
                 .contains("--cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt"));
+        });
+    }
+
+    /// A member that was healthy and misses one probe (a starved VM) keeps
+    /// the step done, saying so; failures that persist make it pending.
+    #[test]
+    fn a_healthy_member_that_misses_a_probe_stays_done_until_failures_persist() {
+        with_ctx(2, |ctx| {
+            let rec = Recording::default();
+            let host = rec.host();
+            let status = r#"[{"Endpoint":"https://127.0.0.1:2379","Status":{"header":{"cluster_id":1,"member_id":2,"revision":3,"raft_term":2},"leader":2}}]"#;
+            let healthy = |rec: &Recording| {
+                rec.lock().answers.clear();
+                rec.answer("endpoint status", 0, status, "");
+                rec.answer("/usr/bin/etcdctl", 0, "", "");
+            };
+            let failing = |rec: &Recording| {
+                rec.lock().answers.clear();
+                rec.answer(
+                    "/usr/bin/etcdctl",
+                    1,
+                    "",
+                    "https://127.0.0.1:2379 is unhealthy: failed to commit proposal: context deadline exceeded\n",
+                );
+            };
+            // Never healthy yet: a failure is pending, nothing remembered.
+            failing(&rec);
+            let c = check_health(ctx, &host, &|| 1000).unwrap();
+            assert!(
+                matches!(&c, Check::Pending(p) if p.starts_with("etcd not healthy yet")),
+                "{c:?}"
+            );
+            assert_eq!(rec.file(HEALTH_MEMORY), None);
+            healthy(&rec);
+            assert!(
+                matches!(check_health(ctx, &host, &|| 1010).unwrap(), Check::Done(d) if d.starts_with("member "))
+            );
+            assert_eq!(rec.file(HEALTH_MEMORY).unwrap(), "last_ok 1010\n");
+            // One failed probe: still done, and the detail says why.
+            failing(&rec);
+            let c = check_health(ctx, &host, &|| 1030).unwrap();
+            let Check::Done(d) = &c else { panic!("{c:?}") };
+            assert!(
+                d.starts_with("the local etcd member last answered 20 s ago; the last probe failed (1 in a row for 0 s")
+                    && d.ends_with("failed to commit proposal: context deadline exceeded"),
+                "{d}"
+            );
+            // Failing for the grace period, twice or more: pending.
+            assert!(matches!(
+                check_health(ctx, &host, &|| 1060).unwrap(),
+                Check::Done(_)
+            ));
+            let c = check_health(ctx, &host, &|| 1030 + tolerance::GRACE_SECS).unwrap();
+            assert!(
+                matches!(&c, Check::Pending(p) if p.starts_with("etcd not healthy yet")),
+                "{c:?}"
+            );
+            assert_eq!(rec.file(HEALTH_MEMORY).unwrap(), "");
         });
     }
 

@@ -20,7 +20,7 @@
 //! it has answered, a failed probe does not undo that at once: the step
 //! stays done (saying the last probe failed and when the apiserver last
 //! answered) until failures persist, by the rule of
-//! [`crate::kube::tolerance`] — so one slow probe of a starved apiserver no
+//! [`super::tolerance`] — so one slow probe of a starved apiserver no
 //! longer sends the later steps of the chain back to waiting. The memory of
 //! the last answer is [`HEALTH_MEMORY`], a file under `run/habuild` (gone
 //! with a reboot: a rebooted node's apiserver must answer once again).
@@ -35,10 +35,10 @@
 
 use std::net::Ipv4Addr;
 
+use super::tolerance::{self, Verdict};
 use super::{fingerprint, Chain, Check, Ctx, Gate, Rendered, Step, StepError};
 use crate::host::{last_lines, Cmd, FileSpec, Host, ServiceSpec};
 use crate::kube::kubeconfig::{self, Kubeconfig};
-use crate::kube::tolerance::{self, Memory, Verdict};
 use crate::kube::{self as k8s, request_timeout, DNS_DOMAIN, GET_TIMEOUT_SECS, KUBE_DIR};
 
 pub struct KubeControlPlane;
@@ -385,16 +385,7 @@ fn check_readyz(ctx: &Ctx, host: &Host, now: &dyn Fn() -> u64) -> Result<Check, 
         &["get", "--raw", "/readyz"],
     ))?;
     let answered = o.success() && o.stdout.trim() == "ok";
-    let memory = host
-        .files
-        .read(HEALTH_MEMORY)?
-        .map(|b| Memory::parse(&String::from_utf8_lossy(&b)))
-        .unwrap_or_default();
-    let (verdict, next) = memory.observe(now(), answered);
-    if next != memory {
-        host.files
-            .write(&FileSpec::new(HEALTH_MEMORY, 0o644, next.render()))?;
-    }
+    let verdict = tolerance::judge(host, HEALTH_MEMORY, now, answered)?;
     let addr = ctx
         .my_ip()
         .map(|ip| format!("{ip}:{API_PORT}"))
@@ -406,12 +397,12 @@ fn check_readyz(ctx: &Ctx, host: &Host, now: &dyn Fn() -> u64) -> Result<Check, 
             last_ok_ago,
             failing_for,
             failures,
-        } => Check::Done(format!(
-            "apiserver at {addr} last answered {last_ok_ago} s ago; the last probe failed \
-             ({failures} in a row for {failing_for} s, tolerated until {} in a row for {} s): {}",
-            tolerance::MIN_FAILED_PROBES,
-            tolerance::GRACE_SECS,
-            why()
+        } => Check::Done(tolerance::tolerated_detail(
+            &format!("apiserver at {addr}"),
+            last_ok_ago,
+            failing_for,
+            failures,
+            &why(),
         )),
         Verdict::Down => Check::Pending(format!("apiserver at {addr} not ready yet: {}", why())),
     })
@@ -425,6 +416,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::host::fake::Recording;
     use crate::steps::testutil;
+    use crate::steps::tolerance::Memory;
 
     /// Placeholder PEM text for every item the Kubernetes steps read.
     pub fn items() -> BTreeMap<String, String> {

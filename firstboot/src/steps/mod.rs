@@ -43,6 +43,7 @@ pub mod kube_control_plane;
 pub mod node;
 pub mod pki;
 pub mod recent;
+pub mod tolerance;
 pub mod vip;
 
 use std::collections::BTreeMap;

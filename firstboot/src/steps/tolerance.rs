@@ -1,18 +1,21 @@
-//! How much a control plane that has been healthy is forgiven: the rule
-//! the `kube-control-plane` step applies to its `/readyz` probe (pure; the
-//! step keeps the [`Memory`] in a file under `run/habuild` and reads the
-//! clock).
+//! How much a service that has been healthy is forgiven: the rule the
+//! health checks of the `etcd` and `kube-control-plane` steps apply (the
+//! rule is pure; [`judge`] keeps the [`Memory`] in a file under
+//! `run/habuild`, one per step, gone with a reboot).
 //!
-//! A starved apiserver (one vCPU, emulated, sharing it with etcd) misses a
-//! probe now and then although it serves. Before this rule one missed probe
-//! made the step pending, and every later step of the control-plane chain
-//! (kube-bootstrap, pod-network, kubelet, kube-proxy) went back to waiting,
-//! round after round, and no kubelet came Ready. The rule:
+//! A starved member (one vCPU, emulated, sharing it with etcd, three
+//! apiservers and the agent) misses a probe now and then although it
+//! serves: etcd answers "failed to commit proposal: context deadline
+//! exceeded" to one health check while three apiservers start, an
+//! apiserver misses one `/readyz`. Before this rule one missed probe made
+//! the step pending, and every later step of its chain (for etcd: the VIP,
+//! the control plane, the kubelet…) went back to waiting, round after
+//! round. The rule:
 //!
 //! - Until a probe has answered, a failed probe is a failure (pending).
 //! - Once a probe answered, failed probes are tolerated — the step stays
 //!   done, its detail saying that the last probe failed, how many failed in
-//!   a row, and how long ago the apiserver last answered — until they
+//!   a row, and how long ago the service last answered — until they
 //!   persist: at least [`MIN_FAILED_PROBES`] in a row *and* for at least
 //!   [`GRACE_SECS`] since the first of them. Then the step is pending again
 //!   (and the memory of the last answer is dropped: the next failed probe is
@@ -22,9 +25,12 @@
 //! Both conditions, so that neither a single slow probe (however long it
 //! took) nor a burst of quick refusals within a few seconds is enough.
 
+use super::StepError;
+use crate::host::{FileSpec, Host};
+
 /// How long failed probes must persist, from the first of a run, before a
-/// control plane that was healthy counts as down (three of the 30 s probe
-/// timeouts, [`super::GET_TIMEOUT_SECS`]).
+/// service that was healthy counts as down (three of the apiserver's 30 s
+/// probe timeouts, [`crate::kube::GET_TIMEOUT_SECS`]).
 pub const GRACE_SECS: u64 = 90;
 /// How many failed probes in a row, at least, before it counts as down.
 pub const MIN_FAILED_PROBES: u32 = 2;
@@ -123,6 +129,45 @@ impl Memory {
         };
         (verdict, m)
     }
+}
+
+/// Judges one probe that `answered` (or not) at `now()` (read after the
+/// probe returned) with the memory kept in `memory_file` (relative to the
+/// host root), and keeps the updated memory there.
+pub fn judge(
+    host: &Host,
+    memory_file: &str,
+    now: &dyn Fn() -> u64,
+    answered: bool,
+) -> Result<Verdict, StepError> {
+    let memory = host
+        .files
+        .read(memory_file)?
+        .map(|b| Memory::parse(&String::from_utf8_lossy(&b)))
+        .unwrap_or_default();
+    let (verdict, next) = memory.observe(now(), answered);
+    if next != memory {
+        host.files
+            .write(&FileSpec::new(memory_file, 0o644, next.render()))?;
+    }
+    Ok(verdict)
+}
+
+/// The detail of a step kept done through a failed probe: "<what> last
+/// answered N s ago; the last probe failed (K in a row for S s, tolerated
+/// until 2 in a row for 90 s): <why>".
+pub fn tolerated_detail(
+    what: &str,
+    last_ok_ago: u64,
+    failing_for: u64,
+    failures: u32,
+    why: &str,
+) -> String {
+    format!(
+        "{what} last answered {last_ok_ago} s ago; the last probe failed \
+         ({failures} in a row for {failing_for} s, tolerated until \
+         {MIN_FAILED_PROBES} in a row for {GRACE_SECS} s): {why}"
+    )
 }
 
 #[cfg(test)]
