@@ -1,8 +1,8 @@
 //! What every Kubernetes step shares: where kubeadm's layout puts things,
 //! the names of the Kubernetes items in the replicated state, the pause
 //! image's reference, kubeconfig rendering ([`kubeconfig`]), kubectl's
-//! request timeouts, and the tolerance of the control plane's health probe
-//! ([`tolerance`]).
+//! request timeouts, the tolerance of the control plane's health probe
+//! ([`tolerance`]), and Kubernetes' version-skew policy ([`skew`]).
 //!
 //! Design (see ARCHITECTURE.md, "Kubernetes"): the control plane
 //! (kube-apiserver, kube-controller-manager, kube-scheduler) runs as systemd
@@ -13,6 +13,7 @@
 //! does not manage works against the same cluster.
 
 pub mod kubeconfig;
+pub mod skew;
 pub mod tolerance;
 
 use crate::state::NodeId;
