@@ -1,7 +1,8 @@
 //! What every Kubernetes step shares: where kubeadm's layout puts things,
 //! the names of the Kubernetes items in the replicated state, the pause
 //! image's reference, kubeconfig rendering ([`kubeconfig`]), kubectl's
-//! request timeouts (the tolerance of the control plane's health probe is
+//! request timeouts and Kubernetes' version-skew policy ([`skew`]) (the
+//! tolerance of the control plane's health probe is
 //! [`crate::steps::tolerance`]).
 //!
 //! Design (see ARCHITECTURE.md, "Kubernetes"): the control plane
@@ -13,6 +14,7 @@
 //! does not manage works against the same cluster.
 
 pub mod kubeconfig;
+pub mod skew;
 
 use crate::state::NodeId;
 

@@ -25,6 +25,19 @@
 //! the last answer is [`HEALTH_MEMORY`], a file under `run/habuild` (gone
 //! with a reboot: a rebooted node's apiserver must answer once again).
 //!
+//! Version skew ([`crate::kube::skew`]): while this node's kube-apiserver
+//! is not running (before its first start, after a reboot — a new image),
+//! the preflight asks the apiserver serving the cluster through the VIP for
+//! its `/version` and refuses ("version skew: …") when this node's
+//! `kube-apiserver --version` is more than 1 minor version apart (the HA
+//! rule). It asks as the client identity this node's apiserver already has
+//! on disk (`apiserver-kubelet-client`, written by the `pki` step): the
+//! step's kubeconfigs are written only after the preflight, and kubectl
+//! without credentials prompts for a password. No answer means nothing
+//! serves yet (the first control-plane node): the apiserver starts. The
+//! controller-manager and the scheduler come from the same image and talk
+//! to their own node's apiserver, so they always match it.
+//!
 //! Flags: every flag rendered exists in Kubernetes 1.20 and in 1.28–1.31
 //! (golden-tested). Differences kept out on purpose: 1.20's
 //! controller-manager and scheduler also serve plain-HTTP healthz/metrics on
@@ -39,6 +52,7 @@ use super::tolerance::{self, Verdict};
 use super::{fingerprint, Chain, Check, Ctx, Gate, Rendered, Step, StepError};
 use crate::host::{last_lines, Cmd, FileSpec, Host, ServiceSpec};
 use crate::kube::kubeconfig::{self, Kubeconfig};
+use crate::kube::skew::{self, Version};
 use crate::kube::{self as k8s, request_timeout, DNS_DOMAIN, GET_TIMEOUT_SECS, KUBE_DIR};
 
 pub struct KubeControlPlane;
@@ -80,6 +94,54 @@ pub fn control_plane_gate(ctx: &Ctx) -> Option<Gate> {
         return Some(Gate::Wait("this node's member record".into()));
     }
     None
+}
+
+/// `kubectl get --raw /version` through the VIP, as this node's
+/// apiserver's own client identity (`apiserver-kubelet-client`, on disk
+/// before this step writes any kubeconfig; an empty kubeconfig, so nothing
+/// else is read).
+pub fn vip_version_probe(ctx: &Ctx) -> Cmd {
+    let pki = |f: &str| ctx.path(&format!("{PKI}/{f}"));
+    Cmd::new([
+        ctx.path(KUBECTL_BIN),
+        "--kubeconfig=/dev/null".into(),
+        format!("--server={}", api_url(ctx.plan.vip)),
+        format!("--certificate-authority={}", pki("ca.crt")),
+        format!(
+            "--client-certificate={}",
+            pki("apiserver-kubelet-client.crt")
+        ),
+        format!("--client-key={}", pki("apiserver-kubelet-client.key")),
+        request_timeout(GET_TIMEOUT_SECS),
+        "get".into(),
+        "--raw".into(),
+        "/version".into(),
+    ])
+}
+
+/// Refuses to start this node's kube-apiserver when the one serving the
+/// cluster (through the VIP) is more than 1 minor version apart from it;
+/// when none answers, there is nothing to compare with.
+fn refuse_apiserver_skew(ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+    let o = host.exec.output(&vip_version_probe(ctx))?;
+    if !o.success() {
+        tracing::info!(
+            stderr = %last_lines(&o.stderr, 2),
+            "no kube-apiserver answers /version through the VIP: nothing to compare with"
+        );
+        return Ok(());
+    }
+    let serving = Version::from_version_json(&o.stdout).map_err(|e| {
+        StepError::Render(format!(
+            "the kube-apiserver serving the cluster (/version through the VIP): {e}"
+        ))
+    })?;
+    let out = host
+        .exec
+        .run(&Cmd::new([ctx.path(APISERVER_BIN), "--version".into()]))?;
+    let mine = Version::from_version_output(&out.stdout)
+        .map_err(|e| StepError::Render(format!("{APISERVER_BIN} --version: {e}")))?;
+    skew::between_apiservers(&mine, &serving).map_err(|s| StepError::Refused(s.to_string()))
 }
 
 /// The items the step renders its kubeconfigs from.
@@ -284,7 +346,7 @@ impl Step for KubeControlPlane {
         }
     }
 
-    fn preflight(&self, _ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+    fn preflight(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
         for bin in [
             APISERVER_BIN,
             CONTROLLER_MANAGER_BIN,
@@ -292,6 +354,9 @@ impl Step for KubeControlPlane {
             KUBECTL_BIN,
         ] {
             require_binary(host, bin)?;
+        }
+        if !host.services.running("kube-apiserver") {
+            refuse_apiserver_skew(ctx, host)?;
         }
         Ok(())
     }
@@ -646,6 +711,7 @@ pub(crate) mod tests {
                 ] {
                     host.files.write(&FileSpec::new(bin, 0o755, "elf")).unwrap();
                 }
+                nothing_serves_through_the_vip(&rec);
                 assert_eq!(KubeControlPlane.preflight(ctx, &host), Ok(()));
             },
         );
@@ -684,9 +750,11 @@ pub(crate) mod tests {
 
     const REFUSED: &str = "The connection to the server 10.77.0.1:6443 was refused - did you specify the right host or port?\n";
 
-    /// Makes the next probes answer `ok` (or be refused).
+    /// Makes the next probes answer `ok` (or be refused); the `/version`
+    /// probe through the VIP gets no answer.
     fn probes_answer(rec: &Recording, ok: bool) {
         rec.lock().answers.clear();
+        nothing_serves_through_the_vip(rec);
         if ok {
             rec.answer("/usr/bin/kubectl", 0, "ok", "");
         } else {
@@ -881,5 +949,136 @@ pub(crate) mod tests {
         assert_ne!(a[1], b[1], "controller-manager.conf names the cluster");
         assert_ne!(a[2], b[2], "scheduler.conf names the cluster");
         assert_eq!(a, fps("lab"), "stable");
+    }
+
+    const VIP_VERSION: &str =
+        "/usr/bin/kubectl --kubeconfig=/dev/null --server=https://10.77.0.250:6443 \
+         --certificate-authority=/etc/kubernetes/pki/ca.crt \
+         --client-certificate=/etc/kubernetes/pki/apiserver-kubelet-client.crt \
+         --client-key=/etc/kubernetes/pki/apiserver-kubelet-client.key --request-timeout=30s \
+         get --raw /version";
+
+    /// No kube-apiserver answers `/version` through the VIP (the first
+    /// control-plane node of a new cluster).
+    fn nothing_serves_through_the_vip(rec: &Recording) {
+        rec.answer(
+            "/usr/bin/kubectl --kubeconfig=/dev/null",
+            1,
+            "",
+            "The connection to the server 10.77.0.250:6443 was refused\n",
+        );
+    }
+
+    /// A host with the binaries: this node's kube-apiserver at `mine`, the
+    /// one serving the cluster through the VIP at `serving` (JSON
+    /// `/version`).
+    fn skew_host(mine: &str, serving: &str) -> (Recording, Host) {
+        let rec = Recording::default();
+        let host = rec.host();
+        for bin in [
+            APISERVER_BIN,
+            CONTROLLER_MANAGER_BIN,
+            SCHEDULER_BIN,
+            KUBECTL_BIN,
+        ] {
+            host.files.write(&FileSpec::new(bin, 0o755, "elf")).unwrap();
+        }
+        rec.answer(
+            VIP_VERSION,
+            0,
+            &format!(r#"{{"major":"1","gitVersion":"{serving}","platform":"linux/amd64"}}"#),
+            "",
+        );
+        rec.answer(
+            "/usr/bin/kube-apiserver --version",
+            0,
+            &format!("Kubernetes {mine}\n"),
+            "",
+        );
+        (rec, host)
+    }
+
+    #[test]
+    fn the_vip_version_probe_has_credentials_and_no_kubeconfig() {
+        with_items(
+            1,
+            |_| {},
+            |ctx| assert_eq!(vip_version_probe(ctx).display(), VIP_VERSION),
+        );
+    }
+
+    #[test]
+    fn an_apiserver_more_than_one_minor_from_the_serving_one_is_refused() {
+        let steps: Vec<Box<dyn Step>> = vec![Box::new(KubeControlPlane)];
+        with_items(
+            2,
+            |_| {},
+            |ctx| {
+                let text = "version skew: this node's kube-apiserver v1.22.0 is 2 minor versions \
+                            newer than the kube-apiserver v1.20.2 serving the cluster (in an HA \
+                            control plane the kube-apiservers may differ by at most 1 minor \
+                            version)";
+                let (rec, host) = skew_host("v1.22.0", "v1.20.2");
+                let out = crate::steps::converge(&steps, ctx, &host, &|_| false);
+                assert_eq!(out[0].1, crate::steps::Outcome::Failed(text.into()));
+                assert!(
+                    rec.lock().services.is_empty(),
+                    "nothing started: {:?}",
+                    rec.events()
+                );
+                // Older by 2: refused too.
+                let (_, host) = skew_host("v1.18.0", "v1.20.2");
+                assert!(matches!(
+                    KubeControlPlane.preflight(ctx, &host),
+                    Err(StepError::Refused(t)) if t.contains("2 minor versions older")
+                ));
+                // One minor apart, either way, and patch versions: allowed.
+                for (mine, serving) in [
+                    ("v1.21.0", "v1.20.2"),
+                    ("v1.20.2", "v1.21.0"),
+                    ("v1.20.9", "v1.20.2"),
+                ] {
+                    let (_, host) = skew_host(mine, serving);
+                    assert_eq!(
+                        KubeControlPlane.preflight(ctx, &host),
+                        Ok(()),
+                        "{mine} beside {serving}"
+                    );
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn the_apiserver_skew_is_judged_only_when_something_serves_and_before_it_starts() {
+        with_items(
+            2,
+            |_| {},
+            |ctx| {
+                // Nothing answers through the VIP: start, without even
+                // reading this node's version.
+                let (rec, host) = skew_host("v1.22.0", "v1.20.2");
+                rec.lock().answers.clear();
+                nothing_serves_through_the_vip(&rec);
+                assert_eq!(KubeControlPlane.preflight(ctx, &host), Ok(()));
+                assert_eq!(rec.commands(), vec![VIP_VERSION.to_string()]);
+                // This node's apiserver already runs: nothing is asked.
+                let (rec, host) = skew_host("v1.22.0", "v1.20.2");
+                crate::steps::apply(&KubeControlPlane.render(ctx).unwrap(), &host).unwrap();
+                assert_eq!(KubeControlPlane.preflight(ctx, &host), Ok(()));
+                assert!(rec.commands().is_empty(), "{:?}", rec.commands());
+                // An answer that is no /version document: an error saying so.
+                let (rec, host) = skew_host("v1.20.2", "v1.20.2");
+                rec.lock().answers[0].1.stdout = "<html>".into();
+                let e = KubeControlPlane.preflight(ctx, &host).unwrap_err();
+                assert!(
+                    matches!(&e, StepError::Render(t) if t.starts_with(
+                        "the kube-apiserver serving the cluster (/version through the VIP): \
+                         cannot read a Kubernetes version"
+                    )),
+                    "{e:?}"
+                );
+            },
+        );
     }
 }

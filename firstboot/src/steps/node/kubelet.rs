@@ -19,6 +19,21 @@
 //!   is required before 1.24), so it is written in [`Step::act`] after
 //!   `kubelet --version`.
 //!
+//! Version skew ([`crate::kube::skew`]): before the kubelet is started, and
+//! on every check, the step asks the control plane for its version
+//! (`kubectl get --raw /version` with the node's own kubeconfig, so through
+//! the VIP) and refuses (a [`StepError::Refused`] whose text starts with
+//! "version skew:", shown as `refused` in `habuild cluster status`) when
+//! the kubelet is newer than kube-apiserver or older than the policy
+//! allows. The act compares the kubelet binary's `--version`; the check
+//! the version the registered Node reports (the running kubelet's). A
+//! control plane that does not answer `/version` is not a refusal: the act
+//! then does not start a kubelet that is not running yet, and the check is
+//! pending. A kubelet already running is never stopped by a refusal (it was
+//! compared before it started; a control plane changed under it is shown,
+//! not acted on). kube-proxy, the next step of the chain and from the same
+//! image, waits while the kubelet is refused.
+//!
 //! The act part also starts containerd (the distribution's unit, enabled),
 //! imports the image's archives listed in
 //! `/usr/share/habuild/images/images.list` into containerd's `k8s.io`
@@ -29,11 +44,13 @@
 //! to the unit and supplies the same command line.
 //!
 //! Check: this node's Node object is `Ready`, read with the kubelet's own
-//! kubeconfig.
+//! kubeconfig, and its kubelet version within the skew policy of the
+//! control plane's.
 
 use super::{api_server, base_gate, control_plane_gate, item, items_gate, require_binary, Ctx};
 use super::{pod_network, CA_ITEM};
 use crate::host::{last_lines, Cmd, FileSpec, Host, HostError, ServiceSpec};
+use crate::kube::skew::{self, Component, Version};
 use crate::kube::{
     kubeconfig, kubelet_item, request_timeout, DNS_DOMAIN, GET_TIMEOUT_SECS, IMAGES_DIR,
     KUBELET_DIR, KUBE_DIR, PAUSE_IMAGE,
@@ -116,10 +133,58 @@ staticPodPath: {manifests}
 }
 
 /// The kubelet's minor version from `kubelet --version`
-/// ("Kubernetes v1.20.2").
+/// ("Kubernetes v1.20.2"), for Kubernetes 1.x.
 pub fn parse_minor(version: &str) -> Option<u32> {
-    let v = version.split_whitespace().find(|w| w.starts_with("v1."))?;
-    v.trim_start_matches("v1.").split('.').next()?.parse().ok()
+    Version::from_version_output(version)
+        .ok()
+        .filter(|v| v.major == 1)
+        .map(|v| v.minor)
+}
+
+/// `kubectl` as this node's kubelet: its kubeconfig (server
+/// `https://VIP:6443`), the read timeout.
+fn kubectl_as_node(ctx: &Ctx, args: &[&str]) -> Cmd {
+    let mut argv = vec![
+        "kubectl".to_string(),
+        format!("--kubeconfig={}", ctx.path(KUBELET_CONF)),
+        request_timeout(GET_TIMEOUT_SECS),
+    ];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    Cmd::new(argv)
+}
+
+/// What the control plane said of its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiVersion {
+    /// kube-apiserver's `/version` (`gitVersion`).
+    Known(Version),
+    /// `/version` did not answer (why): not known yet, not a refusal.
+    NoAnswer(String),
+}
+
+/// Asks the control plane (through the VIP) for its version. An answer
+/// that is not a `/version` document is an error.
+pub fn control_plane_version(ctx: &Ctx, host: &Host) -> Result<ApiVersion, StepError> {
+    let o = host
+        .exec
+        .output(&kubectl_as_node(ctx, &["get", "--raw", "/version"]))?;
+    if !o.success() {
+        return Ok(ApiVersion::NoAnswer(format!(
+            "/version did not answer (kubectl exit {}): {}",
+            o.code,
+            last_lines(&o.stderr, 3)
+        )));
+    }
+    Version::from_version_json(&o.stdout)
+        .map(ApiVersion::Known)
+        .map_err(|e| StepError::Render(format!("the control plane's /version: {e}")))
+}
+
+/// The refusal when the kubelet at `kubelet` must not work with
+/// kube-apiserver at `api` (pure).
+pub fn refuse_skew(kubelet: &Version, api: &Version) -> Result<(), StepError> {
+    skew::against_apiserver(Component::Kubelet, kubelet, api)
+        .map_err(|s| StepError::Refused(s.to_string()))
 }
 
 /// The flags kubeadm would put in `kubeadm-flags.env` for kubelet 1.`minor`
@@ -287,13 +352,20 @@ impl Step for Kubelet {
         let version = host
             .exec
             .run(&Cmd::new([format!("/{KUBELET_BIN}"), "--version".into()]))?;
-        let minor = parse_minor(&version.stdout).ok_or_else(|| {
+        let kubelet = Version::from_version_output(&version.stdout).map_err(|e| {
             StepError::Render(format!(
-                "cannot read the kubelet's version from {:?}",
-                version.stdout.trim()
+                "cannot read the kubelet's version from {:?}: {}",
+                version.stdout.trim(),
+                e.why
             ))
         })?;
-        let flags = kubelet_flags(ctx, minor)?;
+        // Before anything is started: a kubelet the control plane's version
+        // does not allow is refused.
+        let api = control_plane_version(ctx, host)?;
+        if let ApiVersion::Known(api) = &api {
+            refuse_skew(&kubelet, api)?;
+        }
+        let flags = kubelet_flags(ctx, kubelet.minor)?;
         let env = FileSpec::new(FLAGS_ENV, 0o644, flags_env(&flags));
         host.files.write(&env)?;
         if !host.services.running("containerd") {
@@ -309,23 +381,52 @@ impl Step for Kubelet {
         let rendered = self.render(ctx)?;
         let mut files: Vec<&FileSpec> = rendered.files.iter().collect();
         files.push(&env);
+        if let ApiVersion::NoAnswer(why) = &api {
+            if !host.services.running("kubelet") {
+                // The check says pending; the next round asks again.
+                tracing::info!(%why, "kubelet not started: the control plane's version is unknown");
+                return Ok(());
+            }
+        }
         host.services.ensure(&service(ctx, &flags, &files))?;
         Ok(())
     }
 
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
         let name = my_hostname(ctx)?;
-        let o = host.exec.output(&Cmd::new([
-            "kubectl".to_string(),
-            format!("--kubeconfig={}", ctx.path(KUBELET_CONF)),
-            request_timeout(GET_TIMEOUT_SECS),
-            "get".into(),
-            "node".into(),
-            name.to_string(),
-            "-o".into(),
-            r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#.into(),
-        ]))?;
-        let status = o.stdout.trim();
+        let o = host.exec.output(&kubectl_as_node(
+            ctx,
+            &[
+                "get",
+                "node",
+                name,
+                "-o",
+                r#"jsonpath={.status.nodeInfo.kubeletVersion} {.status.conditions[?(@.type=="Ready")].status}"#,
+            ],
+        ))?;
+        // "<kubelet version> <Ready status>"; either may be empty.
+        let mut words = o.stdout.splitn(2, ' ');
+        let reported = words.next().unwrap_or("").trim();
+        let status = words.next().unwrap_or("").trim();
+        if o.success() {
+            // On every check: the running kubelet against the control plane.
+            match control_plane_version(ctx, host)? {
+                ApiVersion::NoAnswer(why) => {
+                    return Ok(Check::Pending(format!(
+                        "node {name} Ready={}; the control plane's version is unknown: {why}",
+                        if status.is_empty() { "unknown" } else { status }
+                    )))
+                }
+                ApiVersion::Known(api) => {
+                    let kubelet = Version::parse(reported).map_err(|e| {
+                        StepError::Render(format!(
+                            "node {name} reports no readable kubelet version: {e}"
+                        ))
+                    })?;
+                    refuse_skew(&kubelet, &api)?;
+                }
+            }
+        }
         if o.success() && status == "True" {
             Ok(Check::Done(format!("node {name} Ready")))
         } else if o.success() {
@@ -492,6 +593,7 @@ staticPodPath: /etc/kubernetes/manifests
                 .unwrap();
             Kubelet.preflight(ctx, &host).unwrap();
             rec.answer("/usr/bin/kubelet --version", 0, "Kubernetes v1.20.2\n", "");
+            rec.answer(VERSION_CMD, 0, &version_json("v1.20.2"), "");
             // containerd lacks the pause image: import, then it is there.
             rec.answer("ctr -n k8s.io images ls -q", 0, "", "");
             crate::steps::apply(&Kubelet.render(ctx).unwrap(), &host).unwrap();
@@ -562,20 +664,271 @@ staticPodPath: /etc/kubernetes/manifests
             );
             assert_eq!(
                 rec.commands()[0],
-                "kubectl --kubeconfig=/etc/kubernetes/kubelet.conf --request-timeout=30s get node n4 -o 'jsonpath={.status.conditions[?(@.type==\"Ready\")].status}'"
+                "kubectl --kubeconfig=/etc/kubernetes/kubelet.conf --request-timeout=30s get node n4 -o 'jsonpath={.status.nodeInfo.kubeletVersion} {.status.conditions[?(@.type==\"Ready\")].status}'"
             );
+            assert_eq!(rec.commands().len(), 1, "an unregistered node: no /version");
             rec.lock().answers.clear();
-            rec.answer("kubectl", 0, "False", "");
+            rec.answer(VERSION_CMD, 0, &version_json("v1.20.2"), "");
+            rec.answer("kubectl", 0, "v1.20.2 False", "");
             assert_eq!(
                 Kubelet.check(ctx, &host).unwrap(),
                 Check::Pending("node n4 Ready=False".into())
             );
             rec.lock().answers.clear();
-            rec.answer("kubectl", 0, "True", "");
+            rec.answer(VERSION_CMD, 0, &version_json("v1.20.2"), "");
+            rec.answer("kubectl", 0, "v1.20.2 True", "");
             assert_eq!(
                 Kubelet.check(ctx, &host).unwrap(),
                 Check::Done("node n4 Ready".into())
             );
+        });
+    }
+
+    const VERSION_CMD: &str =
+        "kubectl --kubeconfig=/etc/kubernetes/kubelet.conf --request-timeout=30s get --raw /version";
+    const NODE_CMD: &str =
+        "kubectl --kubeconfig=/etc/kubernetes/kubelet.conf --request-timeout=30s get node n4 ";
+    const UNREACHABLE: &str =
+        "Unable to connect to the server: dial tcp 10.77.0.250:6443: connect: connection refused\n";
+
+    /// kube-apiserver's `/version` document for `git_version`.
+    fn version_json(git_version: &str) -> String {
+        format!(
+            r#"{{"major":"1","minor":"x","gitVersion":"{git_version}","gitTreeState":"clean","platform":"linux/amd64"}}"#
+        )
+    }
+
+    /// A host with the kubelet binary (answering `--version` with
+    /// `kubelet`), the pod network's conflist and no images to seed.
+    fn node_host(kubelet: &str) -> (Recording, Host) {
+        let rec = Recording::default();
+        let host = rec.host();
+        host.files
+            .write(&FileSpec::new(KUBELET_BIN, 0o755, "elf"))
+            .unwrap();
+        host.files
+            .write(&FileSpec::new(pod_network::CONFLIST, 0o644, "{}"))
+            .unwrap();
+        rec.answer(
+            "/usr/bin/kubelet --version",
+            0,
+            &format!("Kubernetes {kubelet}\n"),
+            "",
+        );
+        (rec, host)
+    }
+
+    fn round(ctx: &Ctx, host: &Host) -> crate::steps::Outcome {
+        let steps: Vec<Box<dyn Step>> = vec![Box::new(Kubelet)];
+        crate::steps::converge(&steps, ctx, host, &|_| false)
+            .remove(0)
+            .1
+    }
+
+    fn kubelet_started(rec: &Recording) -> bool {
+        rec.events()
+            .iter()
+            .any(|e| matches!(e, Event::Ensured(n) if n == "kubelet"))
+    }
+
+    #[test]
+    fn the_same_minor_as_the_control_plane_proceeds() {
+        with_kube_ctx(4, READY, true, |ctx| {
+            let (rec, host) = node_host("v1.20.2");
+            // Patch versions do not matter, either way.
+            rec.answer(VERSION_CMD, 0, &version_json("v1.20.5"), "");
+            rec.answer(NODE_CMD, 0, "v1.20.2 True", "");
+            assert_eq!(
+                round(ctx, &host),
+                crate::steps::Outcome::Done("node n4 Ready".into())
+            );
+            assert!(kubelet_started(&rec));
+            assert_eq!(
+                rec.commands()
+                    .iter()
+                    .filter(|c| c.as_str() == VERSION_CMD)
+                    .count(),
+                2,
+                "asked before starting and on the check: {:?}",
+                rec.commands()
+            );
+        });
+    }
+
+    #[test]
+    fn a_kubelet_newer_than_the_control_plane_is_refused_and_never_started() {
+        let text = "version skew: kubelet v1.31.0 is newer than the control plane's \
+                    kube-apiserver v1.28.3 (a kubelet may be up to 3 minor versions older than \
+                    kube-apiserver, never newer)";
+        with_kube_ctx(4, READY, true, |ctx| {
+            let (rec, host) = node_host("v1.31.0");
+            rec.answer(VERSION_CMD, 0, &version_json("v1.28.3"), "");
+            rec.answer(NODE_CMD, 0, "v1.31.0 True", "");
+            assert_eq!(
+                Kubelet.act(ctx, &host),
+                Err(StepError::Refused(text.into()))
+            );
+            let out = round(ctx, &host);
+            assert_eq!(out, crate::steps::Outcome::Failed(text.into()));
+            // The replicated record carries the text status shows as a refusal.
+            assert_eq!(
+                out.status(),
+                Some((crate::state::StepStatus::Failed, text.into()))
+            );
+            assert!(!kubelet_started(&rec), "{:?}", rec.events());
+            assert!(
+                rec.file(FLAGS_ENV).is_none(),
+                "nothing of the kubelet's written"
+            );
+            assert!(
+                !rec.commands().iter().any(|c| c.starts_with("systemctl")),
+                "{:?}",
+                rec.commands()
+            );
+            // The check refuses too (a node that registered before).
+            assert_eq!(
+                Kubelet.check(ctx, &host),
+                Err(StepError::Refused(text.into()))
+            );
+        });
+    }
+
+    #[test]
+    fn a_kubelet_too_old_for_the_control_plane_is_refused() {
+        let text = "version skew: kubelet v1.20.2 is 3 minor versions older than the control \
+                    plane's kube-apiserver v1.23.0 (a kubelet older than 1.25 may be up to 2 \
+                    minor versions older than kube-apiserver, never newer)";
+        with_kube_ctx(4, READY, true, |ctx| {
+            let (rec, host) = node_host("v1.20.2");
+            rec.answer(VERSION_CMD, 0, &version_json("v1.23.0"), "");
+            assert_eq!(
+                round(ctx, &host),
+                crate::steps::Outcome::Failed(text.into())
+            );
+            assert!(!kubelet_started(&rec));
+            // 1.28-era: 3 older is allowed, 4 is not.
+            let (rec, host) = node_host("v1.28.3");
+            rec.answer(VERSION_CMD, 0, &version_json("v1.31.0"), "");
+            rec.answer(NODE_CMD, 0, "v1.28.3 True", "");
+            assert_eq!(
+                round(ctx, &host),
+                crate::steps::Outcome::Done("node n4 Ready".into())
+            );
+            rec.lock().answers.retain(|(p, _)| p != VERSION_CMD);
+            rec.lock()
+                .answers
+                .insert(0, (VERSION_CMD.into(), output(&version_json("v1.32.0"))));
+            // The control plane moved on under a running kubelet: the check
+            // refuses, the kubelet is left running.
+            let e = Kubelet.check(ctx, &host).unwrap_err();
+            assert!(
+                matches!(&e, StepError::Refused(t) if t.starts_with(
+                    "version skew: kubelet v1.28.3 is 4 minor versions older than the control \
+                     plane's kube-apiserver v1.32.0"
+                )),
+                "{e:?}"
+            );
+            assert!(
+                !rec.events().iter().any(|e| matches!(e, Event::Stopped(_))),
+                "{:?}",
+                rec.events()
+            );
+        });
+    }
+
+    fn output(stdout: &str) -> crate::host::Output {
+        crate::host::Output {
+            code: 0,
+            stdout: stdout.into(),
+            stderr: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_control_plane_whose_version_is_unknown_is_waited_for_not_refused() {
+        with_kube_ctx(4, READY, true, |ctx| {
+            let (rec, host) = node_host("v1.20.2");
+            rec.answer(VERSION_CMD, 1, "", UNREACHABLE);
+            rec.answer(NODE_CMD, 1, "", UNREACHABLE);
+            let out = round(ctx, &host);
+            assert!(
+                matches!(&out, crate::steps::Outcome::Pending(p) if p.starts_with("node n4 not registered yet")),
+                "{out:?}"
+            );
+            assert!(!kubelet_started(&rec), "not started on an unknown version");
+            assert!(
+                rec.commands()
+                    .contains(&"systemctl enable --no-reload --now containerd.service".to_string()),
+                "containerd and the images are prepared meanwhile"
+            );
+            // The node answers but /version does not: pending, saying why.
+            rec.lock().answers.retain(|(p, _)| p != NODE_CMD);
+            rec.answer(NODE_CMD, 0, "v1.20.2 True", "");
+            assert_eq!(
+                Kubelet.check(ctx, &host).unwrap(),
+                Check::Pending(
+                    "node n4 Ready=True; the control plane's version is unknown: /version did \
+                     not answer (kubectl exit 1): Unable to connect to the server: dial tcp \
+                     10.77.0.250:6443: connect: connection refused"
+                        .into()
+                )
+            );
+            // It answers: the kubelet starts and the step is done.
+            rec.lock().answers.retain(|(p, _)| p != VERSION_CMD);
+            rec.lock()
+                .answers
+                .insert(0, (VERSION_CMD.into(), output(&version_json("v1.20.2"))));
+            assert_eq!(
+                round(ctx, &host),
+                crate::steps::Outcome::Done("node n4 Ready".into())
+            );
+            assert!(kubelet_started(&rec));
+            // A running kubelet is kept (not stopped, not restarted) while
+            // /version does not answer.
+            rec.lock().answers.retain(|(p, _)| p != VERSION_CMD);
+            rec.answer(VERSION_CMD, 1, "", UNREACHABLE);
+            let n = rec.events().len();
+            assert!(matches!(
+                round(ctx, &host),
+                crate::steps::Outcome::Pending(_)
+            ));
+            assert!(
+                !rec.events()[n..]
+                    .iter()
+                    .any(|e| matches!(e, Event::Stopped(_) | Event::Ensured(_))),
+                "{:?}",
+                &rec.events()[n..]
+            );
+        });
+    }
+
+    #[test]
+    fn an_unreadable_version_is_an_error_that_says_so() {
+        with_kube_ctx(4, READY, true, |ctx| {
+            let (rec, host) = node_host("v1.20.2");
+            rec.answer(VERSION_CMD, 0, "<html>not kubernetes</html>", "");
+            let e = Kubelet.act(ctx, &host).unwrap_err();
+            assert!(
+                matches!(&e, StepError::Render(t) if t.starts_with(
+                    "the control plane's /version: cannot read a Kubernetes version"
+                )),
+                "{e:?}"
+            );
+            let (rec, host) = node_host("");
+            rec.lock().answers.clear();
+            rec.answer(
+                "/usr/bin/kubelet --version",
+                0,
+                "kubelet built from nowhere\n",
+                "",
+            );
+            let e = Kubelet.act(ctx, &host).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                "cannot read the kubelet's version from \"kubelet built from nowhere\": no word \
+                 like v1.20.2"
+            );
+            assert!(!kubelet_started(&rec));
         });
     }
 }
