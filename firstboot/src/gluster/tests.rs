@@ -53,14 +53,47 @@ fn golden_brick_commands_from_nothing_and_after_a_reboot() {
             "modprobe dm_thin_pool",
             "pvcreate --yes /dev/habuild/gluster-brick",
             "vgcreate --yes habuild_gluster /dev/habuild/gluster-brick",
-            "lvcreate --yes --type thin-pool --extents 95%FREE --name thinpool habuild_gluster",
-            "lvcreate --yes --type thin --virtualsize 2G --thinpool habuild_gluster/thinpool --name brick0",
+            "lvcreate --yes --extents 95%FREE --thinpool thinpool --virtualsize 2G --name brick0 habuild_gluster",
             "vgchange --activate y habuild_gluster",
             "mkfs.xfs -i size=512 -L habuild-gl /dev/habuild_gluster/brick0",
             "mkdir -p /var/lib/habuild/bricks/brick0",
             "systemctl daemon-reload",
             "systemctl enable --no-reload --now var-lib-habuild-bricks-brick0.mount",
         ]
+    );
+    // Half done: the VG (or also the pool) exists; only what is missing is
+    // made, the pool and the thin LV each by its own lvcreate.
+    let vg_only = BrickObs {
+        vg: true,
+        ..BrickObs::default()
+    };
+    let lvm = |obs: &BrickObs| -> Vec<String> {
+        shown(obs, "/dev/vdb")
+            .into_iter()
+            .filter(|c| c.starts_with("lvcreate") || c.starts_with("pvcreate"))
+            .collect()
+    };
+    assert_eq!(
+        lvm(&vg_only),
+        vec!["lvcreate --yes --extents 95%FREE --thinpool thinpool --virtualsize 2G --name brick0 habuild_gluster"]
+    );
+    let pool_only = BrickObs {
+        vg: true,
+        pool: true,
+        ..BrickObs::default()
+    };
+    assert_eq!(
+        lvm(&pool_only),
+        vec!["lvcreate --yes --type thin --virtualsize 2G --thinpool habuild_gluster/thinpool --name brick0"]
+    );
+    let lv_only = BrickObs {
+        vg: true,
+        lv: true,
+        ..BrickObs::default()
+    };
+    assert_eq!(
+        lvm(&lv_only),
+        vec!["lvcreate --yes --type thin-pool --extents 95%FREE --name thinpool habuild_gluster"]
     );
     // After a reboot everything exists but the mount: no LVM or mkfs again.
     let obs = BrickObs {

@@ -909,6 +909,14 @@ mod tests {
             };
             assert!(pos("/usr/lib/habuild/gluster-loop attach") < pos("pvcreate --yes /dev/loop3"));
             assert!(pos("pvcreate") < pos("mkfs.xfs -i size=512"));
+            // The pool and the thin LV in one lvcreate.
+            let lvcreates: Vec<&String> =
+                cmds.iter().filter(|c| c.starts_with("lvcreate")).collect();
+            assert_eq!(
+                lvcreates,
+                vec!["lvcreate --yes --extents 95%FREE --thinpool thinpool --virtualsize 10G --name brick0 habuild_gluster"]
+            );
+            assert!(pos("vgcreate") < pos("lvcreate") && pos("lvcreate") < pos("mkfs.xfs"));
             assert!(
                 pos("mkfs.xfs")
                     < pos("systemctl enable --no-reload --now var-lib-habuild-bricks-brick0.mount")
