@@ -8,7 +8,8 @@
 //!   glusterd, and glusterd from the distro's package running as
 //!   `habuild-glusterd`. Done = brick mounted, dm_thin_pool loaded, glusterd up.
 //! - `gluster-pool`, on the storage leader once every storage node in the
-//!   volume has its brick done: `peer probe` each; done when all connected.
+//!   volume has its brick done: `peer probe` every missing peer at once
+//!   (one thread each); done when all connected.
 //! - `gluster-volume`, on the storage leader: create + start the volume, or
 //!   grow it with the bricks of nodes that joined; done when it is started
 //!   with every planned brick.
@@ -570,6 +571,56 @@ fn ready_peers(ctx: &Ctx) -> Result<Vec<Ipv4Addr>, StepError> {
         .collect()
 }
 
+/// `gluster peer probe` of every address in `peers`, all at once (one
+/// thread each): on emulated nodes a probe takes 20-40 s, mostly waiting
+/// for the peer's glusterd, and one after another they added up. Every
+/// probe runs to its end; the error of each failed one is logged, and the
+/// step fails with all of them (the check then says which peers are still
+/// missing).
+fn probe_all(host: &Host, peers: &[String]) -> Result<(), StepError> {
+    let exec = host.exec.as_ref();
+    let results: Vec<(String, Result<(), crate::host::HostError>)> = std::thread::scope(|s| {
+        let probes: Vec<_> = peers
+            .iter()
+            .map(|ip| {
+                let cmd = gluster_cmd(&["peer", "probe", ip]);
+                (ip, s.spawn(move || exec.run(&cmd).map(drop)))
+            })
+            .collect();
+        probes
+            .into_iter()
+            .map(|(ip, h)| {
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(crate::host::HostError::Command {
+                        command: format!("gluster peer probe {ip}"),
+                        message: "the probing thread panicked".into(),
+                    })
+                });
+                (ip.clone(), r)
+            })
+            .collect()
+    });
+    let mut failed: Vec<crate::host::HostError> = Vec::new();
+    for (ip, r) in results {
+        if let Err(e) = r {
+            tracing::warn!(peer = %ip, error = %e, "gluster peer probe failed");
+            failed.push(e);
+        }
+    }
+    match failed.len() {
+        0 => Ok(()),
+        1 => Err(failed.remove(0).into()),
+        n => Err(StepError::Host(crate::host::HostError::Command {
+            command: format!("gluster peer probe ({n} peers)"),
+            message: failed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        })),
+    }
+}
+
 impl Step for Pool {
     fn name(&self) -> &'static str {
         "gluster-pool"
@@ -602,13 +653,12 @@ impl Step for Pool {
     fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
         let pool = host.exec.run(&gluster_cmd(&["pool", "list"]))?;
         let connected = connected_peers(&pool.stdout);
-        for ip in ready_peers(ctx)? {
-            if !connected.contains(&ip.to_string()) {
-                host.exec
-                    .run(&gluster_cmd(&["peer", "probe", &ip.to_string()]))?;
-            }
-        }
-        Ok(())
+        let missing: Vec<String> = ready_peers(ctx)?
+            .iter()
+            .map(Ipv4Addr::to_string)
+            .filter(|ip| !connected.contains(ip))
+            .collect();
+        probe_all(host, &missing)
     }
 
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
@@ -1309,6 +1359,21 @@ mod tests {
                 .filter(|c| c.contains("peer probe"))
                 .collect();
             assert_eq!(probes.len(), 2, "{probes:?}");
+            let mut want: Vec<String> = plan
+                .storage
+                .iter()
+                .filter(|id| **id != leader)
+                .map(|id| {
+                    format!(
+                        "gluster --mode=script peer probe {}",
+                        c.member(*id).unwrap().ip
+                    )
+                })
+                .collect();
+            let mut probes = probes;
+            probes.sort();
+            want.sort();
+            assert_eq!(probes, want);
 
             let rec = Recording::default();
             rec.answer(
@@ -1325,6 +1390,140 @@ mod tests {
             assert!(cmds
                 .last()
                 .is_some_and(|c| c == "gluster --mode=script volume start habuild"));
+        });
+    }
+
+    /// An [`Exec`](crate::host::Exec) over the recording fake whose `peer
+    /// probe`s each wait (up to 5 s) until `expect` of them are running at
+    /// once, and fail for the addresses in `fail`.
+    struct ProbeGate {
+        rec: Recording,
+        expect: usize,
+        fail: Vec<String>,
+        running: std::sync::Mutex<(usize, usize)>,
+        cv: std::sync::Condvar,
+    }
+
+    impl crate::host::Exec for ProbeGate {
+        fn output(&self, cmd: &Cmd) -> Result<crate::host::Output, crate::host::HostError> {
+            let line = cmd.display();
+            if line.contains("peer probe") {
+                let mut g = self.running.lock().unwrap();
+                g.0 += 1;
+                g.1 = g.1.max(g.0);
+                self.cv.notify_all();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while g.1 < self.expect && std::time::Instant::now() < deadline {
+                    g = self
+                        .cv
+                        .wait_timeout(g, std::time::Duration::from_millis(50))
+                        .unwrap()
+                        .0;
+                }
+                g.0 -= 1;
+                drop(g);
+                if self.fail.iter().any(|ip| line.ends_with(ip.as_str())) {
+                    self.rec.output(cmd)?;
+                    return Ok(crate::host::Output {
+                        code: 1,
+                        stdout: String::new(),
+                        stderr: format!("peer probe: failed: Probe returned with Transport endpoint is not connected ({line})"),
+                    });
+                }
+            }
+            self.rec.output(cmd)
+        }
+    }
+
+    #[test]
+    fn the_leader_probes_every_missing_peer_at_once_and_reports_each_failure() {
+        let mut state = super::super::testutil::state();
+        let plan = state.plan.clone().unwrap();
+        for id in &plan.storage {
+            state.apply(Command::RecordStep(StepRecord {
+                node: *id,
+                step: "gluster-brick".into(),
+                status: StepStatus::Done,
+                detail: String::new(),
+                attempts: 0,
+            }));
+        }
+        with_ctx(1, |ctx| {
+            let leader = plan.storage_leader.unwrap();
+            let c = Ctx {
+                me: leader,
+                state: &state,
+                ..*ctx
+            };
+            let peers: Vec<String> = plan
+                .storage
+                .iter()
+                .filter(|id| **id != leader)
+                .map(|id| c.member(*id).unwrap().ip.to_string())
+                .collect();
+            assert_eq!(peers.len(), 2);
+            let run = |fail: Vec<String>| {
+                let rec = Recording::default();
+                rec.answer(
+                    "gluster --mode=script pool list",
+                    0,
+                    "UUID Hostname State\n",
+                    "",
+                );
+                let gate = std::sync::Arc::new(ProbeGate {
+                    rec: rec.clone(),
+                    expect: 2,
+                    fail,
+                    running: Default::default(),
+                    cv: Default::default(),
+                });
+                struct Shared(std::sync::Arc<ProbeGate>);
+                impl crate::host::Exec for Shared {
+                    fn output(
+                        &self,
+                        cmd: &Cmd,
+                    ) -> Result<crate::host::Output, crate::host::HostError> {
+                        self.0.output(cmd)
+                    }
+                }
+                let host = Host {
+                    exec: Box::new(Shared(gate.clone())),
+                    ..rec.host()
+                };
+                let out = Pool.act(&c, &host);
+                let most = gate.running.lock().unwrap().1;
+                (rec, out, most)
+            };
+            let (rec, out, most) = run(Vec::new());
+            assert_eq!(out, Ok(()));
+            assert_eq!(most, 2, "both probes ran at the same time");
+            let cmds = rec.commands();
+            assert_eq!(cmds[0], "gluster --mode=script pool list");
+            let mut probes: Vec<String> = cmds[1..].to_vec();
+            probes.sort();
+            let mut want: Vec<String> = peers
+                .iter()
+                .map(|ip| format!("gluster --mode=script peer probe {ip}"))
+                .collect();
+            want.sort();
+            assert_eq!(probes, want);
+
+            // One fails: the other still runs; the step fails naming it.
+            let (rec, out, _) = run(vec![peers[0].clone()]);
+            let e = out.unwrap_err().to_string();
+            assert!(e.contains(&format!("peer probe {}", peers[0])), "{e}");
+            assert!(!e.contains(&format!("peer probe {}", peers[1])), "{e}");
+            assert_eq!(rec.commands().len(), 3);
+            // Both fail: both errors are in the step's error.
+            let (_, out, _) = run(peers.clone());
+            let e = out.unwrap_err().to_string();
+            assert!(
+                e.starts_with("`gluster peer probe (2 peers)` failed"),
+                "{e}"
+            );
+            for ip in &peers {
+                assert!(e.contains(&format!("peer probe {ip}`")), "{e}");
+            }
         });
     }
 
