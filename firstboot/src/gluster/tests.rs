@@ -183,10 +183,9 @@ fn volume_is_created_started_and_grown() {
              10.0.0.1:/var/lib/habuild/bricks/brick0/habuild \
              10.0.0.2:/var/lib/habuild/bricks/brick0/habuild \
              10.0.0.3:/var/lib/habuild/bricks/brick0/habuild",
-            "gluster --mode=script volume set habuild cluster.quorum-type auto",
-            "gluster --mode=script volume set habuild cluster.server-quorum-type server",
-            "gluster --mode=script volume set habuild network.ping-timeout 3",
-            "gluster --mode=script volume set habuild cluster.ensure-durability on",
+            "gluster --mode=script volume set habuild cluster.quorum-type auto \
+             cluster.server-quorum-type server network.ping-timeout 3 \
+             cluster.ensure-durability on",
             "gluster --mode=script volume set all cluster.server-quorum-ratio 51%",
             "gluster --mode=script volume start habuild",
         ]
@@ -290,10 +289,14 @@ fn options_are_reapplied_only_when_missing_or_changed() {
     };
     // An existing volume from before these options: all of them are set.
     let got = show(volume_actions(Some(&info), &l3, &bricks(&[1, 2, 3])));
-    assert_eq!(got.len(), 5, "{got:?}");
     assert_eq!(
-        got[4],
-        "gluster --mode=script volume set all cluster.server-quorum-ratio 51%"
+        got,
+        vec![
+            "gluster --mode=script volume set habuild cluster.quorum-type auto \
+             cluster.server-quorum-type server network.ping-timeout 3 \
+             cluster.ensure-durability on",
+            "gluster --mode=script volume set all cluster.server-quorum-ratio 51%",
+        ]
     );
     for (k, v) in safety::volume_options(3) {
         info.options.insert(k.into(), v);
@@ -309,6 +312,13 @@ fn options_are_reapplied_only_when_missing_or_changed() {
     assert_eq!(
         show(volume_actions(Some(&info), &l3, &bricks(&[1, 2, 3]))),
         vec!["gluster --mode=script volume set habuild network.ping-timeout 3"]
+    );
+    // Two changed: both in one command, in the options' order.
+    info.options
+        .insert("cluster.quorum-type".into(), "none".into());
+    assert_eq!(
+        show(volume_actions(Some(&info), &l3, &bricks(&[1, 2, 3]))),
+        vec!["gluster --mode=script volume set habuild cluster.quorum-type auto network.ping-timeout 3"]
     );
     // Two nodes: no server quorum (51 % of 2 would stop the survivor).
     let two: Vec<&str> = safety::volume_options(2).iter().map(|(k, _)| *k).collect();

@@ -1280,10 +1280,15 @@ mod tests {
                 .into_iter()
                 .filter(|c| c.contains("volume set"))
                 .collect();
-            assert_eq!(sets.len(), 5, "{sets:?}");
-            assert!(sets.contains(
-                &"gluster --mode=script volume set all cluster.server-quorum-ratio 51%".to_string()
-            ));
+            // Every volume option in one `volume set`, then the global ratio.
+            assert_eq!(
+                sets,
+                vec![
+                    "gluster --mode=script volume set habuild cluster.quorum-type auto cluster.server-quorum-type server network.ping-timeout 3 cluster.ensure-durability on",
+                    "gluster --mode=script volume set all cluster.server-quorum-ratio 51%",
+                ],
+                "{sets:?}"
+            );
         });
     }
 
