@@ -590,3 +590,14 @@ fn health_goes_through_the_step_detail_and_back() {
     assert_eq!(parse_split_brain(sb), Some(3));
     assert_eq!(parse_split_brain("Volume habuild is not started"), None);
 }
+
+#[test]
+fn gluster_queries_are_bounded_by_coreutils_timeout() {
+    assert_eq!(
+        query(&["volume", "status", VOLUME, "detail"]).display(),
+        "timeout --kill-after=5 20 gluster --mode=script volume status habuild detail"
+    );
+    assert_eq!(QUERY_TIMEOUT_SECS, 20);
+    assert!(timed_out(124) && timed_out(137));
+    assert!(!timed_out(0) && !timed_out(1));
+}
