@@ -1,7 +1,47 @@
-//! Parsing the gluster CLI's answers (`volume info`, `pool list`,
+//! The gluster CLI's read-only queries, bounded in time ([`query`]), and
+//! the parsing of their answers (`volume info`, `pool list`,
 //! `volume status VOL detail`, `volume heal VOL statistics heal-count`).
 
 use std::collections::BTreeMap;
+
+use crate::host::Cmd;
+
+/// How long a read-only gluster query may take. While a peer is losing
+/// power, glusterd on the survivors holds `volume status` (and `heal`)
+/// on its cluster-wide lock; the CLI waits up to its own 120 s (600 s for
+/// `heal`), which held the storage chain's check and the safety view that
+/// long. Bounded, the view says "unknown" after this many seconds.
+pub const QUERY_TIMEOUT_SECS: u32 = 20;
+
+/// The exit codes of coreutils `timeout` when it stopped the command:
+/// 124 (SIGTERM after [`QUERY_TIMEOUT_SECS`]) or 137 (SIGKILL 5 s later).
+pub fn timed_out(code: i32) -> bool {
+    code == 124 || code == 137
+}
+
+/// A read-only `gluster --mode=script ARGS` (`volume info`, `volume
+/// status`, `volume heal … info|statistics`, `pool list`) under coreutils
+/// `timeout`: `timeout --kill-after=5 20 gluster --mode=script ARGS`.
+/// Not gluster's own `--timeout=N`: in glusterfs 10 it sets only
+/// `cli_default_conn_timeout`, while `heal` requests wait the fixed
+/// `cli_ten_minutes_timeout` and `heal … info` runs `glfsheal`, which has
+/// no timeout at all (cli/src/cli-cmd.c `cli_cmd_submit`,
+/// cli-cmd-volume.c `cli_launch_glfs_heal`); `timeout` stops the CLI and
+/// its children alike. Commands that change the cluster (create, start,
+/// set, probe, reset-brick) are not bounded: stopping the CLI does not
+/// stop glusterd's transaction, and their caller needs its real outcome.
+pub fn query(args: &[&str]) -> Cmd {
+    let secs = QUERY_TIMEOUT_SECS.to_string();
+    let mut argv = vec![
+        "timeout",
+        "--kill-after=5",
+        secs.as_str(),
+        "gluster",
+        "--mode=script",
+    ];
+    argv.extend_from_slice(args);
+    Cmd::new(argv)
+}
 
 /// What `gluster volume info VOLUME` says of the volume.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,7 +22,7 @@
 //! (LVM + XFS commands), [`mount`] (systemd mount units), [`volume`]
 //! (layout and growth), [`health`] (a node's safety view for the status), [`safety`] (quorum/timeout options, the
 //! clean-shutdown marker, the rebuild of an untrusted brick), [`cli`]
-//! (gluster CLI output), [`topology`](mod@topology)
+//! (the gluster CLI's bounded queries and their output), [`topology`](mod@topology)
 //! (heketi's `topology.json`), [`summary`](mod@summary) (the status section). Their
 //! items are re-exported here.
 
@@ -39,7 +39,7 @@ pub mod volume;
 pub use brick::{brick_actions, lv_device, BrickObs};
 pub use cli::{
     connected_peers, disconnected_peers, parse_heal_count, parse_status_detail, parse_volume_info,
-    VolumeInfo,
+    query, timed_out, VolumeInfo, QUERY_TIMEOUT_SECS,
 };
 pub use devices::{check_configured, parse_lsblk, spare_disks, unusable_reason, BlockDevice};
 pub use mount::{brick_mount_unit, fuse_mount_unit, mount_unit_name};

@@ -80,16 +80,25 @@ fn gl(args: &[&str]) -> Cmd {
 }
 
 /// The options of [`volume_options`] that `info` does not show with the
-/// wanted value, as `gluster volume set` commands (plus the global server
-/// quorum ratio whenever server quorum is among them). Empty when all hold.
+/// wanted value, in one `gluster volume set VOLUME k1 v1 k2 v2 …` (the CLI
+/// takes any number of pairs and glusterd applies them in one transaction:
+/// one volume lock and one volfile regeneration instead of one per option,
+/// each 3-6 s on emulated nodes), plus the global server quorum ratio
+/// (`volume set all`, which glusterd handles apart from volume options)
+/// whenever server quorum is among them. Empty when all hold.
 pub fn option_actions(info: &VolumeInfo, nodes: usize) -> Vec<Cmd> {
     let mut out = Vec::new();
     let mut server_quorum = false;
+    let mut set: Vec<String> = vec!["volume".into(), "set".into(), VOLUME.into()];
     for (k, v) in volume_options(nodes) {
         if info.options.get(k).map(|have| same_value(have, &v)) != Some(true) {
             server_quorum |= k == "cluster.server-quorum-type";
-            out.push(gl(&["volume", "set", VOLUME, k, &v]));
+            set.push(k.into());
+            set.push(v);
         }
+    }
+    if set.len() > 3 {
+        out.push(gl(&set.iter().map(String::as_str).collect::<Vec<_>>()));
     }
     if server_quorum {
         out.push(gl(&[

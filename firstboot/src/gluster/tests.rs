@@ -53,14 +53,47 @@ fn golden_brick_commands_from_nothing_and_after_a_reboot() {
             "modprobe dm_thin_pool",
             "pvcreate --yes /dev/habuild/gluster-brick",
             "vgcreate --yes habuild_gluster /dev/habuild/gluster-brick",
-            "lvcreate --yes --type thin-pool --extents 95%FREE --name thinpool habuild_gluster",
-            "lvcreate --yes --type thin --virtualsize 2G --thinpool habuild_gluster/thinpool --name brick0",
+            "lvcreate --yes --extents 95%FREE --thinpool thinpool --virtualsize 2G --name brick0 habuild_gluster",
             "vgchange --activate y habuild_gluster",
             "mkfs.xfs -i size=512 -L habuild-gl /dev/habuild_gluster/brick0",
             "mkdir -p /var/lib/habuild/bricks/brick0",
             "systemctl daemon-reload",
             "systemctl enable --no-reload --now var-lib-habuild-bricks-brick0.mount",
         ]
+    );
+    // Half done: the VG (or also the pool) exists; only what is missing is
+    // made, the pool and the thin LV each by its own lvcreate.
+    let vg_only = BrickObs {
+        vg: true,
+        ..BrickObs::default()
+    };
+    let lvm = |obs: &BrickObs| -> Vec<String> {
+        shown(obs, "/dev/vdb")
+            .into_iter()
+            .filter(|c| c.starts_with("lvcreate") || c.starts_with("pvcreate"))
+            .collect()
+    };
+    assert_eq!(
+        lvm(&vg_only),
+        vec!["lvcreate --yes --extents 95%FREE --thinpool thinpool --virtualsize 2G --name brick0 habuild_gluster"]
+    );
+    let pool_only = BrickObs {
+        vg: true,
+        pool: true,
+        ..BrickObs::default()
+    };
+    assert_eq!(
+        lvm(&pool_only),
+        vec!["lvcreate --yes --type thin --virtualsize 2G --thinpool habuild_gluster/thinpool --name brick0"]
+    );
+    let lv_only = BrickObs {
+        vg: true,
+        lv: true,
+        ..BrickObs::default()
+    };
+    assert_eq!(
+        lvm(&lv_only),
+        vec!["lvcreate --yes --type thin-pool --extents 95%FREE --name thinpool habuild_gluster"]
     );
     // After a reboot everything exists but the mount: no LVM or mkfs again.
     let obs = BrickObs {
@@ -150,10 +183,9 @@ fn volume_is_created_started_and_grown() {
              10.0.0.1:/var/lib/habuild/bricks/brick0/habuild \
              10.0.0.2:/var/lib/habuild/bricks/brick0/habuild \
              10.0.0.3:/var/lib/habuild/bricks/brick0/habuild",
-            "gluster --mode=script volume set habuild cluster.quorum-type auto",
-            "gluster --mode=script volume set habuild cluster.server-quorum-type server",
-            "gluster --mode=script volume set habuild network.ping-timeout 3",
-            "gluster --mode=script volume set habuild cluster.ensure-durability on",
+            "gluster --mode=script volume set habuild cluster.quorum-type auto \
+             cluster.server-quorum-type server network.ping-timeout 3 \
+             cluster.ensure-durability on",
             "gluster --mode=script volume set all cluster.server-quorum-ratio 51%",
             "gluster --mode=script volume start habuild",
         ]
@@ -257,10 +289,14 @@ fn options_are_reapplied_only_when_missing_or_changed() {
     };
     // An existing volume from before these options: all of them are set.
     let got = show(volume_actions(Some(&info), &l3, &bricks(&[1, 2, 3])));
-    assert_eq!(got.len(), 5, "{got:?}");
     assert_eq!(
-        got[4],
-        "gluster --mode=script volume set all cluster.server-quorum-ratio 51%"
+        got,
+        vec![
+            "gluster --mode=script volume set habuild cluster.quorum-type auto \
+             cluster.server-quorum-type server network.ping-timeout 3 \
+             cluster.ensure-durability on",
+            "gluster --mode=script volume set all cluster.server-quorum-ratio 51%",
+        ]
     );
     for (k, v) in safety::volume_options(3) {
         info.options.insert(k.into(), v);
@@ -276,6 +312,13 @@ fn options_are_reapplied_only_when_missing_or_changed() {
     assert_eq!(
         show(volume_actions(Some(&info), &l3, &bricks(&[1, 2, 3]))),
         vec!["gluster --mode=script volume set habuild network.ping-timeout 3"]
+    );
+    // Two changed: both in one command, in the options' order.
+    info.options
+        .insert("cluster.quorum-type".into(), "none".into());
+    assert_eq!(
+        show(volume_actions(Some(&info), &l3, &bricks(&[1, 2, 3]))),
+        vec!["gluster --mode=script volume set habuild cluster.quorum-type auto network.ping-timeout 3"]
     );
     // Two nodes: no server quorum (51 % of 2 would stop the survivor).
     let two: Vec<&str> = safety::volume_options(2).iter().map(|(k, _)| *k).collect();
@@ -546,4 +589,15 @@ fn health_goes_through_the_step_detail_and_back() {
     let sb = "Brick 10.0.0.1:/b\nStatus: Connected\nNumber of entries in split-brain: 2\n\nBrick 10.0.0.2:/b\nStatus: Connected\nNumber of entries in split-brain: 1\n";
     assert_eq!(parse_split_brain(sb), Some(3));
     assert_eq!(parse_split_brain("Volume habuild is not started"), None);
+}
+
+#[test]
+fn gluster_queries_are_bounded_by_coreutils_timeout() {
+    assert_eq!(
+        query(&["volume", "status", VOLUME, "detail"]).display(),
+        "timeout --kill-after=5 20 gluster --mode=script volume status habuild detail"
+    );
+    assert_eq!(QUERY_TIMEOUT_SECS, 20);
+    assert!(timed_out(124) && timed_out(137));
+    assert!(!timed_out(0) && !timed_out(1));
 }

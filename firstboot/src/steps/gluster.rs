@@ -8,7 +8,8 @@
 //!   glusterd, and glusterd from the distro's package running as
 //!   `habuild-glusterd`. Done = brick mounted, dm_thin_pool loaded, glusterd up.
 //! - `gluster-pool`, on the storage leader once every storage node in the
-//!   volume has its brick done: `peer probe` each; done when all connected.
+//!   volume has its brick done: `peer probe` every missing peer at once
+//!   (one thread each); done when all connected.
 //! - `gluster-volume`, on the storage leader: create + start the volume, or
 //!   grow it with the bricks of nodes that joined; done when it is started
 //!   with every planned brick.
@@ -90,15 +91,24 @@ fn gluster_cmd(args: &[&str]) -> Cmd {
     Cmd::new(argv)
 }
 
-/// `gluster volume info` of our volume: None when it does not exist.
+/// `gluster volume info` of our volume (bounded, [`gluster::query`]):
+/// None when it does not exist.
 fn volume_info(host: &Host) -> Result<Option<gluster::VolumeInfo>, StepError> {
     let o = host
         .exec
-        .output(&gluster_cmd(&["volume", "info", VOLUME]))?;
+        .output(&gluster::query(&["volume", "info", VOLUME]))?;
     if o.success() {
         Ok(parse_volume_info(&o.stdout))
     } else if format!("{}{}", o.stdout, o.stderr).contains("does not exist") {
         Ok(None)
+    } else if gluster::timed_out(o.code) {
+        Err(StepError::Host(crate::host::HostError::Command {
+            command: format!("gluster volume info {VOLUME}"),
+            message: format!(
+                "glusterd did not answer within {} s",
+                gluster::QUERY_TIMEOUT_SECS
+            ),
+        }))
     } else {
         Err(StepError::Host(crate::host::HostError::Command {
             command: format!("gluster volume info {VOLUME}"),
@@ -355,8 +365,13 @@ const SAFETY_EVERY_SECS: u64 = 30;
 /// volume step is done: what gluster says of its bricks, pending heals and
 /// split brain, with this brick's `state`; asked at most every
 /// [`SAFETY_EVERY_SECS`] (the kept view is reused with the current
-/// `state`). Empty before, or when gluster does not answer: the status
-/// never fails a step.
+/// `state`). Every query is bounded ([`gluster::query`], 20 s): when
+/// glusterd does not answer `volume info`, the view says everything but
+/// the brick state is unknown (`?`); when `volume status` times out, the
+/// heal counts are not asked (they would wait on the same lock) and are
+/// unknown too, so a hung glusterd costs a check about 20 s, not 120 s or
+/// more per query. Empty before the volume step is done or when the volume
+/// does not exist: the status never fails a step.
 fn safety_suffix(ctx: &Ctx, host: &Host, state: &str) -> String {
     let volume_done = ctx
         .plan
@@ -381,24 +396,33 @@ fn safety_suffix(ctx: &Ctx, host: &Host, state: &str) -> String {
             return format!("; {}", h.to_detail());
         }
     }
-    let Ok(Some(info)) = volume_info(host) else {
-        return String::new();
+    let info = match volume_info(host) {
+        Ok(Some(info)) => info,
+        Ok(None) => return String::new(),
+        Err(e) => {
+            // glusterd does not answer (or is not running): everything unknown.
+            tracing::info!(error = %e, "gluster safety view");
+            let h =
+                health::Health::observe(state, &[], &Default::default(), &Default::default(), None);
+            return keep_view(host, now, &h);
+        }
     };
-    let ask = |args: &[&str]| {
-        host.exec
-            .output(&gluster_cmd(args))
-            .ok()
-            .filter(|o| o.success())
-            .map(|o| o.stdout)
-            .unwrap_or_default()
+    // Each query bounded ([`gluster::query`]); None when it timed out.
+    let ask = |args: &[&str]| -> Option<String> {
+        match host.exec.output(&gluster::query(args)) {
+            Ok(o) if gluster::timed_out(o.code) => None,
+            Ok(o) if o.success() => Some(o.stdout),
+            _ => Some(String::new()),
+        }
     };
-    let mut online = gluster::parse_status_detail(&ask(&["volume", "status", VOLUME, "detail"]));
+    let status = ask(&["volume", "status", VOLUME, "detail"]);
+    let mut online = gluster::parse_status_detail(status.as_deref().unwrap_or_default());
     if online.is_empty() {
         // `volume status` did not answer: its cluster-wide lock waits on a
         // peer that lost power. What this glusterd knows locally: the
         // bricks of disconnected peers are offline (the others unknown,
         // counted online here: the verdict is "not safe" either way).
-        let down = gluster::disconnected_peers(&ask(&["pool", "list"]));
+        let down = gluster::disconnected_peers(&ask(&["pool", "list"]).unwrap_or_default());
         if !down.is_empty() {
             online = info
                 .bricks
@@ -410,20 +434,32 @@ fn safety_suffix(ctx: &Ctx, host: &Host, state: &str) -> String {
                 .collect();
         }
     }
-    let heal = gluster::parse_heal_count(&ask(&[
-        "volume",
-        "heal",
-        VOLUME,
-        "statistics",
-        "heal-count",
-    ]));
+    // `heal` takes the same lock: after a `volume status` that timed out it
+    // would wait as long again; its counts are then unknown.
+    let heal = match status {
+        Some(_) => gluster::parse_heal_count(
+            &ask(&["volume", "heal", VOLUME, "statistics", "heal-count"]).unwrap_or_default(),
+        ),
+        None => Default::default(),
+    };
     let pending: u64 = heal.values().filter_map(|c| *c).sum();
     let split = if pending > 0 {
-        health::parse_split_brain(&ask(&["volume", "heal", VOLUME, "info", "split-brain"]))
+        health::parse_split_brain(
+            &ask(&["volume", "heal", VOLUME, "info", "split-brain"]).unwrap_or_default(),
+        )
+    } else if heal.is_empty() {
+        None
     } else {
         Some(0)
     };
     let h = health::Health::observe(state, &info.bricks, &online, &heal, split);
+    keep_view(host, now, &h)
+}
+
+/// Keeps `h` as the view taken at `now` (reused for [`SAFETY_EVERY_SECS`],
+/// also when it says "unknown": a glusterd that does not answer is not
+/// asked again every round) and returns it as the detail suffix.
+fn keep_view(host: &Host, now: u64, h: &health::Health) -> String {
     let keep = FileSpec::new(SAFETY_CACHE, 0o644, format!("{now}\n{}", h.to_detail()));
     if let Err(e) = host.files.write(&keep) {
         tracing::debug!(error = %e, "keeping the gluster safety view");
@@ -466,8 +502,10 @@ fn rebuild(ctx: &Ctx, host: &Host) -> Result<bool, StepError> {
         .ok_or_else(|| StepError::Render("this node has no address in the plan".into()))?;
     let brick = brick_of(me);
     let info = volume_info(host)?;
+    // Bounded ([`gluster::query`]): a query that timed out leaves its
+    // answer empty, which `decide` reads as offline / unknown (wait).
     let ask = |args: &[&str]| -> Result<String, StepError> {
-        Ok(host.exec.output(&gluster_cmd(args))?.stdout)
+        Ok(host.exec.output(&gluster::query(args))?.stdout)
     };
     let online = gluster::parse_status_detail(&ask(&["volume", "status", VOLUME, "detail"])?);
     // The heal count matters once the rebuilt brick is committed; split
@@ -570,6 +608,56 @@ fn ready_peers(ctx: &Ctx) -> Result<Vec<Ipv4Addr>, StepError> {
         .collect()
 }
 
+/// `gluster peer probe` of every address in `peers`, all at once (one
+/// thread each): on emulated nodes a probe takes 20-40 s, mostly waiting
+/// for the peer's glusterd, and one after another they added up. Every
+/// probe runs to its end; the error of each failed one is logged, and the
+/// step fails with all of them (the check then says which peers are still
+/// missing).
+fn probe_all(host: &Host, peers: &[String]) -> Result<(), StepError> {
+    let exec = host.exec.as_ref();
+    let results: Vec<(String, Result<(), crate::host::HostError>)> = std::thread::scope(|s| {
+        let probes: Vec<_> = peers
+            .iter()
+            .map(|ip| {
+                let cmd = gluster_cmd(&["peer", "probe", ip]);
+                (ip, s.spawn(move || exec.run(&cmd).map(drop)))
+            })
+            .collect();
+        probes
+            .into_iter()
+            .map(|(ip, h)| {
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(crate::host::HostError::Command {
+                        command: format!("gluster peer probe {ip}"),
+                        message: "the probing thread panicked".into(),
+                    })
+                });
+                (ip.clone(), r)
+            })
+            .collect()
+    });
+    let mut failed: Vec<crate::host::HostError> = Vec::new();
+    for (ip, r) in results {
+        if let Err(e) = r {
+            tracing::warn!(peer = %ip, error = %e, "gluster peer probe failed");
+            failed.push(e);
+        }
+    }
+    match failed.len() {
+        0 => Ok(()),
+        1 => Err(failed.remove(0).into()),
+        n => Err(StepError::Host(crate::host::HostError::Command {
+            command: format!("gluster peer probe ({n} peers)"),
+            message: failed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        })),
+    }
+}
+
 impl Step for Pool {
     fn name(&self) -> &'static str {
         "gluster-pool"
@@ -600,19 +688,18 @@ impl Step for Pool {
     }
 
     fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
-        let pool = host.exec.run(&gluster_cmd(&["pool", "list"]))?;
+        let pool = host.exec.run(&gluster::query(&["pool", "list"]))?;
         let connected = connected_peers(&pool.stdout);
-        for ip in ready_peers(ctx)? {
-            if !connected.contains(&ip.to_string()) {
-                host.exec
-                    .run(&gluster_cmd(&["peer", "probe", &ip.to_string()]))?;
-            }
-        }
-        Ok(())
+        let missing: Vec<String> = ready_peers(ctx)?
+            .iter()
+            .map(Ipv4Addr::to_string)
+            .filter(|ip| !connected.contains(ip))
+            .collect();
+        probe_all(host, &missing)
     }
 
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
-        let pool = host.exec.run(&gluster_cmd(&["pool", "list"]))?;
+        let pool = host.exec.run(&gluster::query(&["pool", "list"]))?;
         let connected = connected_peers(&pool.stdout);
         let peers = ready_peers(ctx)?;
         let missing: Vec<String> = peers
@@ -909,6 +996,14 @@ mod tests {
             };
             assert!(pos("/usr/lib/habuild/gluster-loop attach") < pos("pvcreate --yes /dev/loop3"));
             assert!(pos("pvcreate") < pos("mkfs.xfs -i size=512"));
+            // The pool and the thin LV in one lvcreate.
+            let lvcreates: Vec<&String> =
+                cmds.iter().filter(|c| c.starts_with("lvcreate")).collect();
+            assert_eq!(
+                lvcreates,
+                vec!["lvcreate --yes --extents 95%FREE --thinpool thinpool --virtualsize 10G --name brick0 habuild_gluster"]
+            );
+            assert!(pos("vgcreate") < pos("lvcreate") && pos("lvcreate") < pos("mkfs.xfs"));
             assert!(
                 pos("mkfs.xfs")
                     < pos("systemctl enable --no-reload --now var-lib-habuild-bricks-brick0.mount")
@@ -946,14 +1041,19 @@ mod tests {
             };
         }
         rec.answer(
-            "gluster --mode=script volume heal habuild info split-brain",
+            "timeout --kill-after=5 20 gluster --mode=script volume heal habuild info split-brain",
             0,
             &split,
             "",
         );
-        rec.answer("gluster --mode=script volume info", 0, &info, "");
         rec.answer(
-            "gluster --mode=script volume status habuild detail",
+            "timeout --kill-after=5 20 gluster --mode=script volume info",
+            0,
+            &info,
+            "",
+        );
+        rec.answer(
+            "timeout --kill-after=5 20 gluster --mode=script volume status habuild detail",
             0,
             &detail,
             "",
@@ -994,7 +1094,7 @@ mod tests {
                 .files
                 .insert(marker.into(), FileSpec::new(marker, 0o644, ""));
             rec.answer(
-                "gluster --mode=script volume heal habuild info split-brain",
+                "timeout --kill-after=5 20 gluster --mode=script volume heal habuild info split-brain",
                 0,
                 "Brick a\nStatus: Connected\nNumber of entries in split-brain: 1\n",
                 "",
@@ -1042,7 +1142,7 @@ mod tests {
                 .expect("the heal kick");
             assert!(pos("gluster --mode=script volume reset-brick habuild 10") < heal_kick);
             assert!(
-                pos("gluster --mode=script volume heal habuild info split-brain")
+                pos("timeout --kill-after=5 20 gluster --mode=script volume heal habuild info split-brain")
                     < pos("gluster --mode=script volume reset-brick habuild"),
                 "split brain is asked before anything is wiped"
             );
@@ -1069,7 +1169,7 @@ mod tests {
                     .collect()
             };
             rec.answer(
-                "gluster --mode=script volume heal habuild statistics heal-count",
+                "timeout --kill-after=5 20 gluster --mode=script volume heal habuild statistics heal-count",
                 0,
                 &counts([4, 0, 4]),
                 "",
@@ -1083,7 +1183,7 @@ mod tests {
                 .answers
                 .retain(|(k, _)| !k.contains("heal-count"));
             rec.answer(
-                "gluster --mode=script volume heal habuild statistics heal-count",
+                "timeout --kill-after=5 20 gluster --mode=script volume heal habuild statistics heal-count",
                 0,
                 &counts([0, 0, 0]),
                 "",
@@ -1177,12 +1277,17 @@ mod tests {
                 let rec = Recording::default();
                 // glusterd's cluster-wide lock waits on the dead peer
                 rec.answer(
-                    "gluster --mode=script volume status",
+                    "timeout --kill-after=5 20 gluster --mode=script volume status",
                     1,
                     "",
                     &format!("Locking failed on {dead}. Please check log file for details."),
                 );
-                rec.answer("gluster --mode=script pool list", 0, pool, "");
+                rec.answer(
+                    "timeout --kill-after=5 20 gluster --mode=script pool list",
+                    0,
+                    pool,
+                    "",
+                );
                 answers_for(&c, &rec, &[true, true, true]);
                 brick_serving(&rec);
                 let Check::Done(d) = Brick.check(&c, &rec.host()).unwrap() else {
@@ -1199,6 +1304,144 @@ mod tests {
             let h = view("UUID\tHostname\tState\n2b\tlocalhost\tConnected \n");
             assert_eq!(h.offline, None);
             assert!(!h.safe());
+        });
+    }
+
+    #[test]
+    fn a_hung_glusterd_makes_the_view_unknown_after_one_bounded_query() {
+        let state = volume_done_state();
+        let plan = state.plan.clone().unwrap();
+        with_ctx(1, |ctx| {
+            let c = Ctx {
+                me: plan.storage[1],
+                state: &state,
+                ..*ctx
+            };
+            let check = |rec: &Recording| {
+                let Check::Done(d) = Brick.check(&c, &rec.host()).unwrap() else {
+                    panic!("done")
+                };
+                (health::Health::from_detail(&d).unwrap(), d)
+            };
+            let queries = |rec: &Recording| -> Vec<String> {
+                rec.commands()
+                    .into_iter()
+                    .filter(|c| c.contains("gluster"))
+                    .collect()
+            };
+            // `volume status` times out (coreutils timeout: exit 124): the
+            // heal counts are not asked (same lock), all unknown but what
+            // `pool list` tells.
+            let rec = Recording::default();
+            rec.answer(
+                "timeout --kill-after=5 20 gluster --mode=script volume status",
+                124,
+                "",
+                "",
+            );
+            rec.answer(
+                "timeout --kill-after=5 20 gluster --mode=script pool list",
+                0,
+                "UUID\tHostname\tState\n2b\tlocalhost\tConnected \n",
+                "",
+            );
+            answers_for(&c, &rec, &[true, true, true]);
+            brick_serving(&rec);
+            let (h, _) = check(&rec);
+            assert_eq!(
+                (
+                    h.brick.as_str(),
+                    h.offline.clone(),
+                    h.heal_pending,
+                    h.split_brain
+                ),
+                (health::SERVING, None, None, None)
+            );
+            assert!(!h.safe());
+            assert_eq!(
+                queries(&rec),
+                vec![
+                    "timeout --kill-after=5 20 gluster --mode=script volume info habuild",
+                    "timeout --kill-after=5 20 gluster --mode=script volume status habuild detail",
+                    "timeout --kill-after=5 20 gluster --mode=script pool list",
+                ]
+            );
+
+            // `volume info` times out: nothing else is asked, everything
+            // but the brick state is unknown, and that view is kept: the
+            // next check does not wait on glusterd again.
+            let rec = Recording::default();
+            rec.answer(
+                "timeout --kill-after=5 20 gluster --mode=script volume info",
+                124,
+                "",
+                "",
+            );
+            brick_serving(&rec);
+            let (h, d) = check(&rec);
+            assert_eq!(
+                (
+                    h.brick.as_str(),
+                    h.offline.clone(),
+                    h.heal_pending,
+                    h.split_brain
+                ),
+                (health::SERVING, None, None, None)
+            );
+            assert!(
+                d.ends_with(
+                    "safety: brick serving; bricks offline: ?; heal pending: ?; split-brain: ?"
+                ),
+                "{d}"
+            );
+            assert_eq!(
+                queries(&rec),
+                vec!["timeout --kill-after=5 20 gluster --mode=script volume info habuild"]
+            );
+            let (_, again) = check(&rec);
+            assert_eq!(again, d);
+            assert_eq!(queries(&rec).len(), 1, "the kept view is reused");
+
+            // The volume step's own check fails (after the bound) saying so.
+            let leader = plan.storage_leader.unwrap();
+            let lc = Ctx { me: leader, ..c };
+            let e = Volume.check(&lc, &rec.host()).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                "`gluster volume info habuild` failed: glusterd did not answer within 20 s"
+            );
+        });
+    }
+
+    #[test]
+    fn an_untrusted_brick_is_not_wiped_while_volume_status_times_out() {
+        with_ctx(1, |ctx| {
+            let me = ctx.plan.storage[1];
+            let c = Ctx { me, ..*ctx };
+            let marker = "var/lib/habuild/gluster/brick-untrusted";
+            let rec = Recording::default();
+            rec.lock()
+                .files
+                .insert(marker.into(), FileSpec::new(marker, 0o644, ""));
+            rec.answer(
+                "timeout --kill-after=5 20 gluster --mode=script volume status",
+                124,
+                "",
+                "",
+            );
+            answers_for(&c, &rec, &[true, true, true]);
+            rec.answer("findmnt", 1, "", "");
+            Brick.act(&c, &rec.host()).unwrap();
+            let cmds = rec.commands();
+            assert!(
+                cmds.iter()
+                    .all(|c| !c.contains("reset-brick") && !c.starts_with("mkfs")),
+                "{cmds:?}"
+            );
+            assert!(cmds.contains(
+                &"timeout --kill-after=5 20 gluster --mode=script volume status habuild detail"
+                    .to_string()
+            ));
         });
     }
 
@@ -1222,10 +1465,15 @@ mod tests {
                 .into_iter()
                 .filter(|c| c.contains("volume set"))
                 .collect();
-            assert_eq!(sets.len(), 5, "{sets:?}");
-            assert!(sets.contains(
-                &"gluster --mode=script volume set all cluster.server-quorum-ratio 51%".to_string()
-            ));
+            // Every volume option in one `volume set`, then the global ratio.
+            assert_eq!(
+                sets,
+                vec![
+                    "gluster --mode=script volume set habuild cluster.quorum-type auto cluster.server-quorum-type server network.ping-timeout 3 cluster.ensure-durability on",
+                    "gluster --mode=script volume set all cluster.server-quorum-ratio 51%",
+                ],
+                "{sets:?}"
+            );
         });
     }
 
@@ -1289,7 +1537,7 @@ mod tests {
             assert_eq!(Pool.gate(&c), Gate::Run);
             let rec = Recording::default();
             rec.answer(
-                "gluster --mode=script pool list",
+                "timeout --kill-after=5 20 gluster --mode=script pool list",
                 0,
                 "UUID Hostname State\n",
                 "",
@@ -1301,10 +1549,25 @@ mod tests {
                 .filter(|c| c.contains("peer probe"))
                 .collect();
             assert_eq!(probes.len(), 2, "{probes:?}");
+            let mut want: Vec<String> = plan
+                .storage
+                .iter()
+                .filter(|id| **id != leader)
+                .map(|id| {
+                    format!(
+                        "gluster --mode=script peer probe {}",
+                        c.member(*id).unwrap().ip
+                    )
+                })
+                .collect();
+            let mut probes = probes;
+            probes.sort();
+            want.sort();
+            assert_eq!(probes, want);
 
             let rec = Recording::default();
             rec.answer(
-                "gluster --mode=script volume info",
+                "timeout --kill-after=5 20 gluster --mode=script volume info",
                 1,
                 "",
                 "Volume habuild does not exist",
@@ -1320,6 +1583,143 @@ mod tests {
         });
     }
 
+    /// An [`Exec`](crate::host::Exec) over the recording fake whose `peer
+    /// probe`s each wait (up to 5 s) until `expect` of them are running at
+    /// once, and fail for the addresses in `fail`.
+    struct ProbeGate {
+        rec: Recording,
+        expect: usize,
+        fail: Vec<String>,
+        running: std::sync::Mutex<(usize, usize)>,
+        cv: std::sync::Condvar,
+    }
+
+    impl crate::host::Exec for ProbeGate {
+        fn output(&self, cmd: &Cmd) -> Result<crate::host::Output, crate::host::HostError> {
+            let line = cmd.display();
+            if line.contains("peer probe") {
+                let mut g = self.running.lock().unwrap();
+                g.0 += 1;
+                g.1 = g.1.max(g.0);
+                self.cv.notify_all();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while g.1 < self.expect && std::time::Instant::now() < deadline {
+                    g = self
+                        .cv
+                        .wait_timeout(g, std::time::Duration::from_millis(50))
+                        .unwrap()
+                        .0;
+                }
+                g.0 -= 1;
+                drop(g);
+                if self.fail.iter().any(|ip| line.ends_with(ip.as_str())) {
+                    self.rec.output(cmd)?;
+                    return Ok(crate::host::Output {
+                        code: 1,
+                        stdout: String::new(),
+                        stderr: format!("peer probe: failed: Probe returned with Transport endpoint is not connected ({line})"),
+                    });
+                }
+            }
+            self.rec.output(cmd)
+        }
+    }
+
+    #[test]
+    fn the_leader_probes_every_missing_peer_at_once_and_reports_each_failure() {
+        let mut state = super::super::testutil::state();
+        let plan = state.plan.clone().unwrap();
+        for id in &plan.storage {
+            state.apply(Command::RecordStep(StepRecord {
+                node: *id,
+                step: "gluster-brick".into(),
+                status: StepStatus::Done,
+                detail: String::new(),
+                attempts: 0,
+            }));
+        }
+        with_ctx(1, |ctx| {
+            let leader = plan.storage_leader.unwrap();
+            let c = Ctx {
+                me: leader,
+                state: &state,
+                ..*ctx
+            };
+            let peers: Vec<String> = plan
+                .storage
+                .iter()
+                .filter(|id| **id != leader)
+                .map(|id| c.member(*id).unwrap().ip.to_string())
+                .collect();
+            assert_eq!(peers.len(), 2);
+            let run = |fail: Vec<String>| {
+                let rec = Recording::default();
+                rec.answer(
+                    "timeout --kill-after=5 20 gluster --mode=script pool list",
+                    0,
+                    "UUID Hostname State\n",
+                    "",
+                );
+                let gate = std::sync::Arc::new(ProbeGate {
+                    rec: rec.clone(),
+                    expect: 2,
+                    fail,
+                    running: Default::default(),
+                    cv: Default::default(),
+                });
+                struct Shared(std::sync::Arc<ProbeGate>);
+                impl crate::host::Exec for Shared {
+                    fn output(
+                        &self,
+                        cmd: &Cmd,
+                    ) -> Result<crate::host::Output, crate::host::HostError> {
+                        self.0.output(cmd)
+                    }
+                }
+                let host = Host {
+                    exec: Box::new(Shared(gate.clone())),
+                    ..rec.host()
+                };
+                let out = Pool.act(&c, &host);
+                let most = gate.running.lock().unwrap().1;
+                (rec, out, most)
+            };
+            let (rec, out, most) = run(Vec::new());
+            assert_eq!(out, Ok(()));
+            assert_eq!(most, 2, "both probes ran at the same time");
+            let cmds = rec.commands();
+            assert_eq!(
+                cmds[0],
+                "timeout --kill-after=5 20 gluster --mode=script pool list"
+            );
+            let mut probes: Vec<String> = cmds[1..].to_vec();
+            probes.sort();
+            let mut want: Vec<String> = peers
+                .iter()
+                .map(|ip| format!("gluster --mode=script peer probe {ip}"))
+                .collect();
+            want.sort();
+            assert_eq!(probes, want);
+
+            // One fails: the other still runs; the step fails naming it.
+            let (rec, out, _) = run(vec![peers[0].clone()]);
+            let e = out.unwrap_err().to_string();
+            assert!(e.contains(&format!("peer probe {}", peers[0])), "{e}");
+            assert!(!e.contains(&format!("peer probe {}", peers[1])), "{e}");
+            assert_eq!(rec.commands().len(), 3);
+            // Both fail: both errors are in the step's error.
+            let (_, out, _) = run(peers.clone());
+            let e = out.unwrap_err().to_string();
+            assert!(
+                e.starts_with("`gluster peer probe (2 peers)` failed"),
+                "{e}"
+            );
+            for ip in &peers {
+                assert!(e.contains(&format!("peer probe {ip}`")), "{e}");
+            }
+        });
+    }
+
     #[test]
     fn a_brick_path_of_another_volume_is_refused_and_nothing_is_created() {
         with_ctx(1, |ctx| {
@@ -1327,7 +1727,7 @@ mod tests {
             let c = Ctx { me: leader, ..*ctx };
             let rec = Recording::default();
             rec.answer(
-                "gluster --mode=script volume info",
+                "timeout --kill-after=5 20 gluster --mode=script volume info",
                 1,
                 "",
                 "Volume habuild does not exist",
