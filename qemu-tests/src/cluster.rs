@@ -15,7 +15,7 @@ use firstboot::protocol::{StatusDoc, StepView};
 use serde::de::DeserializeOwned;
 
 use crate::image::{debian_image, release_bin, BuiltImage};
-use crate::{qemu_img, vm, Dhcp, TestNet, Vm, VmSpec, Workdir};
+use crate::{pxe, qemu_img, vm, Dhcp, TestNet, Vm, VmSpec, Workdir};
 
 /// Each node's disk: the image grown to this size (the data partition grows
 /// into it on first boot).
@@ -56,6 +56,8 @@ pub fn start_node_with(
 pub struct Lab {
     /// Node `i` is at index `i - 1`; `None` while it is powered off.
     vms: Vec<Option<Vm>>,
+    /// The PXE artifacts' HTTP server, when the lab serves them.
+    _http: Option<pxe::Http>,
     dhcp: Dhcp,
     net: TestNet,
     work: Workdir,
@@ -78,12 +80,48 @@ impl Lab {
         img: BuiltImage,
         memory_mib: u32,
     ) -> Result<Lab> {
+        Lab::start_inner(name, ns_prefix, n, img, memory_mib, None)
+    }
+
+    /// [`Lab::start_with`], and the namespace also serves the image's
+    /// `pxe/` as a site's PXE server does ([`pxe::serve_image`]: TFTP for
+    /// the firmware, `script` over HTTP for iPXE), so a machine with an
+    /// empty disk ([`pxe::netboot_spec`]) boots from the network into the
+    /// same cluster.
+    pub fn start_serving_pxe(
+        name: &str,
+        ns_prefix: &str,
+        n: u8,
+        img: BuiltImage,
+        memory_mib: u32,
+        script: &str,
+    ) -> Result<Lab> {
+        Lab::start_inner(name, ns_prefix, n, img, memory_mib, Some(script))
+    }
+
+    fn start_inner(
+        name: &str,
+        ns_prefix: &str,
+        n: u8,
+        img: BuiltImage,
+        memory_mib: u32,
+        pxe_script: Option<&str>,
+    ) -> Result<Lab> {
         let work = Workdir::new(name)?;
         let net = TestNet::create(ns_prefix)?;
-        let dhcp = Dhcp::start(
+        let (http, args) = match pxe_script {
+            Some(script) => {
+                let (http, args) = pxe::serve_image(&net, &work, &img, script)?;
+                (Some(http), args)
+            }
+            None => (None, Vec::new()),
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let dhcp = Dhcp::start_with(
             &net,
             Ipv4Addr::new(10, 77, 0, 50),
             Ipv4Addr::new(10, 77, 0, 99),
+            &args,
         )?;
         let mut vms = Vec::new();
         for i in 1..=n {
@@ -91,6 +129,7 @@ impl Lab {
         }
         Ok(Lab {
             vms,
+            _http: http,
             dhcp,
             net,
             work,

@@ -9,7 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::image::{release_bin, workspace};
 use crate::TestNet;
@@ -492,6 +495,117 @@ pub fn http(net: &TestNet, method: &str, url: &str, body: Option<&str>) -> Resul
         );
     }
     Ok(text)
+}
+
+/// The `kubeadm join` line an operator types on a machine the agents do
+/// not manage, built the way kubeadm's documentation says: the cluster's
+/// bootstrap token (the plan's, read from its `bootstrap-token-*` Secret
+/// with the admin kubeconfig) and `sha256:` of the cluster CA's
+/// SubjectPublicKeyInfo (DER), taken from the kubeconfig with `openssl`.
+/// The API endpoint is the kubeconfig's server (the VIP).
+pub fn kubeadm_join_command(kubectl: &Kubectl, kubeconfig: &Path) -> Result<String> {
+    let secrets = kubectl.retrying(
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "secrets",
+            "--field-selector",
+            "type=bootstrap.kubernetes.io/token",
+            "-o",
+            "json",
+        ],
+        "",
+        Duration::from_secs(120),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&secrets).context("bootstrap token secrets")?;
+    let data = &v["items"][0]["data"];
+    let field = |k: &str| -> Result<String> {
+        let b = data[k]
+            .as_str()
+            .with_context(|| format!("no {k} in the bootstrap token secret: {secrets}"))?;
+        Ok(String::from_utf8(BASE64.decode(b)?)?)
+    };
+    let token = format!("{}.{}", field("token-id")?, field("token-secret")?);
+    let text = std::fs::read_to_string(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let value = |key: &str| -> Result<String> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(|v| v.trim().to_string())
+            .with_context(|| format!("no {key} in {}", kubeconfig.display()))
+    };
+    let ca_pem = BASE64.decode(value("certificate-authority-data:")?)?;
+    let server = value("server:")?;
+    let endpoint = server.trim_start_matches("https://");
+    let openssl = crate::tools::require("openssl")?;
+    let pubkey = pipe(&openssl, &["x509", "-pubkey", "-noout"], &ca_pem)?;
+    let der = pipe(&openssl, &["pkey", "-pubin", "-outform", "der"], &pubkey)?;
+    let hash = hex::encode(Sha256::digest(&der));
+    Ok(format!(
+        "kubeadm join {endpoint} --token {token} --discovery-token-ca-cert-hash sha256:{hash}"
+    ))
+}
+
+/// The token in a `kubeadm join` line (to keep it out of printed output).
+pub fn join_token(join: &str) -> String {
+    join.split_whitespace()
+        .skip_while(|w| *w != "--token")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// What an operator runs on a machine of the image whose agent stays out
+/// of Kubernetes, before and with `kubeadm join`: start containerd (the
+/// image leaves it off at boot), import the image's seeded archives (no
+/// registry), give the kubelet a CNI network (Debian's bridge plugin on a
+/// pod range of the operator's own: the agents route only the plan's
+/// CIDRs), then the join. kubeadm 1.20's preflight wants `crictl`, which
+/// Debian does not ship: its errors are shown and ignored.
+pub fn operator_join_script(join: &str) -> String {
+    format!(
+        r#"set -e
+systemctl start containerd
+for f in /usr/share/habuild/images/*.tar; do ctr -n k8s.io images import "$f" >/dev/null; done
+mkdir -p /etc/cni/net.d
+cat > /etc/cni/net.d/10-operator.conflist <<'CNI'
+{{
+  "cniVersion": "0.4.0",
+  "name": "operator",
+  "plugins": [
+    {{"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+     "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "10.245.3.0/24"}}]]}}}},
+    {{"type": "portmap", "capabilities": {{"portMappings": true}}}}
+  ]
+}}
+CNI
+{join} --ignore-preflight-errors=all 2>&1
+"#
+    )
+}
+
+/// Runs `bin args…` with `input` on stdin; its stdout.
+fn pipe(bin: &Path, args: &[&str], input: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(bin)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", bin.display()))?;
+    child.stdin.take().context("stdin")?.write_all(input)?;
+    let o = child.wait_with_output()?;
+    if !o.status.success() {
+        bail!(
+            "{} {} failed: {}",
+            bin.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(o.stdout)
 }
 
 #[cfg(test)]

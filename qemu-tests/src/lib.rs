@@ -55,6 +55,7 @@ pub mod dnsmasq;
 pub mod image;
 pub mod kube;
 pub mod netns;
+pub mod pxe;
 pub mod qemu_img;
 pub mod qga;
 pub mod serial;

@@ -1,9 +1,10 @@
-//! Kubernetes on a booted VM: one machine from the real image with a site
-//! file for a one-node cluster (`bootstrap_expect = 1`, control plane 1,
-//! storage off) assembles, with no command typed, etcd with TLS, the API
-//! VIP, kube-apiserver, kube-controller-manager and kube-scheduler as
-//! systemd units from the image's binaries, containerd with the seeded pause
-//! image, the kubelet, kube-proxy and the host-gw pod network.
+//! Kubernetes on booted VMs, growing the way a site grows: one machine
+//! from the real image with a site file for a one-node cluster
+//! (`bootstrap_expect = 1`, control plane 1, storage off) assembles, with
+//! no command typed, etcd with TLS, the API VIP, kube-apiserver,
+//! kube-controller-manager and kube-scheduler as systemd units from the
+//! image's binaries, containerd with the seeded pause image, the kubelet,
+//! kube-proxy and the host-gw pod network.
 //!
 //! Checked from the test namespace as an operator would: the admin
 //! kubeconfig from `habuild cluster kubeconfig` (mode 0600, server
@@ -17,8 +18,29 @@
 //! namespace (kube-proxy's iptables rules), reaches its own ClusterIP
 //! Service from inside the pod, and writes and reads a hostPath file. The
 //! kubelet is then killed: a new kubelet process runs, the node is `Ready`
-//! and the workload answers again. Timings (power-on → API through the VIP → node Ready → pod
-//! answering) and the node's memory are printed, not asserted.
+//! and the workload answers again.
+//!
+//! Then two machines are added, side by side, as a rack's machines power on
+//! a week later:
+//! - node2 has an empty disk and no image: it boots from the network (the
+//!   namespace serves the image's `pxe/` as a site's PXE server: dnsmasq's
+//!   TFTP for the firmware, busybox httpd for iPXE, live mode: the root
+//!   image in RAM, `/var` on the empty disk), joins the cluster as a worker
+//!   and becomes a `Ready` Node with no command typed (issues 10 and 11);
+//!   the workload scaled to two pods, one per node: node2's pod reaches
+//!   node1's pod directly (host-gw routes) and through the ClusterIP;
+//! - node3 boots the disk image, but the site file (`[[nodes]]` by its MAC,
+//!   `kubernetes = false`) tells its agent to stay out of Kubernetes; the
+//!   test types what an operator types on a machine the agents do not
+//!   manage — containerd started, the seeded archives imported, a CNI
+//!   config of the operator's own, and `kubeadm join VIP:6443 --token …
+//!   --discovery-token-ca-cert-hash sha256:…` with the plan's bootstrap
+//!   token and the CA hash computed with openssl — and it joins: three
+//!   Nodes Ready.
+//!
+//! Timings (power-on → API through the VIP → node Ready → pod answering;
+//! node2's power-on → root image verified → agent → member → Ready; the
+//! join) and every node's memory are printed, not asserted.
 //!
 //! Three control planes are proved in-process and in network namespaces;
 //! on a 2-core host without KVM, three emulated control planes starve etcd
@@ -27,22 +49,28 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use qemu_harness::cluster::{dump, running, status, wait_until, Lab};
+use firstboot::state::Role;
+use qemu_harness::cluster::{dump, running, start_node_with, status, step, wait_until, Lab};
 use qemu_harness::image::{kube_test_image, TEST_SECRET};
 use qemu_harness::kube::{
-    api_ready, fetch_kubeconfig, http, kube_bin_dir, nodes_ready, pods_ready, workload_manifest,
-    Kubectl, NODE_PORT,
+    api_ready, fetch_kubeconfig, http, join_token, kube_bin_dir, kubeadm_join_command, nodes_ready,
+    operator_join_script, pods_ready, workload_manifest, Kubectl, NODE_PORT,
 };
-use qemu_harness::Vm;
+use qemu_harness::{pxe, Dhcp, Vm};
 
 const VIP: &str = "10.77.0.10";
 /// How long a one-shot request (kubectl, HTTP) is retried: the emulated
 /// apiserver answers the odd request with a transient error.
 const RETRY: Duration = Duration::from_secs(120);
 
-fn one_node_cluster() -> String {
+/// The site file: the cluster forms from the first machine alone
+/// (`bootstrap_expect = 1`, one control-plane node); machine 3 (by its MAC)
+/// is one whose agent stays out of Kubernetes, for the operator's `kubeadm
+/// join`.
+fn site_file() -> String {
     format!(
-        "[cluster]\nname = \"qemu-kube\"\nsecret = \"{TEST_SECRET}\"\nbootstrap_expect = 1\ncontrol_plane_size = 1\n\n[network]\nsubnet = \"10.77.0.0/24\"\nvip = \"{VIP}\"\nmetallb_range = \"10.77.0.200-10.77.0.220\"\n\n[storage]\nenabled = false\n"
+        "[cluster]\nname = \"qemu-kube\"\nsecret = \"{TEST_SECRET}\"\nbootstrap_expect = 1\ncontrol_plane_size = 1\n\n[network]\nsubnet = \"10.77.0.0/24\"\nvip = \"{VIP}\"\nmetallb_range = \"10.77.0.200-10.77.0.220\"\n\n[storage]\nenabled = false\n\n[[nodes]]\nmac = \"{}\"\nkubernetes = false\n",
+        qemu_harness::vm::mac_address(3)
     )
 }
 
@@ -58,17 +86,32 @@ fn print_memory(vm: &Vm) {
                 .lines()
                 .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
                 .collect();
-            eprintln!("kube_qemu: memory (RSS KiB, command): {}", lines.join("; "));
+            eprintln!(
+                "kube_qemu: {} memory (RSS KiB, command): {}",
+                vm.name(),
+                lines.join("; ")
+            );
         }
-        Err(e) => eprintln!("kube_qemu: memory not read: {e:#}"),
+        Err(e) => eprintln!("kube_qemu: {} memory not read: {e:#}", vm.name()),
     }
+}
+
+/// The address dnsmasq leased to `mac`.
+fn lease_ip(dhcp: &Dhcp, mac: &str) -> Option<String> {
+    dhcp.leases()
+        .ok()?
+        .into_iter()
+        .find(|l| l.mac.eq_ignore_ascii_case(mac))
+        .map(|l| l.ip.to_string())
 }
 
 #[test]
 fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
-    let img = kube_test_image(&one_node_cluster())?;
-    let mut lab = Lab::start_with("kube", "hbk", 1, img, 2048)?;
-    let (vms, net, img, work, _) = lab.parts();
+    let img = kube_test_image(&site_file())?;
+    // the namespace is also the site's PXE server, for the machine that
+    // netboots later
+    let mut lab = Lab::start_serving_pxe("kube", "hbk", 1, img, 2048, "boot.ipxe")?;
+    let (vms, net, img, work, dhcp) = lab.parts();
     let vm_started = running(vms)[0].started();
 
     // 1. the agent says the kubelet is Ready, on its console
@@ -282,5 +325,171 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
         !qemu_harness::cluster::status_text(net, &img.cluster, &[])?.contains(TEST_SECRET),
         "status leaks the secret"
     );
+
+    // 5. Machines added later: node2 has an empty disk and boots from the
+    // network (live: the root image in RAM, /var on the empty disk) and
+    // joins as a worker with no command typed; node3 boots the disk image
+    // with its agent told (site file, by MAC) to stay out of Kubernetes.
+    // Side by side, as a rack's machines power on.
+    let node2 = pxe::netboot_spec(net, work, "node2", 2)?;
+    vms.push(Some(Vm::start(net, node2, work.path())?));
+    vms.push(Some(start_node_with(net, work, &img.raw, 3, 1536)?));
+    let worker = vms[1].as_ref().context("node2")?;
+    let operator_node = vms[2].as_ref().context("node3")?;
+    worker
+        .wait_for("live boot: root image verified", Duration::from_secs(900))
+        .with_context(|| dump(&running(vms)))?;
+    let verified = worker.elapsed();
+    let facts = worker
+        .wait_for_line_with_prefix("HABUILD-FACTS ", Duration::from_secs(900))
+        .with_context(|| dump(&running(vms)))?;
+    let agent_up = worker.elapsed();
+    ensure!(
+        facts.contains("\"root_fstype\":\"erofs\"")
+            && facts.contains("\"var_device\":\"/dev/vda\""),
+        "node2 is not a live netbooted node (erofs root in RAM, /var on the empty disk): {facts}"
+    );
+    let members = wait_until(
+        "node2 a member of the cluster",
+        Duration::from_secs(900),
+        || {
+            let st = status(net, &img.cluster).ok()?;
+            let ip = lease_ip(dhcp, &worker.spec().mac)?;
+            let me = st
+                .agents
+                .iter()
+                .find(|a| a.address.starts_with(&format!("{ip}:")))?;
+            (me.role == Some(Role::Worker)).then(|| me.hostname.clone())
+        },
+    )
+    .with_context(|| dump(&running(vms)))?;
+    let member_at = worker.elapsed();
+    let two =
+        nodes_ready(&kubectl, 2, Duration::from_secs(1800)).with_context(|| dump(&running(vms)))?;
+    let ready_at = worker.elapsed();
+    let w = two
+        .iter()
+        .find(|n| n.name == members)
+        .with_context(|| format!("no Node {members} in {two:?}"))?;
+    eprintln!(
+        "kube_qemu: node2 ({}, netbooted live): power-on → root image downloaded and verified {:.0} s → agent running {:.0} s → cluster member (worker {}) {:.0} s → Node Ready at {} {:.0} s",
+        worker.accel(),
+        verified.as_secs_f64(),
+        agent_up.as_secs_f64(),
+        members,
+        member_at.as_secs_f64(),
+        w.internal_ip.as_deref().unwrap_or("?"),
+        ready_at.as_secs_f64()
+    );
+
+    // 6. The workload on both agent-managed nodes (before node3 joins):
+    // one pod per node, pod-to-pod across nodes, the ClusterIP answered by
+    // the other node's pod, the NodePort on the new node.
+    kubectl.retrying(&["scale", "deployment", "web", "--replicas=2"], "", RETRY)?;
+    let pods =
+        pods_ready(&kubectl, 2, Duration::from_secs(900)).with_context(|| dump(&running(vms)))?;
+    let on_worker = pods
+        .iter()
+        .find(|p| p.node == members)
+        .context("no pod on node2")?;
+    let on_cp = pods
+        .iter()
+        .find(|p| p.node != members)
+        .context("no pod on node1")?;
+    ensure!(
+        on_worker.ip.starts_with("10.244.") && on_worker.ip != on_cp.ip,
+        "{pods:?}"
+    );
+    let wbase = format!(
+        "http://{}:{NODE_PORT}",
+        w.internal_ip.as_deref().context("node2 address")?
+    );
+    let via = wait_until("node2's pod fetching node1's pod", RETRY, || {
+        http(
+            net,
+            "GET",
+            &format!("{wbase}/fetch?url=http://{}:8080/", on_cp.ip),
+            None,
+        )
+        .ok()
+    })?;
+    ensure!(
+        via.contains(&on_cp.name),
+        "pod-to-pod across nodes answered {via:?}"
+    );
+    // the Service picks a backend at random: ask until node1's pod answers
+    let across = wait_until("the ClusterIP answered from the other node", RETRY, || {
+        let v = http(
+            net,
+            "GET",
+            &format!("{wbase}/fetch?url=http://{}/", cluster_ip.trim()),
+            None,
+        )
+        .ok()?;
+        v.trim()
+            .ends_with(&format!("{}@{}", on_cp.name, on_cp.node))
+            .then_some(v)
+    })?;
+    eprintln!(
+        "kube_qemu: pods on both nodes; node2's pod reached node1's pod directly ({}) and through ClusterIP {} ({})",
+        via.trim(),
+        cluster_ip.trim(),
+        across.trim()
+    );
+
+    // 7. An operator's `kubeadm join` on node3, whose agent stays out of
+    // Kubernetes: the plan's bootstrap token (read with the admin
+    // kubeconfig) and the CA's public-key hash, typed as the docs say.
+    operator_node
+        .wait_for_line_with_prefix("HABUILD-FACTS ", Duration::from_secs(900))
+        .with_context(|| dump(&running(vms)))?;
+    let node3_ip = wait_until("node3's lease", RETRY, || {
+        lease_ip(dhcp, &operator_node.spec().mac)
+    })?;
+    let node3 = wait_until(
+        "node3 a member, Kubernetes not its agent's business",
+        Duration::from_secs(900),
+        || {
+            let st = status(net, &img.cluster).ok()?;
+            let me = st
+                .agents
+                .iter()
+                .find(|a| a.address.starts_with(&format!("{node3_ip}:")))?;
+            let kubelet = step(me, "kubelet")?;
+            (kubelet.status == "not-here").then(|| me.hostname.clone())
+        },
+    )
+    .with_context(|| dump(&running(vms)))?;
+    let join = kubeadm_join_command(&kubectl, &kubeconfig)?;
+    let t = Instant::now();
+    let out = operator_node
+        .guest()
+        .sh(&operator_join_script(&join), Duration::from_secs(1200))?;
+    ensure!(
+        out.code == 0,
+        "kubeadm join on node3 failed (exit {}):\n{}\n{}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    ensure!(
+        out.stdout.contains("This node has joined the cluster"),
+        "kubeadm join did not say it joined:\n{}",
+        out.stdout
+    );
+    let three =
+        nodes_ready(&kubectl, 3, Duration::from_secs(900)).with_context(|| dump(&running(vms)))?;
+    ensure!(
+        three.iter().any(|n| n.name == node3),
+        "no Node {node3} in {three:?}"
+    );
+    eprintln!(
+        "kube_qemu: `{}` on node3 ({node3}): joined and Ready {:.0} s after it was typed",
+        join.replace(&join_token(&join), "<token>"),
+        t.elapsed().as_secs_f64()
+    );
+    for vm in running(vms) {
+        print_memory(vm);
+    }
     Ok(())
 }

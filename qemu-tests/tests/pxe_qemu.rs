@@ -21,47 +21,14 @@
 //! nodes (see ARCHITECTURE.md, "Network boot").
 
 use std::fs;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use qemu_harness::image::debian_image;
-use qemu_harness::{tools, Dhcp, TestNet, Vm, VmSpec, Workdir};
+use qemu_harness::{pxe, Dhcp, TestNet, Vm, Workdir};
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(900);
-const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
-/// Room for the root image in RAM (live: for as long as it runs; install:
-/// while it is written) next to the OS: root.img grows to ~850 MiB with the
-/// Kubernetes binaries.
-const MEMORY_MIB: u32 = 2048;
-
-/// busybox httpd serving a directory on the namespace's bridge; killed on drop.
-struct Http(Child);
-
-impl Drop for Http {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(net: &TestNet, dir: &std::path::Path) -> Result<Http> {
-    let busybox = tools::require("busybox")?;
-    let child = net
-        .exec(&busybox)
-        .args(["httpd", "-f", "-p"])
-        .arg(format!("{}:80", net.bridge_addr()))
-        .arg("-h")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting busybox httpd in the test namespace")?;
-    Ok(Http(child))
-}
 
 fn facts(vm: &Vm, since: u64) -> Result<Value> {
     let line = vm.wait_for_line_with_prefix_after(since, "HABUILD-FACTS ", BOOT)?;
@@ -69,79 +36,26 @@ fn facts(vm: &Vm, since: u64) -> Result<Value> {
     serde_json::from_str(line[at..].trim()).with_context(|| format!("parsing {line:?}"))
 }
 
-/// The image's `pxe/` served the way a site serves it: dnsmasq in the test
-/// namespace answers the firmware's PXE with `ipxe.efi` over TFTP and iPXE
-/// (DHCP option 175) with `http://<bridge>/habuild/<script>`; busybox httpd
-/// serves the directory.
+/// The image's `pxe/` served the way a site serves it ([`pxe::serve_image`]),
+/// in a namespace of its own.
 struct Served {
     _dhcp: Dhcp,
-    _http: Http,
+    _http: pxe::Http,
     net: TestNet,
     work: Workdir,
 }
 
 fn serve_pxe(ns: &str, script: &str) -> Result<Served> {
-    ensure!(
-        std::path::Path::new(IPXE_EFI).exists(),
-        "{IPXE_EFI} not found: run scripts/setup (Debian package ipxe)"
-    );
     let img = debian_image()?;
-    let pxe = img.dir.join("pxe");
-    for f in [
-        "vmlinuz",
-        "initrd.img",
-        "root.img",
-        "boot.ipxe",
-        "install.ipxe",
-        "disk.list",
-        "cluster.toml",
-    ] {
-        ensure!(pxe.join(f).is_file(), "{} has no {f}", pxe.display());
-    }
-    let manifest: Value = serde_json::from_slice(&fs::read(&img.manifest)?)?;
-    let listed: Vec<&str> = manifest["artifacts"]
-        .as_array()
-        .context("artifacts")?
-        .iter()
-        .filter_map(|a| a["file"].as_str())
-        .collect();
-    for f in [
-        "pxe/root.img",
-        "pxe/boot.ipxe",
-        "pxe/disk.list",
-        "pxe/esp.img",
-        "pxe/disk-head.img",
-    ] {
-        ensure!(
-            listed.contains(&f),
-            "manifest.json does not list {f}: {listed:?}"
-        );
-    }
-
     let work = Workdir::new(ns)?;
     let net = TestNet::create(ns)?;
-    // http://<bridge>/habuild/ is the directory the iPXE script names by default
-    let www = work.join("www");
-    fs::create_dir_all(&www)?;
-    std::os::unix::fs::symlink(&pxe, www.join("habuild"))?;
-    let tftp = work.join("tftp");
-    fs::create_dir_all(&tftp)?;
-    fs::copy(IPXE_EFI, tftp.join("ipxe.efi"))?;
-    let http = serve(&net, &www)?;
-    let script_url = format!("http://{}/habuild/{script}", net.bridge_addr());
-    let tftp_root = format!("--tftp-root={}", tftp.display());
-    let ipxe_boot = format!("--dhcp-boot=tag:ipxe,{script_url}");
+    let (http, args) = pxe::serve_image(&net, &work, &img, script)?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let dhcp = Dhcp::start_with(
         &net,
         std::net::Ipv4Addr::new(10, 77, 0, 50),
         std::net::Ipv4Addr::new(10, 77, 0, 99),
-        &[
-            "--enable-tftp",
-            &tftp_root,
-            "--dhcp-match=set:ipxe,175",
-            "--dhcp-boot=tag:!ipxe,ipxe.efi",
-            &ipxe_boot,
-        ],
+        &args,
     )?;
     Ok(Served {
         _dhcp: dhcp,
@@ -149,18 +63,6 @@ fn serve_pxe(ns: &str, script: &str) -> Result<Served> {
         net,
         work,
     })
-}
-
-/// An empty 8 GiB qcow2 disk.
-fn empty_disk(work: &Workdir, name: &str) -> Result<PathBuf> {
-    let disk = work.join(format!("{name}.qcow2"));
-    tools::run(
-        std::process::Command::new(tools::require("qemu-img")?)
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&disk)
-            .arg("8G"),
-    )?;
-    Ok(disk)
 }
 
 #[test]
@@ -190,10 +92,7 @@ fn a_machine_with_an_empty_disk_netboots_live_and_keeps_its_identity() -> Result
     let served = serve_pxe("hbpxe", "boot.ipxe")?;
     let (net, work) = (&served.net, &served.work);
 
-    let disk = empty_disk(work, "live1")?;
-    let tap = net.add_tap("tap1")?;
-    let mut spec = VmSpec::new("live1", &disk, qemu_harness::vm::mac_address(1), &tap);
-    spec.memory_mib = MEMORY_MIB;
+    let spec = pxe::netboot_spec(net, work, "live1", 1)?;
 
     // First boot: download, verify, format the empty disk, agent up.
     let t0 = Instant::now();
@@ -253,10 +152,7 @@ fn a_machine_with_an_empty_disk_installs_itself_over_the_network_and_boots_from_
 ) -> Result<()> {
     let served = serve_pxe("hbpxi", "install.ipxe")?;
     let (net, work) = (&served.net, &served.work);
-    let disk = empty_disk(work, "inst1")?;
-    let tap = net.add_tap("tap2")?;
-    let mut spec = VmSpec::new("inst1", &disk, qemu_harness::vm::mac_address(2), &tap);
-    spec.memory_mib = MEMORY_MIB;
+    let mut spec = pxe::netboot_spec(net, work, "inst1", 2)?;
     // A rack's boot order: the disk first, the network when the disk boots
     // nothing (empty: install; installed: the disk from then on).
     spec.extra_args = [

@@ -1,0 +1,143 @@
+//! Serving an image's `pxe/` the way a site serves it, inside the test
+//! namespace: dnsmasq answers the firmware's PXE request with `ipxe.efi`
+//! over TFTP and iPXE's own request (DHCP option 175) with
+//! `http://<bridge>/habuild/<script>`; busybox httpd serves the directory
+//! on the bridge. Also: an empty disk for a machine that boots from the
+//! network, and the spec of such a machine.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+
+use crate::image::BuiltImage;
+use crate::{tools, vm, TestNet, VmSpec, Workdir};
+
+/// Debian's `ipxe` package: the UEFI iPXE binary the firmware loads.
+pub const IPXE_EFI: &str = "/usr/lib/ipxe/ipxe.efi";
+/// Room for the root image in RAM (live: for as long as it runs; install:
+/// while it is written) next to the OS: root.img grows to ~850 MiB with the
+/// Kubernetes binaries.
+pub const MEMORY_MIB: u32 = 2048;
+
+/// busybox httpd serving a directory on the namespace's bridge; killed on drop.
+#[derive(Debug)]
+pub struct Http(Child);
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Serves `dir` on `http://<bridge>:80/`.
+pub fn serve(net: &TestNet, dir: &Path) -> Result<Http> {
+    let busybox = tools::require("busybox")?;
+    let child = net
+        .exec(&busybox)
+        .args(["httpd", "-f", "-p"])
+        .arg(format!("{}:80", net.bridge_addr()))
+        .arg("-h")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting busybox httpd in the test namespace")?;
+    Ok(Http(child))
+}
+
+/// Checks that `img` has the PXE artifacts and that its manifest lists them.
+pub fn check_artifacts(img: &BuiltImage) -> Result<PathBuf> {
+    ensure!(
+        Path::new(IPXE_EFI).exists(),
+        "{IPXE_EFI} not found: run scripts/setup (Debian package ipxe)"
+    );
+    let pxe = img.dir.join("pxe");
+    for f in [
+        "vmlinuz",
+        "initrd.img",
+        "root.img",
+        "boot.ipxe",
+        "install.ipxe",
+        "disk.list",
+        "cluster.toml",
+    ] {
+        ensure!(pxe.join(f).is_file(), "{} has no {f}", pxe.display());
+    }
+    let manifest: Value = serde_json::from_slice(&fs::read(&img.manifest)?)?;
+    let listed: Vec<&str> = manifest["artifacts"]
+        .as_array()
+        .context("artifacts")?
+        .iter()
+        .filter_map(|a| a["file"].as_str())
+        .collect();
+    for f in [
+        "pxe/root.img",
+        "pxe/boot.ipxe",
+        "pxe/disk.list",
+        "pxe/esp.img",
+        "pxe/disk-head.img",
+    ] {
+        ensure!(
+            listed.contains(&f),
+            "manifest.json does not list {f}: {listed:?}"
+        );
+    }
+    Ok(pxe)
+}
+
+/// Serves `img`'s `pxe/` from `net`: busybox httpd on the bridge (the
+/// directory as `http://<bridge>/habuild/`), a TFTP root in `work` with
+/// `ipxe.efi`; returns the server and the dnsmasq arguments that make
+/// DHCP point firmware at `ipxe.efi` and iPXE at `script`.
+pub fn serve_image(
+    net: &TestNet,
+    work: &Workdir,
+    img: &BuiltImage,
+    script: &str,
+) -> Result<(Http, Vec<String>)> {
+    let pxe = check_artifacts(img)?;
+    let www = work.join("www");
+    fs::create_dir_all(&www)?;
+    std::os::unix::fs::symlink(&pxe, www.join("habuild"))?;
+    let tftp = work.join("tftp");
+    fs::create_dir_all(&tftp)?;
+    fs::copy(IPXE_EFI, tftp.join("ipxe.efi"))?;
+    let http = serve(net, &www)?;
+    let script_url = format!("http://{}/habuild/{script}", net.bridge_addr());
+    let args = vec![
+        "--enable-tftp".to_string(),
+        format!("--tftp-root={}", tftp.display()),
+        "--dhcp-match=set:ipxe,175".to_string(),
+        "--dhcp-boot=tag:!ipxe,ipxe.efi".to_string(),
+        format!("--dhcp-boot=tag:ipxe,{script_url}"),
+    ];
+    Ok((http, args))
+}
+
+/// An empty 8 GiB qcow2 disk `<name>.qcow2` in `work`.
+pub fn empty_disk(work: &Workdir, name: &str) -> Result<PathBuf> {
+    let disk = work.join(format!("{name}.qcow2"));
+    tools::run(
+        std::process::Command::new(tools::require("qemu-img")?)
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg("8G"),
+    )?;
+    Ok(disk)
+}
+
+/// Machine `i` (MAC and tap from `i`) with an empty disk, which the
+/// firmware skips, so it boots from the network ([`MEMORY_MIB`] of RAM).
+/// Boot the spec again (a clone) to reboot the same machine.
+pub fn netboot_spec(net: &TestNet, work: &Workdir, name: &str, i: u8) -> Result<VmSpec> {
+    let disk = empty_disk(work, name)?;
+    let tap = net.add_tap(&format!("tap{i}"))?;
+    let mut spec = VmSpec::new(name, &disk, vm::mac_address(i), &tap);
+    spec.memory_mib = MEMORY_MIB;
+    Ok(spec)
+}
