@@ -183,7 +183,7 @@ impl Step for Vip {
     }
 
     fn chain(&self) -> Chain {
-        Chain::ControlPlane
+        Chain::Vip
     }
 
     fn gate(&self, ctx: &Ctx) -> Gate {
