@@ -36,10 +36,21 @@ pub struct Member {
     pub spare_disks: Vec<String>,
     /// Free bytes on the data partition.
     pub data_free_bytes: u64,
-    /// Optional placement labels, e.g. zone, rack.
+    /// Optional placement labels, e.g. zone, rack: the `labels` of this
+    /// machine's `[[nodes]]` entry in the site file.
     pub labels: BTreeMap<String, String>,
+    /// Whether the agent runs Kubernetes here: `false` when this machine's
+    /// `[[nodes]]` entry says `kubernetes = false` (never control plane; no
+    /// kubelet, kube-proxy or pod network). Records written before the field
+    /// existed read as `true`.
+    #[serde(default = "yes")]
+    pub kubernetes: bool,
     /// Healthy as last seen by the leader (reachable, agent up).
     pub healthy: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -254,6 +254,7 @@ fn member(id: NodeId, host: u8) -> Member {
         spare_disks: vec![],
         data_free_bytes: 50 * GIB,
         labels: BTreeMap::new(),
+        kubernetes: true,
         healthy: true,
     }
 }

@@ -333,9 +333,12 @@ pub fn issue_pki(
                 ip: m.ip,
             })
             .collect(),
+        // No kubelet certificate for a member whose site file keeps the
+        // agent out of Kubernetes (`[[nodes]] kubernetes = false`).
         members: state
             .members
             .values()
+            .filter(|m| m.kubernetes)
             .map(|m| PkiNode {
                 id: m.id,
                 hostname: m.hostname.clone(),
