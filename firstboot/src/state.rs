@@ -222,6 +222,21 @@ mod tests {
     }
 
     #[test]
+    fn member_records_without_the_kubernetes_field_read_as_kubernetes() {
+        let old = r#"{"id": 7, "hostname": "n7", "ip": "10.0.0.7", "prefix": 24,
+            "port": 7946, "cpus": 2, "mem_bytes": 1024, "spare_disks": [],
+            "data_free_bytes": 0, "labels": {}, "healthy": true}"#;
+        let m: Member = serde_json::from_str(old).unwrap();
+        assert!(m.kubernetes);
+        let off = Member {
+            kubernetes: false,
+            ..m
+        };
+        let back: Member = serde_json::from_str(&serde_json::to_string(&off).unwrap()).unwrap();
+        assert_eq!(back, off);
+    }
+
+    #[test]
     fn node_ids_are_stable_and_nonzero() {
         let a = node_id_from_machine_id("a4c7254f304940638898ba255b11298b\n");
         assert_eq!(
