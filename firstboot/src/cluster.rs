@@ -4,6 +4,7 @@
 //! `habuild/cluster.toml`; the agent reads it from there on every boot. The
 //! schema lives here, with the agent, because the agent is its real consumer.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -26,6 +27,90 @@ pub struct ClusterConfig {
     pub storage: StorageSection,
     #[serde(default)]
     pub kubernetes: KubernetesSection,
+    /// Per-machine settings (`[[nodes]]`), matched by a MAC address of the
+    /// machine; see [`NodeEntry`] and [`ClusterConfig::node_entry`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// One `[[nodes]]` table: settings for the machine that has `mac` on any
+/// of its network interfaces.
+///
+/// ```toml
+/// [[nodes]]
+/// mac = "52:54:00:aa:bb:cc"
+/// kubernetes = false
+/// labels = { zone = "a", rack = "r1" }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// A MAC address of the machine (any interface; case does not matter).
+    pub mac: Mac,
+    /// `false`: the agent stays out of Kubernetes on this machine: no
+    /// control plane, kubelet, kube-proxy or pod network (it still takes
+    /// part in Raft and may carry a Gluster brick); an operator may run
+    /// `kubeadm join` on it. Default `true`.
+    #[serde(default = "yes")]
+    pub kubernetes: bool,
+    /// Placement labels (`zone`, `rack`) the planner spreads the control
+    /// plane and the Gluster bricks over.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A MAC address, kept as six lowercase hex pairs joined by `:`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(String);
+
+impl Mac {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `other` (e.g. from `/sys/class/net/*/address`) is this
+    /// address, ignoring case.
+    pub fn matches(&self, other: &str) -> bool {
+        self.0.eq_ignore_ascii_case(other.trim())
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let ok = parts.len() == 6
+            && parts
+                .iter()
+                .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+        if !ok {
+            return Err(format!(
+                "expected a MAC address such as \"52:54:00:aa:bb:cc\" (six hex pairs \
+                 joined by ':'), got {s:?}"
+            ));
+        }
+        Ok(Self(s.to_ascii_lowercase()))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -404,8 +489,17 @@ impl ClusterConfig {
         Ok(cfg)
     }
 
+    /// The `[[nodes]]` entry for the machine whose interfaces have `macs`:
+    /// the first entry (in file order) whose `mac` is one of them.
+    pub fn node_entry(&self, macs: &[String]) -> Option<&NodeEntry> {
+        self.nodes
+            .iter()
+            .find(|n| macs.iter().any(|m| n.mac.matches(m)))
+    }
+
     /// Semantic checks serde cannot express.
     pub fn validate(&self, src: &SourceFile) -> Result<(), ConfigError> {
+        self.validate_nodes(src)?;
         let c = &self.cluster;
         let name_ok = !c.name.is_empty()
             && c.name.len() <= 40
@@ -542,6 +636,66 @@ impl ClusterConfig {
             }
         }
         Ok(())
+    }
+
+    /// `[[nodes]]`: no MAC twice, no empty label name or value.
+    fn validate_nodes(&self, src: &SourceFile) -> Result<(), ConfigError> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(first) = self.nodes[..i].iter().position(|o| o.mac == n.mac) {
+                return Err(node_error(
+                    src,
+                    i,
+                    "mac",
+                    format!(
+                        "{} is already the mac of [[nodes]] entry {} (one entry per machine)",
+                        n.mac,
+                        first + 1
+                    ),
+                ));
+            }
+            if let Some((k, v)) = n
+                .labels
+                .iter()
+                .find(|(k, v)| k.trim().is_empty() || v.trim().is_empty())
+            {
+                return Err(node_error(
+                    src,
+                    i,
+                    "labels",
+                    format!("expected non-empty label names and values, got {k:?} = {v:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An error about `field` of the `index`th `[[nodes]]` entry (0-based),
+/// located at that entry's value (key `nodes.<field>`).
+fn node_error(
+    src: &SourceFile,
+    index: usize,
+    field: &str,
+    message: impl Into<String>,
+) -> ConfigError {
+    let pos = toml_edit::ImDocument::parse(src.text.as_str())
+        .ok()
+        .and_then(|doc| {
+            let entry = doc.get("nodes")?.as_array_of_tables()?.get(index)?;
+            entry.get(field)?.span()
+        })
+        .map(|span| {
+            let before = &src.text[..span.start.min(src.text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            (line, column)
+        });
+    ConfigError {
+        path: src.path.clone(),
+        line: pos.map(|p| p.0),
+        column: pos.map(|p| p.1),
+        key: Some(format!("nodes.{field}")),
+        message: message.into(),
     }
 }
 
@@ -694,6 +848,83 @@ metallb_range = "10.77.0.200-10.77.0.220"
             assert_eq!(e.key.as_deref(), Some("network.hostname"), "{bad}");
             assert_eq!(e.line, Some(text.lines().count()), "{bad}");
         }
+    }
+
+    const NODES: &str = r#"
+[[nodes]]
+mac = "52:54:00:AA:bb:01"
+kubernetes = false
+
+[[nodes]]
+mac = "52:54:00:aa:bb:02"
+labels = { zone = "a", rack = "r1" }
+"#;
+
+    #[test]
+    fn nodes_parse_match_by_mac_and_default_to_kubernetes() {
+        let c = ClusterConfig::from_source(&src(GOOD)).unwrap();
+        assert!(c.nodes.is_empty());
+        assert_eq!(c.node_entry(&["52:54:00:aa:bb:01".into()]), None);
+
+        let c = ClusterConfig::from_source(&src(&format!("{GOOD}{NODES}"))).unwrap();
+        assert_eq!(c.nodes.len(), 2);
+        let first = c
+            .node_entry(&["02:00:00:00:00:09".into(), "52:54:00:aa:BB:01".into()])
+            .expect("matched case-insensitively on any interface");
+        assert_eq!(first.mac.as_str(), "52:54:00:aa:bb:01");
+        assert!(!first.kubernetes);
+        assert!(first.labels.is_empty());
+        let second = c.node_entry(&["52:54:00:aa:bb:02".into()]).unwrap();
+        assert!(second.kubernetes, "kubernetes defaults to true");
+        assert_eq!(second.labels["zone"], "a");
+        assert_eq!(second.labels["rack"], "r1");
+        assert_eq!(c.node_entry(&["52:54:00:aa:bb:03".into()]), None);
+    }
+
+    #[test]
+    fn bad_node_entries_are_located() {
+        let text = format!("{GOOD}{NODES}");
+        let line_of =
+            |t: &str, needle: &str| t.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        for bad in [
+            "52:54:00:aa:bb",
+            "52-54-00-aa-bb-01",
+            "52:54:00:aa:bb:0g",
+            "",
+        ] {
+            let t = text.replace("52:54:00:aa:bb:02", bad);
+            let e = ClusterConfig::from_source(&src(&t)).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("nodes.mac"), "{bad}: {e}");
+            assert_eq!(
+                e.line,
+                Some(line_of(&t, &format!("mac = \"{bad}\""))),
+                "{e}"
+            );
+            assert!(e.message.contains("expected a MAC address"), "{e}");
+            assert!(e.message.contains(&format!("{bad:?}")), "{e}");
+        }
+        // The same machine twice (case does not matter): named at the second.
+        let t = text.replace("52:54:00:aa:bb:02", "52:54:00:aa:BB:01");
+        let e = ClusterConfig::from_source(&src(&t)).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("nodes.mac"));
+        assert_eq!(e.line, Some(line_of(&t, "52:54:00:aa:BB:01")), "{e}");
+        assert!(
+            e.message
+                .contains("52:54:00:aa:bb:01 is already the mac of [[nodes]] entry 1"),
+            "{e}"
+        );
+        // Unknown keys and a missing mac are refused.
+        let t = text.replace("kubernetes = false", "kubelet = false");
+        let e = ClusterConfig::from_source(&src(&t)).unwrap_err();
+        assert!(e.message.contains("unknown field `kubelet`"), "{e}");
+        assert_eq!(e.line, Some(line_of(&t, "kubelet = false")), "{e}");
+        let t = format!("{GOOD}\n[[nodes]]\nkubernetes = false\n");
+        let e = ClusterConfig::from_source(&src(&t)).unwrap_err();
+        assert!(e.message.contains("missing field `mac`"), "{e}");
+        let t = text.replace("zone = \"a\"", "zone = \"\"");
+        let e = ClusterConfig::from_source(&src(&t)).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("nodes.labels"));
+        assert_eq!(e.line, Some(line_of(&t, "labels = ")), "{e}");
     }
 
     #[test]

@@ -36,10 +36,21 @@ pub struct Member {
     pub spare_disks: Vec<String>,
     /// Free bytes on the data partition.
     pub data_free_bytes: u64,
-    /// Optional placement labels, e.g. zone, rack.
+    /// Optional placement labels, e.g. zone, rack: the `labels` of this
+    /// machine's `[[nodes]]` entry in the site file.
     pub labels: BTreeMap<String, String>,
+    /// Whether the agent runs Kubernetes here: `false` when this machine's
+    /// `[[nodes]]` entry says `kubernetes = false` (never control plane; no
+    /// kubelet, kube-proxy or pod network). Records written before the field
+    /// existed read as `true`.
+    #[serde(default = "yes")]
+    pub kubernetes: bool,
     /// Healthy as last seen by the leader (reachable, agent up).
     pub healthy: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -208,6 +219,21 @@ mod tests {
             s.plan.as_ref().unwrap().role_of(1),
             Some(Role::ControlPlane)
         );
+    }
+
+    #[test]
+    fn member_records_without_the_kubernetes_field_read_as_kubernetes() {
+        let old = r#"{"id": 7, "hostname": "n7", "ip": "10.0.0.7", "prefix": 24,
+            "port": 7946, "cpus": 2, "mem_bytes": 1024, "spare_disks": [],
+            "data_free_bytes": 0, "labels": {}, "healthy": true}"#;
+        let m: Member = serde_json::from_str(old).unwrap();
+        assert!(m.kubernetes);
+        let off = Member {
+            kubernetes: false,
+            ..m
+        };
+        let back: Member = serde_json::from_str(&serde_json::to_string(&off).unwrap()).unwrap();
+        assert_eq!(back, off);
     }
 
     #[test]

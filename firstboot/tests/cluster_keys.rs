@@ -197,6 +197,13 @@ fn example_commented_keys(text: &str) -> Vec<String> {
     for line in text.lines().map(str::trim) {
         if let Some(t) = line.strip_prefix('[') {
             table = t.trim_end_matches(']').trim().to_string();
+        } else if let Some(t) = line
+            .strip_prefix('#')
+            .and_then(|l| l.trim().strip_prefix("[["))
+        {
+            // A commented array of tables (`# [[nodes]]`) documents its key.
+            table = t.trim_end_matches("]]").trim().to_string();
+            out.push(table.clone());
         } else if let Some((k, _)) = line.strip_prefix('#').and_then(|l| l.split_once('=')) {
             let k = k.trim();
             if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -254,6 +261,7 @@ fn member(id: NodeId, host: u8) -> Member {
         spare_disks: vec![],
         data_free_bytes: 50 * GIB,
         labels: BTreeMap::new(),
+        kubernetes: true,
         healthy: true,
     }
 }
@@ -489,6 +497,7 @@ const EFFECTS: &[(&str, Effect)] = &[
     ("storage.nodes", storage_nodes),
     ("storage.mount_path", storage_mount_path),
     ("kubernetes.enabled", kubernetes_enabled),
+    ("nodes", nodes),
     (
         "kubernetes.control_plane_schedulable",
         kubernetes_control_plane_schedulable,
@@ -848,6 +857,43 @@ fn kubernetes_enabled() {
     assert_eq!(gates(&off, 1), (Gate::NotHere, Gate::NotHere, Gate::Run));
 }
 
+/// `[[nodes]]`: the machine with the entry's MAC carries its `kubernetes`
+/// and `labels` in its member record; `kubernetes = false` keeps it out of
+/// the control plane and out of every Kubernetes step.
+fn nodes() {
+    use steps::node::Kubelet;
+    let mac = "52:54:00:00:00:01";
+    let text = format!(
+        "{}\n[[nodes]]\nmac = \"{}\"\nkubernetes = false\nlabels = {{ zone = \"b\" }}\n",
+        source_with(&[]).text,
+        mac.to_uppercase()
+    );
+    let with = ClusterConfig::from_source(&SourceFile::from_text("cluster.toml", text))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Member 1's record, as the agent fills it from the entry of its MAC.
+    let record = |cfg: &ClusterConfig| {
+        let mut ms = members(4);
+        if let Some(n) = cfg.node_entry(&[mac.to_string()]) {
+            let m = ms.get_mut(&1).unwrap();
+            m.kubernetes = n.kubernetes;
+            m.labels = n.labels.clone();
+        }
+        ms
+    };
+    let (off, on) = (record(&with), record(&base()));
+    assert_eq!(off[&1].labels.get("zone").map(String::as_str), Some("b"));
+    assert!(on[&1].labels.is_empty() && on[&1].kubernetes);
+    assert!(plan(&base(), &on).control_plane.contains(&1));
+    let p = plan(&with, &off);
+    assert!(!p.control_plane.contains(&1), "{p:?}");
+    let gate = |cfg: &ClusterConfig, ms: BTreeMap<NodeId, Member>| {
+        let st = state(cfg, ms);
+        with_ctx(cfg, &st, 1, "eth0", |ctx| Kubelet.gate(ctx))
+    };
+    assert_ne!(gate(&base(), on), Gate::NotHere);
+    assert_eq!(gate(&with, off), Gate::NotHere);
+}
+
 /// The `node-role.kubernetes.io/master:NoSchedule` taint on registered
 /// control-plane nodes: only when they must not run workloads.
 fn kubernetes_control_plane_schedulable() {
@@ -895,7 +941,13 @@ fn the_schema_walk_finds_every_section_and_optional_key() {
     ] {
         assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
     }
-    assert!(keys.iter().all(|k| k.split('.').count() == 2), "{keys:?}");
+    // Sections' keys, and the one top-level array of tables, `[[nodes]]`.
+    assert!(
+        keys.iter()
+            .all(|k| k.split('.').count() == 2 || k == "nodes"),
+        "{keys:?}"
+    );
+    assert!(keys.iter().any(|k| k == "nodes"), "{keys:?}");
 }
 
 #[test]

@@ -34,6 +34,8 @@ struct Raw {
     disks: u8,
     free_gib: u64,
     healthy: bool,
+    /// `kubernetes = false` in the site file's `[[nodes]]` when false.
+    kubernetes: bool,
 }
 
 fn raw(healthy: impl Strategy<Value = bool>) -> impl Strategy<Value = Raw> {
@@ -46,9 +48,10 @@ fn raw(healthy: impl Strategy<Value = bool>) -> impl Strategy<Value = Raw> {
         0u8..=2,
         0u64..=100,
         healthy,
+        prop::bool::weighted(0.8),
     )
         .prop_map(
-            |(id, cpus, mem_gib, zone, rack, disks, free_gib, healthy)| Raw {
+            |(id, cpus, mem_gib, zone, rack, disks, free_gib, healthy, kubernetes)| Raw {
                 id,
                 cpus,
                 mem_gib,
@@ -57,6 +60,7 @@ fn raw(healthy: impl Strategy<Value = bool>) -> impl Strategy<Value = Raw> {
                 disks,
                 free_gib,
                 healthy,
+                kubernetes,
             },
         )
 }
@@ -82,6 +86,7 @@ fn member(r: &Raw, host: u8) -> Member {
             .collect(),
         data_free_bytes: r.free_gib * GIB,
         labels,
+        kubernetes: r.kubernetes,
         healthy: r.healthy,
     }
 }
@@ -106,6 +111,7 @@ fn config() -> impl Strategy<Value = ClusterConfig> {
                 ..StorageSection::default()
             },
             kubernetes: Default::default(),
+            nodes: Vec::new(),
         })
 }
 
@@ -179,6 +185,10 @@ fn zone(m: &Member) -> Option<&String> {
 /// Invariants every plan satisfies (`fresh`: planned without a previous plan).
 fn check(members: &BTreeMap<NodeId, Member>, cfg: &ClusterConfig, p: &Plan, fresh: bool) {
     let healthy = members.values().filter(|m| m.healthy).count();
+    let candidates = members
+        .values()
+        .filter(|m| m.healthy && m.kubernetes)
+        .count();
     let cp: BTreeSet<NodeId> = p.control_plane.iter().copied().collect();
     let workers: BTreeSet<NodeId> = p.workers.iter().copied().collect();
     let all: BTreeSet<NodeId> = members.keys().copied().collect();
@@ -200,6 +210,10 @@ fn check(members: &BTreeMap<NodeId, Member>, cfg: &ClusterConfig, p: &Plan, fres
         "control plane larger than the healthy count"
     );
     assert!(p.control_plane.len() <= cfg.cluster.control_plane_size as usize);
+    assert!(
+        p.control_plane.iter().all(|id| members[id].kubernetes),
+        "a member with kubernetes = false is control plane"
+    );
     assert!(cp.is_subset(&all), "control plane not among members");
     assert!(
         cp.is_disjoint(&workers),
@@ -209,8 +223,15 @@ fn check(members: &BTreeMap<NodeId, Member>, cfg: &ClusterConfig, p: &Plan, fres
     assert_eq!(workers.len(), p.workers.len(), "duplicate worker");
     if fresh {
         assert!(p.control_plane.iter().all(|id| members[id].healthy));
-        let zones: BTreeSet<Option<&String>> =
-            members.values().filter(|m| m.healthy).map(zone).collect();
+        assert!(
+            p.control_plane.len() <= candidates,
+            "control plane larger than the candidate count"
+        );
+        let zones: BTreeSet<Option<&String>> = members
+            .values()
+            .filter(|m| m.healthy && m.kubernetes)
+            .map(zone)
+            .collect();
         if zones.len() >= p.control_plane.len() {
             let cp_zones: BTreeSet<Option<&String>> = p
                 .control_plane
@@ -323,6 +344,14 @@ fn check_error(members: &BTreeMap<NodeId, Member>, cfg: &ClusterConfig, e: &Plan
     match e {
         PlanError::NoHealthyMembers { .. } => {
             assert!(members.values().all(|m| !m.healthy))
+        }
+        PlanError::NoControlPlaneCandidates { opted_out, .. } => {
+            assert!(members.values().all(|m| !(m.healthy && m.kubernetes)));
+            assert!(members.values().any(|m| m.healthy));
+            assert_eq!(
+                *opted_out,
+                members.values().filter(|m| !m.kubernetes).count()
+            );
         }
         PlanError::NoStorageNodes { .. } => assert!(
             cfg.storage.enabled

@@ -35,6 +35,10 @@ pub const KUBELET_STEP: &str = "kubelet";
 pub const DNS_STEPS: &[&str] = &["cluster-dns", "coredns"];
 /// What the summary says while nothing deploys cluster DNS.
 pub const DNS_ABSENT: &str = "absent (no CoreDNS image seeded)";
+/// The KUBE cell of a node the site file keeps out of Kubernetes
+/// (`[[nodes]] kubernetes = false`): its kubelet step is not-here while
+/// Kubernetes runs elsewhere.
+pub const OFF_SITE_FILE: &str = "off (site file)";
 /// Longest failure text in a KUBE cell.
 pub const KUBE_WIDTH: usize = 40;
 
@@ -66,8 +70,8 @@ pub struct KubeNode {
     pub control_plane_planned: bool,
     /// The KUBE cell: `cp+Ready`, `Ready`, `NotReady`, `cp+NotReady`,
     /// `cp starting`, `cp`, `waiting`, `cp+waiting`, `retrying`,
-    /// `refused: …`, `failed: …`, `cp failed: …`, or `-` (Kubernetes
-    /// disabled or not reached).
+    /// `refused: …`, `failed: …`, `cp failed: …`, [`OFF_SITE_FILE`], or
+    /// `-` (Kubernetes disabled or not reached).
     pub kube: String,
     /// The `kube-control-plane` step (absent: no record).
     pub control_plane: Option<StepState>,
@@ -238,7 +242,7 @@ pub fn kube_view(agents: &[StatusDoc]) -> Option<KubeView> {
             })
             .unwrap_or_default()
     };
-    let nodes: Vec<KubeNode> = ids
+    let mut nodes: Vec<KubeNode> = ids
         .iter()
         .map(|id| {
             let control_plane = step_state(agents, id, CONTROL_PLANE_STEP);
@@ -264,6 +268,15 @@ pub fn kube_view(agents: &[StatusDoc]) -> Option<KubeView> {
         .flat_map(|n| n.control_plane.iter().chain(n.kubelet.iter()))
         .collect();
     let disabled = !steps.is_empty() && steps.iter().all(|s| s.is("not-here"));
+    if !disabled {
+        // Kubernetes runs, yet this node's own kubelet step is not-here:
+        // its site file entry says `kubernetes = false`.
+        for n in &mut nodes {
+            if n.kubelet.as_ref().is_some_and(|s| s.is("not-here")) {
+                n.kube = OFF_SITE_FILE.into();
+            }
+        }
+    }
     Some(KubeView {
         control_plane: ControlPlaneHealth {
             planned: planned_cp.len(),
@@ -340,11 +353,11 @@ pub fn summary(v: &KubeView) -> String {
             .collect();
         s += &format!(" (not: {})", names.join(", "));
     }
-    s += &format!(
-        "; {}/{} nodes Ready; cluster DNS: {}",
-        v.nodes_ready,
-        v.nodes.len(),
-        v.cluster_dns
-    );
+    let off = v.nodes.iter().filter(|n| n.kube == OFF_SITE_FILE).count();
+    s += &format!("; {}/{} nodes Ready", v.nodes_ready, v.nodes.len() - off);
+    if off > 0 {
+        s += &format!(" ({off} kept out by the site file)");
+    }
+    s += &format!("; cluster DNS: {}", v.cluster_dns);
     s
 }

@@ -121,7 +121,7 @@ pub use agreement::{member_health, summary_line, DownMember, HealthView};
 pub use json::{GlusterOutput, RejectedAnnouncements, StatusOutput, OUTPUT_VERSION};
 pub use kube::{
     kube_cell, kube_view, ControlPlaneHealth, KubeNode, KubeView, StepState, CONTROL_PLANE_STEP,
-    DNS_ABSENT, KUBELET_STEP,
+    DNS_ABSENT, KUBELET_STEP, OFF_SITE_FILE,
 };
 pub use query::{call_addr, call_peer, discover, query, runtime, Discovered, Options, StatusError};
 pub use table::{clip, render_table, WAITING_WIDTH};

@@ -754,6 +754,24 @@ fn kube_states_from_own_views_and_replicated_records() {
 }
 
 #[test]
+fn a_node_kept_out_by_the_site_file_is_off_not_missing() {
+    let mut agents = kube_agents();
+    // node2's [[nodes]] entry says kubernetes = false: all its kube steps are not-here.
+    agents[2].steps[1] = step(KUBELET_STEP, "not-here", "");
+    let k = kube_view(&agents).unwrap();
+    assert!(!k.disabled);
+    assert_eq!(k.nodes[2].kube, OFF_SITE_FILE);
+    assert_eq!(k.nodes[1].kube, "cp+Ready");
+    assert_eq!(k.nodes_ready, 2);
+    assert!(
+        kube::summary(&k).contains("; 2/2 nodes Ready (1 kept out by the site file); "),
+        "{}",
+        kube::summary(&k)
+    );
+    assert!(render_table(&agents).contains("off (site file)"));
+}
+
+#[test]
 fn kube_disabled_and_older_agents() {
     let mut agents = kube_agents();
     for d in &mut agents {

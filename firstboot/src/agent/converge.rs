@@ -333,9 +333,12 @@ pub fn issue_pki(
                 ip: m.ip,
             })
             .collect(),
+        // No kubelet certificate for a member whose site file keeps the
+        // agent out of Kubernetes (`[[nodes]] kubernetes = false`).
         members: state
             .members
             .values()
+            .filter(|m| m.kubernetes)
             .map(|m| PkiNode {
                 id: m.id,
                 hostname: m.hostname.clone(),
@@ -562,6 +565,24 @@ async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_kubelet_certificate_for_a_member_kept_out_of_kubernetes() {
+        let cfg = crate::steps::testutil::cfg();
+        let mut state = crate::steps::testutil::state();
+        state.members.get_mut(&4).unwrap().kubernetes = false;
+        let sbox = SecretBox::derive(&cfg.cluster.secret);
+        let Some(Command::PutSecretsIfAbsent(items)) = issue_pki(&state, &cfg, &sbox).unwrap()
+        else {
+            panic!("the PKI is issued")
+        };
+        for id in 1..=3 {
+            let name = format!("{}.crt", crate::kube::kubelet_item(id));
+            assert!(items.contains_key(&name), "{name}");
+        }
+        let four = crate::kube::kubelet_item(4);
+        assert!(!items.keys().any(|k| k.starts_with(&four)), "{four}");
+    }
 
     fn done() -> Outcome {
         Outcome::Done(String::new())

@@ -404,9 +404,12 @@ fn token_seed(cfg: &ClusterConfig) -> [u8; 32] {
     crate::keys::token_seed(&cfg.cluster.secret)
 }
 
-/// This node's facts as stored in the replicated state.
+/// This node's facts as stored in the replicated state; `labels` and
+/// `kubernetes` come from the site file's `[[nodes]]` entry that names one
+/// of this machine's MACs (none: no labels, Kubernetes on).
 fn member_facts(cfg: &AgentConfig, hostname: &str) -> Member {
     let facts = crate::facts::collect(Path::new("/"));
+    let (labels, kubernetes) = site_entry(&cfg.cluster, &facts.macs);
     Member {
         id: cfg.node_id,
         hostname: hostname.to_string(),
@@ -418,8 +421,25 @@ fn member_facts(cfg: &AgentConfig, hostname: &str) -> Member {
         spare_disks: spare_disks(&HostExec),
         // whole GiB, so the record does not change with every write
         data_free_bytes: free_bytes(&HostExec, &cfg.state_dir) >> 30 << 30,
-        labels: BTreeMap::new(),
+        labels,
+        kubernetes,
         healthy: true,
+    }
+}
+
+/// The placement labels and the Kubernetes switch of the machine with
+/// `macs`, from its `[[nodes]]` entry (said on the console when there is
+/// one).
+fn site_entry(cluster: &ClusterConfig, macs: &[String]) -> (BTreeMap<String, String>, bool) {
+    match cluster.node_entry(macs) {
+        Some(n) => {
+            println!(
+                "habuild-agent: site file [[nodes]] mac = {}: kubernetes = {}, labels {:?}",
+                n.mac, n.kubernetes, n.labels
+            );
+            (n.labels.clone(), n.kubernetes)
+        }
+        None => (BTreeMap::new(), true),
     }
 }
 
@@ -485,6 +505,27 @@ fn load_or_make_static_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::host::fake::Recording;
+
+    #[test]
+    fn site_entry_by_mac() {
+        let text = format!(
+            "[cluster]\nname = \"lab\"\nsecret = \"{}\"\nbootstrap_expect = 1\n\
+             control_plane_size = 1\n\n[[nodes]]\nmac = \"52:54:00:AA:BB:CC\"\n\
+             kubernetes = false\nlabels = {{ zone = \"a\" }}\n",
+            "11".repeat(32)
+        );
+        let cluster =
+            ClusterConfig::from_source(&crate::source::SourceFile::from_text("cluster.toml", text))
+                .unwrap();
+        let (labels, kubernetes) = site_entry(
+            &cluster,
+            &["02:00:00:00:00:01".into(), "52:54:00:aa:bb:cc".into()],
+        );
+        assert!(!kubernetes);
+        assert_eq!(labels.get("zone").map(String::as_str), Some("a"));
+        let (labels, kubernetes) = site_entry(&cluster, &["52:54:00:aa:bb:cd".into()]);
+        assert!(kubernetes && labels.is_empty());
+    }
 
     #[test]
     fn free_bytes_from_df() {

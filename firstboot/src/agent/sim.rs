@@ -37,6 +37,7 @@ pub fn member(id: NodeId, hostname: String, ip: std::net::Ipv4Addr, prefix: u8) 
         spare_disks: vec![],
         data_free_bytes: 10 << 30,
         labels: BTreeMap::new(),
+        kubernetes: true,
         healthy: true,
     }
 }

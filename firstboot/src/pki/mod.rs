@@ -56,7 +56,7 @@
 //! | `kube/controller-manager` | `CN=system:kube-controller-manager` | once |
 //! | `kube/scheduler` | `CN=system:kube-scheduler` | once |
 //! | `kube/kube-proxy` | `CN=system:kube-proxy` | once |
-//! | `kube/kubelet/<id as 016x>` | `O=system:nodes, CN=system:node:<hostname>` | per member, workers too |
+//! | `kube/kubelet/<id as 016x>` | `O=system:nodes, CN=system:node:<hostname>` | per member, workers too (not `kubernetes = false` ones) |
 //!
 //! So no kubelet of an agent-managed node needs the bootstrap token or CSR
 //! approval (the token stays for `kubeadm join` from unmanaged machines).
@@ -118,8 +118,10 @@ pub struct PkiInputs {
     pub dns_domain: String,
     /// The etcd + apiserver nodes.
     pub control_plane: Vec<PkiNode>,
-    /// Every member (control plane and workers): each gets a kubelet client
-    /// certificate `kube/kubelet/<id>` (`CN=system:node:<hostname>`).
+    /// Every member (control plane and workers) the agent runs Kubernetes
+    /// on (the leader leaves out `kubernetes = false` members): each gets a
+    /// kubelet client certificate `kube/kubelet/<id>`
+    /// (`CN=system:node:<hostname>`).
     pub members: Vec<PkiNode>,
     /// Validity start of what is issued now.
     pub now: OffsetDateTime,

@@ -43,6 +43,10 @@ pub enum PlanError {
     NoMembers,
     #[error("no healthy member to place the control plane on ({members} members, all unhealthy)")]
     NoHealthyMembers { members: usize },
+    #[error(
+        "no member may run the control plane: of {members} members, {opted_out} have kubernetes = false in the site file's [[nodes]] and the others are unhealthy; remove kubernetes = false from at least one [[nodes]] entry"
+    )]
+    NoControlPlaneCandidates { members: usize, opted_out: usize },
     #[error("cluster.control_plane_size {0} is not 1, 3 or 5")]
     BadControlPlaneSize(u32),
     #[error(
@@ -241,6 +245,7 @@ pub(crate) mod testutil {
             network: NetworkSection::default(),
             storage: StorageSection::default(),
             kubernetes: Default::default(),
+            nodes: Vec::new(),
         }
     }
 
@@ -257,6 +262,7 @@ pub(crate) mod testutil {
             spare_disks: vec![],
             data_free_bytes: 50 * GIB,
             labels: BTreeMap::new(),
+            kubernetes: true,
             healthy: true,
         }
     }

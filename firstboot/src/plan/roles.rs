@@ -66,6 +66,12 @@ fn spread_pick<'a>(
     picked
 }
 
+/// Whether a new control-plane member may be picked from `m`: healthy, and
+/// Kubernetes not switched off for it in the site file.
+pub fn control_plane_candidate(m: &Member) -> bool {
+    m.healthy && m.kubernetes
+}
+
 /// Control-plane preference among equally spread candidates: more RAM, then more CPUs.
 fn prefer_for_control_plane(a: &Member, b: &Member) -> Ordering {
     (Reverse(a.mem_bytes), Reverse(a.cpus)).cmp(&(Reverse(b.mem_bytes), Reverse(b.cpus)))
@@ -75,9 +81,15 @@ fn prefer_for_control_plane(a: &Member, b: &Member) -> Ordering {
 /// `kubeadm init`).
 ///
 /// Policy:
+/// - **Candidates**: healthy members whose record allows Kubernetes
+///   ([`Member::kubernetes`]; `kubernetes = false` in the machine's
+///   `[[nodes]]` entry of the site file). An opted-out member is never
+///   picked: an operator's `kubeadm join` there would fight the etcd, VIP
+///   and apiserver the control plane runs. It counts like an unhealthy one
+///   below (fewer candidates than the size: the size is capped).
 /// - **Size**: `cluster.control_plane_size` (1, 3 or 5), capped to the largest
-///   odd number ≤ the number of healthy members (2 healthy → 1, 4 → 3).
-/// - **First plan**: the best healthy members by the spread rule, then more
+///   odd number ≤ the number of candidates (2 → 1, 4 → 3).
+/// - **First plan**: the best candidates by the spread rule, then more
 ///   RAM, then more CPUs, then lower id.
 /// - **Never reshuffled**: every previous control-plane member that is still a
 ///   member stays, in the same order, *whether healthy or not*, and even when
@@ -85,9 +97,12 @@ fn prefer_for_control_plane(a: &Member, b: &Member) -> Ordering {
 ///   an unhealthy one is not replaced automatically, because swapping an etcd
 ///   member out is a deliberate `member remove`/`add`, not something to do on
 ///   a missed heartbeat). An unhealthy control-plane member is replaced only
-///   once it is removed from the members.
+///   once it is removed from the members. The same holds for a member whose
+///   record turns `kubernetes = false` after it was planned (its site file
+///   was edited): it stays, and its `kube-control-plane` step says why it
+///   does not run, until it is removed.
 /// - **Replacement**: if previous control-plane members were removed from the
-///   membership, the gap is filled from any healthy member (new or previous
+///   membership, the gap is filled from any candidate (new or previous
 ///   worker), up to the size above (at least back to an odd size when there
 ///   are candidates).
 /// - **Growth** (the previous control plane is intact but smaller than the
@@ -107,8 +122,11 @@ pub fn control_plane(
     if !matches!(size, 1 | 3 | 5) {
         return Err(PlanError::BadControlPlaneSize(size));
     }
-    let healthy = members.values().filter(|m| m.healthy).count();
-    let target = (size as usize).min(largest_odd_at_most(healthy));
+    let candidates = members
+        .values()
+        .filter(|m| control_plane_candidate(m))
+        .count();
+    let target = (size as usize).min(largest_odd_at_most(candidates));
 
     let (kept, replacing): (Vec<NodeId>, bool) = match previous {
         None => (Vec::new(), false),
@@ -123,15 +141,23 @@ pub fn control_plane(
             (kept, replacing)
         }
     };
-    if kept.is_empty() && healthy == 0 {
-        return Err(PlanError::NoHealthyMembers {
-            members: members.len(),
+    if kept.is_empty() && candidates == 0 {
+        let opted_out = members.values().filter(|m| !m.kubernetes).count();
+        return Err(if members.values().any(|m| m.healthy) {
+            PlanError::NoControlPlaneCandidates {
+                members: members.len(),
+                opted_out,
+            }
+        } else {
+            PlanError::NoHealthyMembers {
+                members: members.len(),
+            }
         });
     }
 
     let pool: Vec<&Member> = members
         .values()
-        .filter(|m| m.healthy && !kept.contains(&m.id))
+        .filter(|m| control_plane_candidate(m) && !kept.contains(&m.id))
         .filter(|m| match previous {
             None => true,
             Some(p) => replacing || p.role_of(m.id).is_none(),
@@ -407,6 +433,74 @@ mod tests {
         }
         let e = control_plane(&ms, 3, None).unwrap_err();
         assert_eq!(e, PlanError::NoHealthyMembers { members: 2 });
+    }
+
+    fn opted_out(mut ms: BTreeMap<NodeId, Member>, ids: &[NodeId]) -> BTreeMap<NodeId, Member> {
+        for id in ids {
+            ms.get_mut(id).unwrap().kubernetes = false;
+        }
+        ms
+    }
+
+    #[test]
+    fn opted_out_members_are_never_picked_and_cap_the_size() {
+        // The biggest machines opted out: the control plane comes from the rest.
+        let mut ms = opted_out(n_members(6), &[1, 2]);
+        ms.get_mut(&1).unwrap().mem_bytes = 64 * GIB;
+        ms.get_mut(&2).unwrap().cpus = 32;
+        assert_eq!(control_plane(&ms, 3, None).unwrap(), vec![3, 4, 5]);
+        // 2 candidates left: capped to 1, as with 2 healthy members.
+        let ms = opted_out(n_members(4), &[1, 2]);
+        assert_eq!(control_plane(&ms, 3, None).unwrap(), vec![3]);
+        let p = plan(&ms, &cfg(3), None, &SEED).unwrap();
+        assert_eq!(p.workers, vec![1, 2, 4]);
+        assert!(
+            p.pod_cidrs.contains_key(&1),
+            "an opted-out member keeps its pod CIDR"
+        );
+        // An unhealthy candidate and opted-out healthy members: nobody to pick.
+        let mut ms = opted_out(n_members(3), &[1, 2]);
+        ms.get_mut(&3).unwrap().healthy = false;
+        let e = control_plane(&ms, 3, None).unwrap_err();
+        assert_eq!(
+            e,
+            PlanError::NoControlPlaneCandidates {
+                members: 3,
+                opted_out: 2
+            }
+        );
+        assert!(e.to_string().contains("kubernetes = false"), "{e}");
+    }
+
+    #[test]
+    fn replacement_and_growth_skip_opted_out_members() {
+        // Replacement: the removed member's gap is filled by a candidate.
+        let ms = opted_out(n_members(5), &[4]);
+        let p1 = plan(&ms, &cfg(3), None, &SEED).unwrap();
+        assert_eq!(p1.control_plane, vec![1, 2, 3]);
+        let mut ms2 = ms.clone();
+        ms2.remove(&2);
+        let p2 = plan(&ms2, &cfg(3), Some(&p1), &SEED).unwrap();
+        assert_eq!(p2.control_plane, vec![1, 3, 5]);
+        // Growth: of two joiners, one opted out: adding one would make it
+        // even, so neither is added.
+        let ms = n_members(1);
+        let p1 = plan(&ms, &cfg(3), None, &SEED).unwrap();
+        let ms3 = opted_out(n_members(3), &[3]);
+        let p2 = plan(&ms3, &cfg(3), Some(&p1), &SEED).unwrap();
+        assert_eq!(p2.control_plane, vec![1]);
+        let ms5 = opted_out(n_members(5), &[3]);
+        let p3 = plan(&ms5, &cfg(3), Some(&p2), &SEED).unwrap();
+        assert_eq!(p3.control_plane, vec![1, 4, 5]);
+    }
+
+    #[test]
+    fn a_planned_member_that_opts_out_later_is_kept_like_an_unhealthy_one() {
+        let ms = n_members(4);
+        let p1 = plan(&ms, &cfg(3), None, &SEED).unwrap();
+        let ms2 = opted_out(ms, &[p1.control_plane[1]]);
+        let p2 = plan(&ms2, &cfg(3), Some(&p1), &SEED).unwrap();
+        assert_eq!(p2, p1, "etcd membership is not swapped automatically");
     }
 
     #[test]

@@ -85,13 +85,23 @@ pub fn require_binary(host: &Host, bin: &str) -> Result<(), StepError> {
 
 /// The Kubernetes steps' common gate: off with `kubernetes.enabled =
 /// false`, only on control-plane nodes, and only once this node's member
-/// record is there.
+/// record is there. A node whose record says `kubernetes = false` (its
+/// `[[nodes]]` entry) is not here either; the planner never makes it
+/// control plane, but one planned before its site file changed stays there
+/// (see [`crate::plan::roles::control_plane`]) and waits, saying why.
 pub fn control_plane_gate(ctx: &Ctx) -> Option<Gate> {
     if !ctx.cfg.kubernetes.enabled || !ctx.is_control_plane() {
         return Some(Gate::NotHere);
     }
     if ctx.my_ip().is_none() {
         return Some(Gate::Wait("this node's member record".into()));
+    }
+    if !ctx.kubernetes_on(ctx.me) {
+        return Some(Gate::Wait(
+            "this node is in the control plane but its site file [[nodes]] entry says \
+             kubernetes = false: remove that line, or remove this node from the cluster"
+                .into(),
+        ));
     }
     None
 }
@@ -672,6 +682,45 @@ pub(crate) mod tests {
                 base64::engine::general_purpose::STANDARD.encode(format!("PEM kube/{name}.crt"));
             assert!(t.contains(&cert), "{t}");
         }
+    }
+
+    #[test]
+    fn a_node_the_site_file_keeps_out_of_kubernetes_is_never_control_plane_here() {
+        use crate::steps::kube_bootstrap::KubeBootstrap;
+        with_items(
+            4,
+            |_| {},
+            |ctx| {
+                let mut state = ctx.state.clone();
+                state.members.get_mut(&4).unwrap().kubernetes = false;
+                let off = Ctx {
+                    state: &state,
+                    ..*ctx
+                };
+                assert_eq!(KubeControlPlane.gate(&off), Gate::NotHere);
+                assert_eq!(KubeBootstrap.gate(&off), Gate::NotHere);
+                // Planned before its site file changed: it waits, saying why.
+                state.members.get_mut(&2).unwrap().kubernetes = false;
+                let two = Ctx {
+                    me: 2,
+                    state: &state,
+                    ..*ctx
+                };
+                for g in [KubeControlPlane.gate(&two), KubeBootstrap.gate(&two)] {
+                    match g {
+                        Gate::Wait(w) => assert!(w.contains("kubernetes = false"), "{w}"),
+                        g => panic!("{g:?}"),
+                    }
+                }
+                // The other control-plane nodes are not affected.
+                let one = Ctx {
+                    me: 1,
+                    state: &state,
+                    ..*ctx
+                };
+                assert_eq!(KubeControlPlane.gate(&one), Gate::Run);
+            },
+        );
     }
 
     #[test]

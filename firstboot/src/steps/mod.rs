@@ -89,6 +89,14 @@ impl Ctx<'_> {
         self.plan.control_plane.contains(&self.me)
     }
 
+    /// Whether the agent runs Kubernetes on node `id`: `kubernetes.enabled`,
+    /// and its member record does not say `kubernetes = false` (its
+    /// `[[nodes]]` entry in the site file). A node without a record counts
+    /// as yes; the steps wait for the record anyway.
+    pub fn kubernetes_on(&self, id: NodeId) -> bool {
+        self.cfg.kubernetes.enabled && !matches!(self.member(id), Some(m) if !m.kubernetes)
+    }
+
     /// Absolute host path of `rel` under the root, for configs and argv.
     pub fn path(&self, rel: &str) -> String {
         crate::host::join_root(self.root, rel).display().to_string()

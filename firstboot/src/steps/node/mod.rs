@@ -36,14 +36,21 @@ pub fn api_server(ctx: &Ctx) -> String {
     format!("https://{}:{API_PORT}", ctx.plan.vip)
 }
 
-/// The gate every node step starts with: not here when Kubernetes is off,
+/// The gate every node step starts with: not here when Kubernetes is off
+/// (`kubernetes.enabled = false`, or this node's record says `kubernetes =
+/// false` from its `[[nodes]]` entry: an operator may `kubeadm join` it),
 /// waiting while this node has no member record. Returns this node's record.
 pub fn base_gate<'a>(ctx: &'a Ctx) -> Result<&'a Member, Gate> {
     if !ctx.cfg.kubernetes.enabled {
         return Err(Gate::NotHere);
     }
-    ctx.member(ctx.me)
-        .ok_or_else(|| Gate::Wait("this node's member record".into()))
+    let me = ctx
+        .member(ctx.me)
+        .ok_or_else(|| Gate::Wait("this node's member record".into()))?;
+    if !me.kubernetes {
+        return Err(Gate::NotHere);
+    }
+    Ok(me)
 }
 
 /// Waits until `kube-control-plane` is recorded done on at least one
@@ -143,5 +150,38 @@ pub(crate) mod testutil {
             agent_exe: "/usr/lib/habuild/habuild-agent",
         };
         f(&ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::with_kube_ctx;
+    use super::*;
+    use crate::steps::Step;
+
+    #[test]
+    fn a_node_the_site_file_keeps_out_of_kubernetes_runs_no_node_step() {
+        with_kube_ctx(4, &[(1, CONTROL_PLANE_STEP)], true, |ctx| {
+            let steps: [&dyn Step; 3] = [&PodNetwork, &Kubelet, &KubeProxy];
+            let mut state = ctx.state.clone();
+            state.members.get_mut(&4).unwrap().kubernetes = false;
+            let off = Ctx {
+                state: &state,
+                ..*ctx
+            };
+            for s in steps {
+                assert_ne!(s.gate(ctx), Gate::NotHere, "{} on node 4", s.name());
+                assert_eq!(s.gate(&off), Gate::NotHere, "{} opted out", s.name());
+            }
+            assert!(!off.kubernetes_on(4) && off.kubernetes_on(2));
+            // The other nodes go on as before.
+            for me in [1, 2, 3] {
+                let before = Ctx { me, ..*ctx };
+                let after = Ctx { me, ..off };
+                for s in steps {
+                    assert_eq!(s.gate(&after), s.gate(&before), "{} on {me}", s.name());
+                }
+            }
+        });
     }
 }
