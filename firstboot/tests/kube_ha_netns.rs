@@ -97,7 +97,7 @@ fn net(lab: &Lab) -> String {
 }
 
 /// The directory of the Kubernetes binaries `scripts/build-kube` prints
-/// (building them once on a fresh machine, ~5 min). No binaries is a
+/// (building them once on a fresh machine: minutes of Go). No binaries is a
 /// failure, never a skip.
 fn kube_bin_dir() -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-kube");
