@@ -1047,6 +1047,52 @@ pub(crate) mod tests {
         (rec, host)
     }
 
+    /// Under a root other than `/` (an agent of the namespace tests) every
+    /// program the control-plane steps run is the one under that root, as
+    /// the preflight finds it; with `/` (a node, the goldens above) the
+    /// argv is `/usr/bin/...`.
+    #[test]
+    fn programs_run_from_under_the_host_root() {
+        with_items(
+            2,
+            |_| {},
+            |ctx| {
+                let root = Path::new("/srv/node2");
+                let ctx = Ctx { root, ..*ctx };
+                let programs: Vec<String> = KubeControlPlane
+                    .render(&ctx)
+                    .unwrap()
+                    .services
+                    .into_iter()
+                    .map(|s| s.argv[0].clone())
+                    .chain([
+                        kubectl(&ctx, GET_TIMEOUT_SECS, &["get", "nodes"]).argv[0].clone(),
+                        vip_version_probe(&ctx).argv[0].clone(),
+                        crate::steps::kube_bootstrap::apply_command(&ctx).argv[0].clone(),
+                    ])
+                    .collect();
+                assert_eq!(
+                    programs,
+                    [
+                        "/srv/node2/usr/bin/kube-apiserver",
+                        "/srv/node2/usr/bin/kube-controller-manager",
+                        "/srv/node2/usr/bin/kube-scheduler",
+                        "/srv/node2/usr/bin/kubectl",
+                        "/srv/node2/usr/bin/kubectl",
+                        "/srv/node2/usr/bin/kubectl",
+                    ]
+                );
+                let check = kubectl(&ctx, GET_TIMEOUT_SECS, &[]);
+                assert!(
+                    check.argv[1]
+                        == "--kubeconfig=/srv/node2/etc/kubernetes/habuild/admin-local.conf",
+                    "{:?}",
+                    check.argv
+                );
+            },
+        );
+    }
+
     #[test]
     fn the_vip_version_probe_has_credentials_and_no_kubeconfig() {
         with_items(
