@@ -232,7 +232,7 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
         vip_up.as_secs_f64()
     );
     print_timelines(&lab, &all);
-    // every node went through each milestone, in order, before its vip was done
+    // every node went through each milestone, in order, before its steps ran
     for (i, s) in lab.statuses(&all).into_iter().enumerate() {
         let t = s.and_then(|s| s.timeline).expect("a timeline");
         let reached: Vec<f64> = [t.agent_start, t.discovered, t.raft_group, t.plan]
@@ -246,13 +246,15 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
             .iter()
             .find(|s| s.step == "etcd")
             .expect("etcd times");
-        let (Some(etcd_done), Some(vip_start)) = (etcd.done, vip.first_start) else {
+        let (Some(_), Some(vip_start)) = (etcd.done, vip.first_start) else {
             panic!("node{i}: etcd done and vip started: {t:?}");
         };
         assert!(reached[3] <= etcd.first_start.unwrap_or(f64::MAX), "{t:?}");
+        // the VIP has its own chain (api-vip): it starts once the plan is
+        // there, beside etcd, not after it
         assert!(
-            etcd_done <= vip_start + 0.001,
-            "node{i}: vip ran before etcd was done: {t:?}"
+            reached[3] <= vip_start + 0.001,
+            "node{i}: vip ran before the plan: {t:?}"
         );
     }
 
