@@ -47,6 +47,12 @@ fn cluster_config(expect: usize) -> ClusterConfig {
         metallb_range: "10.15.255.200-10.15.255.215",
     }
     .render();
+    // a one-node cluster has a one-node control plane
+    let text = if expect < 3 {
+        text.replacen("control_plane_size = 3\n", "control_plane_size = 1\n", 1)
+    } else {
+        text
+    };
     ClusterConfig::from_source(&SourceFile::from_text("sim-cluster.toml", text))
         .expect("the simulation's cluster.toml")
 }
@@ -98,6 +104,8 @@ struct Cluster {
     running: BTreeMap<NodeId, Running>,
     /// Every applied log id seen, by index, with the node that applied it.
     applied: Mutex<BTreeMap<u64, (NodeId, openraft::LogId<NodeId>)>>,
+    /// [`DriverConfig::listen_first`] of the nodes started from now on.
+    listen_first: Duration,
 }
 
 impl Cluster {
@@ -124,6 +132,7 @@ impl Cluster {
             dirs,
             running: BTreeMap::new(),
             applied: Mutex::default(),
+            listen_first: Duration::ZERO,
         }
     }
 
@@ -152,6 +161,7 @@ impl Cluster {
                 token_seed: [7; 32],
                 sbox: Arc::new(SecretBox::derive(&self.cluster.cluster.secret)),
                 down_after: Duration::from_millis(self.cfg.down_after_ms),
+                listen_first: self.listen_first,
             },
             node.clone(),
             boot,
@@ -632,6 +642,38 @@ fn restarted_nodes_rejoin_their_group() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(c.inits.calls().len(), 1, "no re-initialization");
+        c.stop_all().await;
+    });
+}
+
+/// A one-node cluster (`bootstrap_expect = 1`) gets a second machine
+/// later, whose discovery does not see the first one at once (its first
+/// mDNS answers are late: partitioned for 500 ms). Listening first (2 s),
+/// it joins the existing group; it never forms a group of its own.
+#[test]
+fn a_node_added_later_listens_first_and_joins_the_existing_group() {
+    runtime().block_on(async {
+        let mut c = Cluster::new(5, 2, 1, ConsensusConfig::fast(), Faults::default());
+        let (old, new) = (c.ids[0], c.ids[1]);
+        c.start(old).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.running[&old].node.metrics().current_leader != Some(old) {
+            assert!(Instant::now() < deadline, "the first node formed no group");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c.router
+            .partition(&[BTreeSet::from([old]), BTreeSet::from([new])]);
+        c.listen_first = Duration::from_secs(2);
+        c.start(new).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.router.heal();
+        wait_converged(&c, "the late node in the existing group").await;
+        assert_eq!(
+            c.inits.calls().len(),
+            1,
+            "only the first node initialized a group: {:?}",
+            c.inits.calls()
+        );
         c.stop_all().await;
     });
 }

@@ -80,6 +80,7 @@ async fn run(seed: u64, n: usize, o: &Opts) -> Result<RunResult, String> {
                 token_seed: [7; 32],
                 sbox: sbox.clone(),
                 down_after: Duration::from_millis(cfg.down_after_ms),
+                listen_first: Duration::ZERO,
             },
             node.clone(),
             boot,

@@ -139,6 +139,14 @@ pub struct DriverConfig {
     pub sbox: Arc<SecretBox>,
     /// A member that has not acknowledged the leader for this long is down.
     pub down_after: Duration,
+    /// A fresh node (no Raft state, nothing proposed yet) listens this long
+    /// for an existing group before it proposes, locks or initializes one:
+    /// discovery's first answers take a moment (mDNS queries, a starved
+    /// peer), and a node added later to a cluster with a small
+    /// `bootstrap_expect` (1: a one-node cluster) would otherwise form a
+    /// group of its own before it saw the cluster it was meant to join.
+    /// Joining a group it sees is never delayed.
+    pub listen_first: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +191,8 @@ pub struct Driver<V: PeerView, R: Reporter> {
     pki_checked: Option<(u64, usize)>,
     /// When this node last became leader (down detection counts from here).
     leader_since: Option<Instant>,
+    /// When the first bootstrap round ran ([`DriverConfig::listen_first`]).
+    listening_since: Option<Instant>,
 }
 
 impl<V: PeerView, R: Reporter> Drop for Driver<V, R> {
@@ -221,6 +231,7 @@ impl<V: PeerView, R: Reporter> Driver<V, R> {
             initialized: false,
             pki_checked: None,
             leader_since: None,
+            listening_since: None,
         }
     }
 
@@ -322,6 +333,24 @@ impl<V: PeerView, R: Reporter> Driver<V, R> {
         let expect = self.cfg.cluster.cluster.bootstrap_expect as usize;
         let peers = self.bootstrap_peers(expect);
         let decision = bootstrap::decide(me, expect, &self.boot, &peers);
+        let since = *self.listening_since.get_or_insert_with(Instant::now);
+        let fresh = self.boot.proposed.is_empty() && self.boot.locked.is_none();
+        let forms = matches!(
+            decision,
+            Decision::Propose { .. } | Decision::Lock { .. } | Decision::Initialize(_)
+        );
+        let left = self.cfg.listen_first.saturating_sub(since.elapsed());
+        if fresh && forms && !left.is_zero() {
+            self.waiting = Some(format!(
+                "listening {:.0} s more for an existing group before forming one",
+                left.as_secs_f64().ceil()
+            ));
+            // itself and the peers it sees
+            return Ok(Phase::Discovering {
+                seen: peers.len() + 1,
+                expected: expect,
+            });
+        }
         let phase = match &decision {
             Decision::Wait(WaitReason::NotEnoughPeers { seen, expected }) => {
                 self.waiting = Some(format!(

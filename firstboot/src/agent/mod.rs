@@ -54,6 +54,10 @@ pub const STATE_DIR: &str = "/var/lib/habuild";
 const KEY_FILE: &str = "transport.key";
 /// How often the loop re-evaluates without a peer event.
 const TICK: Duration = Duration::from_millis(300);
+/// How long a fresh node listens for an existing group before it forms one
+/// ([`DriverConfig::listen_first`]): several mDNS query rounds, with room
+/// for a starved peer's answer.
+pub const LISTEN_FIRST: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct AgentConfig {
@@ -194,6 +198,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         token_seed: token_seed(&cfg.cluster),
         sbox,
         down_after: Duration::from_millis(cfg.consensus.down_after_ms),
+        listen_first: LISTEN_FIRST,
     };
     let mut driver = Driver::new(
         driver_cfg,
