@@ -46,14 +46,7 @@ pub fn start_node_with(
     spec.memory_mib = memory_mib;
     // the disk first, as a flashed rack machine: in a lab that also serves
     // PXE ([`Lab::start_serving_pxe`]) the firmware must not netboot it
-    spec.extra_args = [
-        "-global",
-        "virtio-blk-pci.bootindex=1",
-        "-global",
-        "virtio-net-pci.bootindex=2",
-    ]
-    .map(String::from)
-    .to_vec();
+    spec.extra_args = vm::DISK_THEN_NETWORK.map(String::from).to_vec();
     Vm::start(net, spec, work.path())
 }
 

@@ -41,6 +41,15 @@ pub struct VmSpec {
     pub extra_args: Vec<String>,
 }
 
+/// QEMU arguments for a rack's boot order: the disk first, the network
+/// when the disk boots nothing (an empty disk).
+pub const DISK_THEN_NETWORK: [&str; 4] = [
+    "-global",
+    "virtio-blk-pci.bootindex=1",
+    "-global",
+    "virtio-net-pci.bootindex=2",
+];
+
 impl VmSpec {
     /// A spec with 1024 MiB, 1 CPU and no extra arguments.
     pub fn new(

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use qemu_harness::image::debian_image;
-use qemu_harness::{pxe, Dhcp, TestNet, Vm, Workdir};
+use qemu_harness::{pxe, vm, Dhcp, TestNet, Vm, Workdir};
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(900);
@@ -155,14 +155,7 @@ fn a_machine_with_an_empty_disk_installs_itself_over_the_network_and_boots_from_
     let mut spec = pxe::netboot_spec(net, work, "inst1", 2)?;
     // A rack's boot order: the disk first, the network when the disk boots
     // nothing (empty: install; installed: the disk from then on).
-    spec.extra_args = [
-        "-global",
-        "virtio-blk-pci.bootindex=1",
-        "-global",
-        "virtio-net-pci.bootindex=2",
-    ]
-    .map(String::from)
-    .to_vec();
+    spec.extra_args = vm::DISK_THEN_NETWORK.map(String::from).to_vec();
 
     let vm = Vm::start(net, spec, work.path())?;
     vm.wait_for("install: writing the image to empty /dev/vda", BOOT)?;
