@@ -1214,6 +1214,22 @@ mod tests {
         state
     }
 
+    /// The test state with every storage node's `gluster-brick` step done
+    /// (what lets the leader's pool and volume steps run).
+    fn bricks_done_state() -> crate::state::ClusterState {
+        let mut state = super::super::testutil::state();
+        for id in state.plan.clone().unwrap().storage {
+            state.apply(Command::RecordStep(StepRecord {
+                node: id,
+                step: "gluster-brick".into(),
+                status: StepStatus::Done,
+                detail: String::new(),
+                attempts: 0,
+            }));
+        }
+        state
+    }
+
     /// What the brick step's check finds on a serving brick: XFS mounted,
     /// dm_thin_pool loaded, glusterd running.
     fn brick_serving(rec: &Recording) {
@@ -1516,17 +1532,8 @@ mod tests {
 
     #[test]
     fn the_leader_probes_creates_and_starts_once_bricks_are_ready() {
-        let mut state = super::super::testutil::state();
+        let state = bricks_done_state();
         let plan = state.plan.clone().unwrap();
-        for id in &plan.storage {
-            state.apply(Command::RecordStep(StepRecord {
-                node: *id,
-                step: "gluster-brick".into(),
-                status: StepStatus::Done,
-                detail: String::new(),
-                attempts: 0,
-            }));
-        }
         with_ctx(1, |ctx| {
             let leader = plan.storage_leader.unwrap();
             let c = Ctx {
@@ -1627,17 +1634,8 @@ mod tests {
 
     #[test]
     fn the_leader_probes_every_missing_peer_at_once_and_reports_each_failure() {
-        let mut state = super::super::testutil::state();
+        let state = bricks_done_state();
         let plan = state.plan.clone().unwrap();
-        for id in &plan.storage {
-            state.apply(Command::RecordStep(StepRecord {
-                node: *id,
-                step: "gluster-brick".into(),
-                status: StepStatus::Done,
-                detail: String::new(),
-                attempts: 0,
-            }));
-        }
         with_ctx(1, |ctx| {
             let leader = plan.storage_leader.unwrap();
             let c = Ctx {
