@@ -752,14 +752,7 @@ pub(crate) mod tests {
                     KubeControlPlane.preflight(ctx, &host),
                     Err(StepError::Refused(NO_BINARIES.into()))
                 );
-                for bin in [
-                    APISERVER_BIN,
-                    CONTROLLER_MANAGER_BIN,
-                    SCHEDULER_BIN,
-                    KUBECTL_BIN,
-                ] {
-                    host.files.write(&FileSpec::new(bin, 0o755, "elf")).unwrap();
-                }
+                install_binaries(&host);
                 nothing_serves_through_the_vip(&rec);
                 assert_eq!(KubeControlPlane.preflight(ctx, &host), Ok(()));
             },
@@ -918,14 +911,7 @@ pub(crate) mod tests {
             |ctx| {
                 let rec = Recording::default();
                 let host = rec.host();
-                for bin in [
-                    APISERVER_BIN,
-                    CONTROLLER_MANAGER_BIN,
-                    SCHEDULER_BIN,
-                    KUBECTL_BIN,
-                ] {
-                    host.files.write(&FileSpec::new(bin, 0o755, "elf")).unwrap();
-                }
+                install_binaries(&host);
                 let steps: Vec<Box<dyn Step>> = vec![Box::new(KubeControlPlane), Box::new(Later)];
                 let round = || crate::steps::converge(&steps, ctx, &host, &|_| false);
                 probes_answer(&rec, true);
@@ -1007,6 +993,18 @@ pub(crate) mod tests {
          --client-key=/etc/kubernetes/pki/apiserver-kubelet-client.key --request-timeout=30s \
          get --raw /version";
 
+    /// The binaries the step's preflight wants, on `host`.
+    fn install_binaries(host: &Host) {
+        for bin in [
+            APISERVER_BIN,
+            CONTROLLER_MANAGER_BIN,
+            SCHEDULER_BIN,
+            KUBECTL_BIN,
+        ] {
+            host.files.write(&FileSpec::new(bin, 0o755, "elf")).unwrap();
+        }
+    }
+
     /// No kube-apiserver answers `/version` through the VIP (the first
     /// control-plane node of a new cluster).
     fn nothing_serves_through_the_vip(rec: &Recording) {
@@ -1024,14 +1022,7 @@ pub(crate) mod tests {
     fn skew_host(mine: &str, serving: &str) -> (Recording, Host) {
         let rec = Recording::default();
         let host = rec.host();
-        for bin in [
-            APISERVER_BIN,
-            CONTROLLER_MANAGER_BIN,
-            SCHEDULER_BIN,
-            KUBECTL_BIN,
-        ] {
-            host.files.write(&FileSpec::new(bin, 0o755, "elf")).unwrap();
-        }
+        install_binaries(&host);
         rec.answer(
             VIP_VERSION,
             0,
