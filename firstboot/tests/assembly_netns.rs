@@ -32,24 +32,11 @@ const SECRET: &str = "3333333333333333333333333333333333333333333333333333333333
 /// The agent binary cargo built for these tests.
 const AGENT: &str = env!("CARGO_BIN_EXE_habuild-agent");
 
-fn cluster_toml(net: &str) -> String {
-    format!(
-        r#"[cluster]
-name = "asm"
-secret = "{SECRET}"
-bootstrap_expect = 3
-control_plane_size = 3
-
-[network]
-interface = "eth0"
-subnet = "{net}.0/24"
-vip = "{net}.250"
-metallb_range = "{net}.200-{net}.215"
-
-[storage]
-enabled = false
-"#
-    )
+/// The site file: three nodes, control plane 3, storage off (Kubernetes
+/// on by default).
+fn cluster_toml(lab: &Lab) -> String {
+    let [a, b, c, _] = lab.net().bridge_addr().octets();
+    testlab::ClusterToml::lab_without_storage("asm", SECRET, 3, [a, b, c])
 }
 
 fn node_id(i: usize) -> u64 {
@@ -209,7 +196,7 @@ fn three_agents_assemble_tls_etcd_and_the_vip() {
     require_tools();
     let mut lab = Lab::new("hbasm", [10, 92, 0], 3).unwrap_or_else(|e| panic!("{e}"));
     let file = lab.dir().join("cluster.toml");
-    std::fs::write(&file, cluster_toml(&net(&lab))).unwrap();
+    std::fs::write(&file, cluster_toml(&lab)).unwrap();
     let all = [0usize, 1, 2];
     let t0 = Instant::now();
     for i in all {
@@ -489,7 +476,7 @@ fn faults_are_reported_and_nothing_is_stolen() {
     require_tools();
     let mut lab = Lab::new("hbflt", [10, 93, 0], 3).unwrap_or_else(|e| panic!("{e}"));
     let file = lab.dir().join("cluster.toml");
-    std::fs::write(&file, cluster_toml(&net(&lab))).unwrap();
+    std::fs::write(&file, cluster_toml(&lab)).unwrap();
     let vip = format!("{}.250", net(&lab));
     // Another host on the L2 already uses the VIP (the test's own bridge host).
     lab.net()

@@ -42,17 +42,14 @@ fn cluster_config(expect: usize) -> ClusterConfig {
         name: "sim",
         secret: "5151515151515151515151515151515151515151515151515151515151515151",
         bootstrap_expect: expect,
+        // a one-node cluster has a one-node control plane
+        control_plane_size: if expect < 3 { 1 } else { 3 },
+        storage: true,
         subnet: "10.0.0.0/12",
         vip: "10.15.255.250",
         metallb_range: "10.15.255.200-10.15.255.215",
     }
     .render();
-    // a one-node cluster has a one-node control plane
-    let text = if expect < 3 {
-        text.replacen("control_plane_size = 3\n", "control_plane_size = 1\n", 1)
-    } else {
-        text
-    };
     ClusterConfig::from_source(&SourceFile::from_text("sim-cluster.toml", text))
         .expect("the simulation's cluster.toml")
 }

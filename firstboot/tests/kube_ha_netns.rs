@@ -55,27 +55,11 @@ const KUBE_BINS: [&str; 4] = [
     "kubectl",
 ];
 
-fn cluster_toml(net: &str) -> String {
-    format!(
-        r#"[cluster]
-name = "kha"
-secret = "{SECRET}"
-bootstrap_expect = 3
-control_plane_size = 3
-
-[network]
-interface = "eth0"
-subnet = "{net}.0/24"
-vip = "{net}.250"
-metallb_range = "{net}.200-{net}.215"
-
-[storage]
-enabled = false
-
-[kubernetes]
-enabled = true
-"#
-    )
+/// The site file: three nodes, control plane 3, storage off (Kubernetes
+/// on by default).
+fn cluster_toml(lab: &Lab) -> String {
+    let [a, b, c, _] = lab.net().bridge_addr().octets();
+    testlab::ClusterToml::lab_without_storage("kha", SECRET, 3, [a, b, c])
 }
 
 fn node_id(i: usize) -> u64 {
@@ -379,7 +363,7 @@ fn three_control_planes_answer_through_the_vip_and_survive_the_holders_power_off
 
 fn run(lab: &mut Lab, bin: &Path) {
     let file = lab.dir().join("cluster.toml");
-    std::fs::write(&file, cluster_toml(&net(lab))).unwrap();
+    std::fs::write(&file, cluster_toml(lab)).unwrap();
     let all = [0usize, 1, 2];
     for i in all {
         link_binaries(lab, i, bin);

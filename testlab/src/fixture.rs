@@ -3,14 +3,19 @@
 //! (name, secret, `bootstrap_expect`, addresses), so a schema change is
 //! made here once.
 
-/// A test cluster's site file. Storage is enabled with 1 GiB loop bricks,
-/// replica 3, mounted at `/mnt/gluster`; mDNS and the agent run on `eth0`.
+/// A test cluster's site file. Storage, when enabled, has 1 GiB loop
+/// bricks, replica 3, mounted at `/mnt/gluster`; mDNS and the agent run on
+/// `eth0`.
 #[derive(Debug, Clone)]
 pub struct ClusterToml<'a> {
     pub name: &'a str,
     /// 64 hex digits.
     pub secret: &'a str,
     pub bootstrap_expect: usize,
+    /// `cluster.control_plane_size` (1, 3 or 5; at most `bootstrap_expect`).
+    pub control_plane_size: usize,
+    /// `storage.enabled`.
+    pub storage: bool,
     /// `network.subnet`, e.g. `10.90.0.0/24`.
     pub subnet: &'a str,
     pub vip: &'a str,
@@ -21,11 +26,33 @@ impl<'a> ClusterToml<'a> {
     /// A lab on `<net>.0/24`: VIP `.250`, MetalLB `.200-.215` (the lab's
     /// hosts are `.10` and up, its bridge `.1`).
     pub fn lab(name: &'a str, secret: &'a str, bootstrap_expect: usize, net: [u8; 3]) -> String {
+        Self::lab_with(name, secret, bootstrap_expect, net, true)
+    }
+
+    /// [`ClusterToml::lab`] with storage off (`[storage] enabled = false`).
+    pub fn lab_without_storage(
+        name: &'a str,
+        secret: &'a str,
+        bootstrap_expect: usize,
+        net: [u8; 3],
+    ) -> String {
+        Self::lab_with(name, secret, bootstrap_expect, net, false)
+    }
+
+    fn lab_with(
+        name: &'a str,
+        secret: &'a str,
+        bootstrap_expect: usize,
+        net: [u8; 3],
+        storage: bool,
+    ) -> String {
         let [a, b, c] = net;
         ClusterToml {
             name,
             secret,
             bootstrap_expect,
+            control_plane_size: 3,
+            storage,
             subnet: &format!("{a}.{b}.{c}.0/24"),
             vip: &format!("{a}.{b}.{c}.250"),
             metallb_range: &format!("{a}.{b}.{c}.200-{a}.{b}.{c}.215"),
@@ -34,12 +61,17 @@ impl<'a> ClusterToml<'a> {
     }
 
     pub fn render(&self) -> String {
+        let storage = if self.storage {
+            "[storage]\nenabled = true\nbrick_file_size_gib = 1\ndevices = []\nreplica = 3\nmount_path = \"/mnt/gluster\"\n"
+        } else {
+            "[storage]\nenabled = false\n"
+        };
         format!(
             r#"[cluster]
 name = "{name}"
 secret = "{secret}"
 bootstrap_expect = {expect}
-control_plane_size = 3
+control_plane_size = {cp}
 
 [network]
 interface = "eth0"
@@ -49,16 +81,11 @@ metallb_range = "{metallb}"
 pod_cidr = "10.244.0.0/16"
 service_cidr = "10.96.0.0/12"
 
-[storage]
-enabled = true
-brick_file_size_gib = 1
-devices = []
-replica = 3
-mount_path = "/mnt/gluster"
-"#,
+{storage}"#,
             name = self.name,
             secret = self.secret,
             expect = self.bootstrap_expect,
+            cp = self.control_plane_size,
             subnet = self.subnet,
             vip = self.vip,
             metallb = self.metallb_range,
