@@ -56,7 +56,7 @@ use qemu_harness::kube::{
     api_ready, fetch_kubeconfig, http, join_token, kube_bin_dir, kubeadm_join_command, nodes_ready,
     operator_join_script, pods_ready, workload_manifest, Kubectl, NODE_PORT,
 };
-use qemu_harness::{pxe, Dhcp, Vm};
+use qemu_harness::{pxe, Vm};
 
 const VIP: &str = "10.77.0.10";
 /// How long a one-shot request (kubectl, HTTP) is retried: the emulated
@@ -94,15 +94,6 @@ fn print_memory(vm: &Vm) {
         }
         Err(e) => eprintln!("kube_qemu: {} memory not read: {e:#}", vm.name()),
     }
-}
-
-/// The address dnsmasq leased to `mac`.
-fn lease_ip(dhcp: &Dhcp, mac: &str) -> Option<String> {
-    dhcp.leases()
-        .ok()?
-        .into_iter()
-        .find(|l| l.mac.eq_ignore_ascii_case(mac))
-        .map(|l| l.ip.to_string())
 }
 
 #[test]
@@ -349,12 +340,12 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
             && facts.contains("\"var_device\":\"/dev/vda\""),
         "node2 is not a live netbooted node (erofs root in RAM, /var on the empty disk): {facts}"
     );
+    let ip = dhcp.wait_for_lease(&worker.spec().mac, RETRY)?.ip;
     let members = wait_until(
         "node2 a member of the cluster",
         Duration::from_secs(900),
         || {
             let st = status(net, &img.cluster).ok()?;
-            let ip = lease_ip(dhcp, &worker.spec().mac)?;
             let me = st
                 .agents
                 .iter()
@@ -443,9 +434,7 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
     operator_node
         .wait_for_line_with_prefix("HABUILD-FACTS ", Duration::from_secs(900))
         .with_context(|| dump(&running(vms)))?;
-    let node3_ip = wait_until("node3's lease", RETRY, || {
-        lease_ip(dhcp, &operator_node.spec().mac)
-    })?;
+    let node3_ip = dhcp.wait_for_lease(&operator_node.spec().mac, RETRY)?.ip;
     let node3 = wait_until(
         "node3 a member, Kubernetes not its agent's business",
         Duration::from_secs(900),
