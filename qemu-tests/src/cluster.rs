@@ -53,8 +53,8 @@ pub fn start_node_with(
 /// A multi-VM scenario's lab: the Debian test image (its cluster file is
 /// in `img.cluster`), a work directory, a network namespace with dnsmasq
 /// handing out 10.77.0.50-99, and nodes `1..=n` booted with no per-VM
-/// configuration. Dropping it powers the VMs off first, then stops DHCP,
-/// deletes the namespace and removes the work directory (fields drop in
+/// configuration. Dropping it powers the VMs off first, then stops the PXE
+/// HTTP server (if any) and DHCP, deletes the namespace and removes the work directory (fields drop in
 /// declaration order), also when a test fails half-way.
 pub struct Lab {
     /// Node `i` is at index `i - 1`; `None` while it is powered off.
