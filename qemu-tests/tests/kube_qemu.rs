@@ -408,19 +408,32 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
         via.contains(&on_cp.name),
         "pod-to-pod across nodes answered {via:?}"
     );
-    // the Service picks a backend at random: ask until node1's pod answers
+    // the Service picks a backend at random per connection: ask until
+    // node1's pod answers (the answers seen are in the error otherwise)
+    let mut seen = Vec::new();
     let across = wait_until("the ClusterIP answered from the other node", RETRY, || {
         let v = http(
             net,
             "GET",
             &format!("{wbase}/fetch?url=http://{}/", cluster_ip.trim()),
             None,
-        )
-        .ok()?;
-        v.trim()
+        );
+        let v = match v {
+            Ok(v) => v,
+            Err(e) => {
+                seen.push(format!("{e:#}"));
+                return None;
+            }
+        };
+        if v.trim()
             .ends_with(&format!("{}@{}", on_cp.name, on_cp.node))
-            .then_some(v)
-    })?;
+        {
+            return Some(v);
+        }
+        seen.push(v.trim().to_string());
+        None
+    })
+    .with_context(|| format!("answers seen: {seen:?}"))?;
     eprintln!(
         "kube_qemu: pods on both nodes; node2's pod reached node1's pod directly ({}) and through ClusterIP {} ({})",
         via.trim(),

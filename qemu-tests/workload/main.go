@@ -22,7 +22,14 @@ func me() string {
 }
 
 func main() {
-	client := &http.Client{Timeout: 10 * time.Second}
+	// A new connection per fetch: with keep-alive, every fetch of a Service
+	// would reuse the first connection and so the backend kube-proxy
+	// picked for it (conntrack), and a test asking until the other node's
+	// pod answers would never see it.
+	client := &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{DisableKeepAlives: true},
+	}
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, me())
 	})
