@@ -12,8 +12,9 @@
 //! the first empty local disk. With `habuild-mode` set to `install` (iPXE
 //! variable; `install.ipxe` sets it and chains `boot.ipxe`) the kernel line
 //! says `habuild.mode=install` instead: the initrd (`scripts/habuild-install`)
-//! writes the pieces listed in `disk.list` to the named or first empty disk,
-//! verifies them, writes the GPT last and reboots into the disk. Everything
+//! writes the pieces listed in `disk.list` to the named or first empty disk
+//! (the served `cluster.toml` put on the ESP piece first), verifies them,
+//! writes the GPT last and reboots into the disk. Everything
 //! is written under a temporary name and renamed into place with the rest of
 //! the build ([`PxeOutput::commit`]).
 
@@ -169,11 +170,12 @@ pub fn live_cmdline(base: &str, inputs: &PxeInputs, root_sha: &str) -> String {
 }
 
 /// The kernel command line of an install boot: the initrd writes the pieces
-/// `disk.list` names (the list pinned by its sha256) to a disk and reboots.
+/// `disk.list` names (the list pinned by its sha256) to a disk, with the
+/// served `cluster.toml` on its ESP (as live mode uses it), and reboots.
 pub fn install_cmdline(base: &str, inputs: &PxeInputs, list_sha: &str) -> String {
     format!(
         "initrd=initrd.img boot=habuild-live habuild.mode=install habuild.disk_list={base}{} \
-         habuild.disk_list_sha256={list_sha} ip=dhcp {}",
+         habuild.disk_list_sha256={list_sha} habuild.cluster={base}cluster.toml ip=dhcp {}",
         install::LIST,
         inputs.cmdline
     )
@@ -192,8 +194,9 @@ fn ipxe_script(inputs: &PxeInputs, root_sha: &str, list_sha: &str) -> String {
          # install (set habuild-mode install first, as install.ipxe does): the\n\
          # node writes the disk image (disk.list) to the disk named by\n\
          # habuild-install-disk (e.g. /dev/nvme0n1), else to its first empty disk\n\
-         # (never one holding data), verifies it and reboots into it. Boot order\n\
-         # disk first, network second: the installed disk boots from then on.\n\
+         # (never one holding data) with cluster.toml from here on its ESP,\n\
+         # verifies it and reboots into it. Boot order disk first, network\n\
+         # second: the installed disk boots from then on.\n\
          # (The x prefixes keep iseq's two arguments when habuild-mode is unset.)\n\
          isset ${{base-url}} || set base-url http://${{next-server}}/habuild/\n\
          iseq x${{habuild-mode}} xinstall && goto install ||\n\
@@ -254,7 +257,8 @@ fn readme(name: &str) -> String {
          disk.list            install mode: the disk image's pieces (offset, length, file, sha256)\n\
          disk-head.img        protective MBR + primary GPT (written last), esp.img: the ESP,\n\
          disk-tail.img        the backup GPT; root.img is slot A\n\
-         cluster.toml         the site's cluster file (present when baked with --cluster; otherwise put yours here)\n\
+         cluster.toml         the site's cluster file, fetched by live and install boots (present when\n\
+                              baked with --cluster; otherwise put yours here: install puts it on the ESP)\n\
          dnsmasq.conf         a proxy-DHCP + TFTP snippet that points PXE clients at boot.ipxe\n\
          \n\
          manifest.json beside this directory lists each file's sha256 and size.\n"
@@ -350,7 +354,7 @@ mod tests {
         let list_sha = sha256_bytes(&fs::read(dir.join("disk.list")).unwrap());
         assert!(
             script.contains(&format!(
-                "habuild.mode=install habuild.disk_list=${{base-url}}disk.list habuild.disk_list_sha256={list_sha} ip=dhcp console=ttyS0,115200 ${{habuild-disk-arg}}\n"
+                "habuild.mode=install habuild.disk_list=${{base-url}}disk.list habuild.disk_list_sha256={list_sha} habuild.cluster=${{base-url}}cluster.toml ip=dhcp console=ttyS0,115200 ${{habuild-disk-arg}}\n"
             )),
             "{script}"
         );

@@ -88,7 +88,7 @@ impl Lab {
 
     /// [`Lab::start_with`], and the namespace also serves the image's
     /// `pxe/` as a site's PXE server does ([`pxe::serve_image`]: TFTP for
-    /// the firmware, `script` over HTTP for iPXE), so a machine with an
+    /// the firmware, the site's scripts over HTTP for iPXE), so a machine with an
     /// empty disk ([`pxe::netboot_spec`]) boots from the network into the
     /// same cluster.
     pub fn start_serving_pxe(
@@ -97,9 +97,9 @@ impl Lab {
         n: u8,
         img: BuiltImage,
         memory_mib: u32,
-        script: &str,
+        site: &pxe::Site,
     ) -> Result<Lab> {
-        Lab::start_inner(name, ns_prefix, n, img, memory_mib, Some(script))
+        Lab::start_inner(name, ns_prefix, n, img, memory_mib, Some(site))
     }
 
     fn start_inner(
@@ -108,13 +108,13 @@ impl Lab {
         n: u8,
         img: BuiltImage,
         memory_mib: u32,
-        pxe_script: Option<&str>,
+        pxe_site: Option<&pxe::Site>,
     ) -> Result<Lab> {
         let work = Workdir::new(name)?;
         let net = TestNet::create(ns_prefix)?;
-        let (http, args) = match pxe_script {
-            Some(script) => {
-                let (http, args) = pxe::serve_image(&net, &work, &img, script)?;
+        let (http, args) = match pxe_site {
+            Some(site) => {
+                let (http, args) = pxe::serve_image(&net, &work, &img, site)?;
                 (Some(http), args)
             }
             None => (None, Vec::new()),

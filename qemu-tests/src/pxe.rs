@@ -90,32 +90,69 @@ pub fn check_artifacts(img: &BuiltImage) -> Result<PathBuf> {
     Ok(pxe)
 }
 
-/// Serves `img`'s `pxe/` from `net`: busybox httpd on the bridge (the
-/// directory as `http://<bridge>/habuild/`), a TFTP root in `work` with
-/// `ipxe.efi`; returns the server and the dnsmasq arguments that make
-/// DHCP point firmware at `ipxe.efi` and iPXE at `script`.
+/// What a site's PXE server hands out ([`serve_image`]).
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// The script iPXE gets: `boot.ipxe` (live) or `install.ipxe`.
+    pub script: String,
+    /// Machines (MACs) whose iPXE gets `install.ipxe` whatever `script`
+    /// says, as a site marks the machines it installs (a dnsmasq tag).
+    pub install: Vec<String>,
+    /// A cluster file served as `cluster.toml` instead of the image's
+    /// (what live boots use and install mode puts on the ESP).
+    pub cluster: Option<PathBuf>,
+}
+
+impl Site {
+    /// Every machine gets `script`, with the image's cluster file.
+    pub fn script(script: &str) -> Site {
+        Site {
+            script: script.to_string(),
+            install: Vec::new(),
+            cluster: None,
+        }
+    }
+}
+
+/// Serves `img`'s `pxe/` from `net` as `site` says: busybox httpd on the
+/// bridge (`http://<bridge>/habuild/`: the image's files, linked, and the
+/// site's cluster file), a TFTP root in `work` with `ipxe.efi`; returns
+/// the server and the dnsmasq arguments that make DHCP point firmware at
+/// `ipxe.efi` and iPXE at the machine's script.
 pub fn serve_image(
     net: &TestNet,
     work: &Workdir,
     img: &BuiltImage,
-    script: &str,
+    site: &Site,
 ) -> Result<(Http, Vec<String>)> {
     let pxe = check_artifacts(img)?;
-    let www = work.join("www");
-    fs::create_dir_all(&www)?;
-    std::os::unix::fs::symlink(&pxe, www.join("habuild"))?;
+    let served = work.join("www/habuild");
+    fs::create_dir_all(&served)?;
+    for entry in fs::read_dir(&pxe)? {
+        let entry = entry?;
+        std::os::unix::fs::symlink(entry.path(), served.join(entry.file_name()))?;
+    }
+    if let Some(cluster) = &site.cluster {
+        fs::remove_file(served.join("cluster.toml"))?;
+        fs::copy(cluster, served.join("cluster.toml"))
+            .with_context(|| format!("serving {}", cluster.display()))?;
+    }
     let tftp = work.join("tftp");
     fs::create_dir_all(&tftp)?;
     fs::copy(IPXE_EFI, tftp.join("ipxe.efi"))?;
-    let http = serve(net, &www)?;
-    let script_url = format!("http://{}/habuild/{script}", net.bridge_addr());
-    let args = vec![
+    let http = serve(net, &work.join("www"))?;
+    let url = |script: &str| format!("http://{}/habuild/{script}", net.bridge_addr());
+    let mut args = vec![
         "--enable-tftp".to_string(),
         format!("--tftp-root={}", tftp.display()),
         "--dhcp-match=set:ipxe,175".to_string(),
         "--dhcp-boot=tag:!ipxe,ipxe.efi".to_string(),
-        format!("--dhcp-boot=tag:ipxe,{script_url}"),
+        format!("--dhcp-boot=tag:ipxe,tag:!install,{}", url(&site.script)),
+        format!("--dhcp-boot=tag:ipxe,tag:install,{}", url("install.ipxe")),
     ];
+    for mac in &site.install {
+        args.push(format!("--dhcp-host={mac},set:install"));
+    }
     Ok((http, args))
 }
 

@@ -29,8 +29,12 @@
 //!   and becomes a `Ready` Node with no command typed (issues 10 and 11);
 //!   the workload scaled to two pods, one per node: node2's pod reaches
 //!   node1's pod directly (host-gw routes) and through the ClusterIP;
-//! - node3 boots the disk image, but the site file (`[[nodes]]` by its MAC,
-//!   `kubernetes = false`) tells its agent to stay out of Kubernetes; the
+//! - node3 has an empty disk too and boots disk first, network second, as
+//!   a rack machine does: the site's dnsmasq tags its MAC for
+//!   `install.ipxe`, so it writes the disk image (with the served cluster
+//!   file on its ESP), reboots from its own disk and its agent joins the
+//!   cluster; the site file (`[[nodes]]` by its MAC, `kubernetes = false`)
+//!   tells that agent to stay out of Kubernetes; the
 //!   test types what an operator types on a machine the agents do not
 //!   manage — containerd started, the seeded archives imported, a CNI
 //!   config of the operator's own, and `kubeadm join VIP:6443 --token …
@@ -39,8 +43,9 @@
 //!   Nodes Ready.
 //!
 //! Timings (power-on → API through the VIP → node Ready → pod answering;
-//! node2's power-on → root image verified → agent → member → Ready; the
-//! join) and every node's memory are printed, not asserted.
+//! node2's power-on → root image verified → agent → member → Ready;
+//! node3's power-on → installed → agent → member; the join) and every
+//! node's memory are printed, not asserted.
 //!
 //! Three control planes are proved in-process and in network namespaces;
 //! on a 2-core host without KVM, three emulated control planes starve etcd
@@ -50,13 +55,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use firstboot::state::Role;
-use qemu_harness::cluster::{dump, running, start_node_with, status, step, wait_until, Lab};
+use qemu_harness::cluster::{dump, running, status, step, wait_until, Lab};
 use qemu_harness::image::{kube_test_image, TEST_SECRET};
 use qemu_harness::kube::{
     api_ready, fetch_kubeconfig, http, join_token, kube_bin_dir, kubeadm_join_command, nodes_ready,
     operator_join_script, pods_ready, workload_manifest, Kubectl, NODE_PORT,
 };
-use qemu_harness::{pxe, Vm};
+use qemu_harness::{pxe, vm, Vm};
 
 const VIP: &str = "10.77.0.10";
 /// How long a one-shot request (kubectl, HTTP) is retried: the emulated
@@ -101,7 +106,12 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
     let img = kube_test_image(&site_file())?;
     // the namespace is also the site's PXE server, for the machine that
     // netboots later
-    let mut lab = Lab::start_serving_pxe("kube", "hbk", 1, img, 2048, "boot.ipxe")?;
+    // (live for every machine but node3, which the site installs)
+    let site = pxe::Site {
+        install: vec![vm::mac_address(3)],
+        ..pxe::Site::script("boot.ipxe")
+    };
+    let mut lab = Lab::start_serving_pxe("kube", "hbk", 1, img, 2048, &site)?;
     let (vms, net, img, work, dhcp) = lab.parts();
     let vm_started = running(vms)[0].started();
 
@@ -317,14 +327,17 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
         "status leaks the secret"
     );
 
-    // 5. Machines added later: node2 has an empty disk and boots from the
+    // 5. Machines added later, both with empty disks: node2 boots from the
     // network (live: the root image in RAM, /var on the empty disk) and
-    // joins as a worker with no command typed; node3 boots the disk image
-    // with its agent told (site file, by MAC) to stay out of Kubernetes.
+    // joins as a worker with no command typed; node3 (boot order disk,
+    // then network) is installed over the network, reboots from its disk,
+    // and its agent is told (site file, by MAC) to stay out of Kubernetes.
     // Side by side, as a rack's machines power on.
     let node2 = pxe::netboot_spec(net, work, "node2", 2)?;
     vms.push(Some(Vm::start(net, node2, work.path())?));
-    vms.push(Some(start_node_with(net, work, &img.raw, 3, 1536)?));
+    let mut node3 = pxe::netboot_spec(net, work, "node3", 3)?;
+    node3.extra_args = vm::DISK_THEN_NETWORK.map(String::from).to_vec();
+    vms.push(Some(Vm::start(net, node3, work.path())?));
     let worker = vms[1].as_ref().context("node2")?;
     let operator_node = vms[2].as_ref().context("node3")?;
     worker
@@ -445,8 +458,21 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
     // Kubernetes: the plan's bootstrap token (read with the admin
     // kubeconfig) and the CA's public-key hash, typed as the docs say.
     operator_node
-        .wait_for_line_with_prefix("HABUILD-FACTS ", Duration::from_secs(900))
+        .wait_for(
+            "install: /dev/vda written and verified; rebooting into it",
+            Duration::from_secs(1200),
+        )
         .with_context(|| dump(&running(vms)))?;
+    let installed = operator_node.elapsed();
+    let mark = operator_node.serial_len();
+    let facts = operator_node
+        .wait_for_line_with_prefix_after(mark, "HABUILD-FACTS ", Duration::from_secs(900))
+        .with_context(|| dump(&running(vms)))?;
+    let agent_at = operator_node.elapsed();
+    ensure!(
+        facts.contains("\"root_ro\":true") && facts.contains("\"var_device\":\"/dev/vda4\""),
+        "node3 did not come up from the disk it installed (read-only root, /var on its data partition): {facts}"
+    );
     let node3_ip = dhcp.wait_for_lease(&operator_node.spec().mac, RETRY)?.ip;
     let node3 = wait_until(
         "node3 a member, Kubernetes not its agent's business",
@@ -462,6 +488,13 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
         },
     )
     .with_context(|| dump(&running(vms)))?;
+    eprintln!(
+        "kube_qemu: node3 ({}, installed over the network): power-on → disk written and verified {:.0} s → agent running from its disk {:.0} s → cluster member ({node3}, Kubernetes off) {:.0} s",
+        operator_node.accel(),
+        installed.as_secs_f64(),
+        agent_at.as_secs_f64(),
+        operator_node.elapsed().as_secs_f64()
+    );
     let join = kubeadm_join_command(&kubectl, &kubeconfig)?;
     let t = Instant::now();
     let out = operator_node

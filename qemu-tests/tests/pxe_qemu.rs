@@ -12,13 +12,15 @@
 //! as on a rack) finds its disk empty, netboots `install.ipxe`, downloads and
 //! verifies the disk image's pieces, writes them to the disk (GPT last), reads
 //! them back, reboots, and comes up from its own disk like a flashed node
-//! (`/var` on the grown data partition, the ESP's cluster file).
+//! (`/var` on the grown data partition). Its server hands out a cluster
+//! file other than the image's: the installer puts that one on the ESP,
+//! and the installed agent reads it there.
 //!
 //! The two machines boot side by side (one vCPU each; the image is built,
 //! or found in the cache, before either starts), as two racks' machines
-//! would, each on its own namespace with its own PXE server.
-//! Not proved here yet: a netbooted node joining a cluster of disk-booted
-//! nodes (see ARCHITECTURE.md, "Network boot").
+//! would, each on its own namespace with its own PXE server. Netbooted
+//! machines joining a running cluster (live as a worker, install as an
+//! operator's `kubeadm join` node) are `kube_qemu`'s.
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -29,6 +31,10 @@ use qemu_harness::{pxe, vm, Dhcp, TestNet, Vm, Workdir};
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(900);
+/// The cluster name in the image's own cluster file, and in the one the
+/// install test's server hands out instead.
+const BAKED_NAME: &str = "\"qemu-test\"";
+const SERVED_NAME: &str = "\"served-by-url\"";
 
 fn facts(vm: &Vm, since: u64) -> Result<Value> {
     let line = vm.wait_for_line_with_prefix_after(since, "HABUILD-FACTS ", BOOT)?;
@@ -45,11 +51,11 @@ struct Served {
     work: Workdir,
 }
 
-fn serve_pxe(ns: &str, script: &str) -> Result<Served> {
+fn serve_pxe(ns: &str, site: &pxe::Site) -> Result<Served> {
     let img = debian_image()?;
     let work = Workdir::new(ns)?;
     let net = TestNet::create(ns)?;
-    let (http, args) = pxe::serve_image(&net, &work, &img, script)?;
+    let (http, args) = pxe::serve_image(&net, &work, &img, site)?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let dhcp = Dhcp::start_with(
         &net,
@@ -89,7 +95,7 @@ fn empty_disk_machines_netboot_live_and_install_side_by_side() -> Result<()> {
 }
 
 fn a_machine_with_an_empty_disk_netboots_live_and_keeps_its_identity() -> Result<()> {
-    let served = serve_pxe("hbpxe", "boot.ipxe")?;
+    let served = serve_pxe("hbpxe", &pxe::Site::script("boot.ipxe"))?;
     let (net, work) = (&served.net, &served.work);
 
     let spec = pxe::netboot_spec(net, work, "live1", 1)?;
@@ -150,7 +156,20 @@ fn a_machine_with_an_empty_disk_netboots_live_and_keeps_its_identity() -> Result
 
 fn a_machine_with_an_empty_disk_installs_itself_over_the_network_and_boots_from_its_disk(
 ) -> Result<()> {
-    let served = serve_pxe("hbpxi", "install.ipxe")?;
+    // The server's cluster file is not the one baked into the image: the
+    // installer puts the served one on the ESP (habuild.cluster=URL).
+    let site_dir = Workdir::new("hbpxi-site")?;
+    let site_file = site_dir.join("cluster.toml");
+    let baked = fs::read_to_string(debian_image()?.cluster)?;
+    ensure!(baked.contains(BAKED_NAME), "{baked}");
+    fs::write(&site_file, baked.replace(BAKED_NAME, SERVED_NAME))?;
+    let served = serve_pxe(
+        "hbpxi",
+        &pxe::Site {
+            cluster: Some(site_file),
+            ..pxe::Site::script("install.ipxe")
+        },
+    )?;
     let (net, work) = (&served.net, &served.work);
     let mut spec = pxe::netboot_spec(net, work, "inst1", 2)?;
     // A rack's boot order: the disk first, the network when the disk boots
@@ -172,6 +191,11 @@ fn a_machine_with_an_empty_disk_installs_itself_over_the_network_and_boots_from_
     let installed = vm.elapsed();
     let mark = vm.serial_len();
     let serial = vm.serial_text();
+    ensure!(
+        serial.contains("install: the cluster file from http://"),
+        "the served cluster file was not put on the ESP: {}",
+        vm.serial().tail(40)
+    );
     for piece in ["esp.img", "root.img"] {
         ensure!(
             serial.contains(&format!("install: {piece} (")),
@@ -203,8 +227,9 @@ fn a_machine_with_an_empty_disk_installs_itself_over_the_network_and_boots_from_
     let cluster =
         vm.wait_for_line_with_prefix_after(mark, "HABUILD-CLUSTER ", Duration::from_secs(120))?;
     ensure!(
-        cluster.contains("/boot/efi/habuild/cluster.toml"),
-        "the installed node did not read the ESP's cluster file: {cluster}"
+        cluster.contains("/boot/efi/habuild/cluster.toml")
+            && cluster.contains(&format!("\"name\":{SERVED_NAME}")),
+        "the installed node did not read the served cluster file from its ESP: {cluster}"
     );
     let log = fs::read(vm.serial_path())?;
     let after = String::from_utf8_lossy(log.get(mark as usize..).unwrap_or_default());
