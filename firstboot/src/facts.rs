@@ -20,6 +20,30 @@ pub struct Facts {
     /// The block device behind /var and its partition size.
     pub var_device: Option<String>,
     pub var_partition_bytes: Option<u64>,
+    /// How a live-netbooted node keeps /var, as its initramfs wrote it to
+    /// [`LIVE_VAR`]: `disk /dev/X`, or `ram: <why>` when it found no usable
+    /// disk. Absent on nodes that boot from their own disk.
+    pub live_var: Option<String>,
+}
+
+/// Where the live boot's initramfs says how it keeps /var.
+pub const LIVE_VAR: &str = "run/habuild/live-var";
+
+impl Facts {
+    /// Why /var is in RAM on this live-netbooted node (it forgets its state
+    /// on a reboot: a worker only, never etcd or a brick); `None` when /var
+    /// is on a disk.
+    pub fn var_in_ram(&self) -> Option<&str> {
+        ram_reason(self.live_var.as_deref()?)
+    }
+}
+
+/// The reason in a [`LIVE_VAR`] text that says /var is in RAM (`ram:
+/// <why>`); `None` for `disk /dev/X`.
+pub fn ram_reason(live_var: &str) -> Option<&str> {
+    live_var
+        .strip_prefix("ram")
+        .map(|why| why.trim_start_matches(':').trim())
 }
 
 /// One mount from /proc/self/mountinfo.
@@ -84,6 +108,10 @@ pub fn collect(root: &Path) -> Facts {
         root_fstype: rootm.map(|m| m.fstype.clone()).unwrap_or_default(),
         var_device,
         var_partition_bytes,
+        live_var: fs::read_to_string(root.join(LIVE_VAR))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
     }
 }
 
@@ -137,5 +165,25 @@ mod tests {
         assert_eq!(f.mem_bytes, 1_024_000);
         assert_eq!(f.macs, vec!["52:54:00:00:00:01"]);
         assert_eq!(f.hostname, "node1");
+        assert_eq!(f.live_var, None, "booted from its own disk");
+        assert_eq!(f.var_in_ram(), None);
+    }
+
+    #[test]
+    fn a_live_node_says_where_var_is() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        fs::create_dir_all(r.join("run/habuild")).unwrap();
+        fs::write(r.join(LIVE_VAR), "disk /dev/vda\n").unwrap();
+        let f = collect(r);
+        assert_eq!(f.live_var.as_deref(), Some("disk /dev/vda"));
+        assert_eq!(f.var_in_ram(), None);
+        let why = "ram: no empty local disk (a disk with a partition table, a filesystem or data is never used)";
+        fs::write(r.join(LIVE_VAR), format!("{why}\n")).unwrap();
+        let f = collect(r);
+        assert_eq!(
+            f.var_in_ram(),
+            Some("no empty local disk (a disk with a partition table, a filesystem or data is never used)")
+        );
     }
 }

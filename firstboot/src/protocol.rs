@@ -150,6 +150,10 @@ pub struct StatusDoc {
     /// When this node reached each milestone of its boot (absent in older
     /// agents' documents).
     pub timeline: Option<Timeline>,
+    /// How a live-netbooted node keeps /var (`disk /dev/X`, or `ram: <why>`:
+    /// it forgets its state on a reboot and is a worker only); absent on
+    /// nodes booted from their own disk.
+    pub live_var: Option<String>,
 }
 
 impl StatusDoc {
@@ -160,6 +164,11 @@ impl StatusDoc {
 
     pub fn is_leader(&self) -> bool {
         self.raft.state == RaftRole::Leader
+    }
+
+    /// Why this node keeps /var in RAM, when it does.
+    pub fn var_in_ram(&self) -> Option<&str> {
+        crate::facts::ram_reason(self.live_var.as_deref()?)
     }
 }
 

@@ -45,6 +45,12 @@ pub struct Member {
     /// existed read as `true`.
     #[serde(default = "yes")]
     pub kubernetes: bool,
+    /// Whether this machine keeps /var in RAM (netbooted live with no
+    /// usable disk): it forgets everything on a reboot, so it is a worker
+    /// only, never etcd, control plane or a brick. Records written before
+    /// the field existed read as `false`.
+    #[serde(default)]
+    pub var_in_ram: bool,
     /// Healthy as last seen by the leader (reachable, agent up).
     pub healthy: bool,
 }

@@ -262,6 +262,7 @@ fn member(id: NodeId, host: u8) -> Member {
         data_free_bytes: 50 * GIB,
         labels: BTreeMap::new(),
         kubernetes: true,
+        var_in_ram: false,
         healthy: true,
     }
 }

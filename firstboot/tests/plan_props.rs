@@ -36,6 +36,8 @@ struct Raw {
     healthy: bool,
     /// `kubernetes = false` in the site file's `[[nodes]]` when false.
     kubernetes: bool,
+    /// Netbooted live with no usable disk: /var in RAM.
+    var_in_ram: bool,
 }
 
 fn raw(healthy: impl Strategy<Value = bool>) -> impl Strategy<Value = Raw> {
@@ -49,18 +51,22 @@ fn raw(healthy: impl Strategy<Value = bool>) -> impl Strategy<Value = Raw> {
         0u64..=100,
         healthy,
         prop::bool::weighted(0.8),
+        prop::bool::weighted(0.1),
     )
         .prop_map(
-            |(id, cpus, mem_gib, zone, rack, disks, free_gib, healthy, kubernetes)| Raw {
-                id,
-                cpus,
-                mem_gib,
-                zone,
-                rack,
-                disks,
-                free_gib,
-                healthy,
-                kubernetes,
+            |(id, cpus, mem_gib, zone, rack, disks, free_gib, healthy, kubernetes, var_in_ram)| {
+                Raw {
+                    id,
+                    cpus,
+                    mem_gib,
+                    zone,
+                    rack,
+                    disks,
+                    free_gib,
+                    healthy,
+                    kubernetes,
+                    var_in_ram,
+                }
             },
         )
 }
@@ -87,6 +93,7 @@ fn member(r: &Raw, host: u8) -> Member {
         data_free_bytes: r.free_gib * GIB,
         labels,
         kubernetes: r.kubernetes,
+        var_in_ram: r.var_in_ram,
         healthy: r.healthy,
     }
 }
@@ -187,7 +194,7 @@ fn check(members: &BTreeMap<NodeId, Member>, cfg: &ClusterConfig, p: &Plan, fres
     let healthy = members.values().filter(|m| m.healthy).count();
     let candidates = members
         .values()
-        .filter(|m| m.healthy && m.kubernetes)
+        .filter(|m| m.healthy && m.kubernetes && !m.var_in_ram)
         .count();
     let cp: BTreeSet<NodeId> = p.control_plane.iter().copied().collect();
     let workers: BTreeSet<NodeId> = p.workers.iter().copied().collect();
@@ -214,6 +221,10 @@ fn check(members: &BTreeMap<NodeId, Member>, cfg: &ClusterConfig, p: &Plan, fres
         p.control_plane.iter().all(|id| members[id].kubernetes),
         "a member with kubernetes = false is control plane"
     );
+    assert!(
+        p.control_plane.iter().all(|id| !members[id].var_in_ram),
+        "a member with /var in RAM is control plane (etcd)"
+    );
     assert!(cp.is_subset(&all), "control plane not among members");
     assert!(
         cp.is_disjoint(&workers),
@@ -229,7 +240,7 @@ fn check(members: &BTreeMap<NodeId, Member>, cfg: &ClusterConfig, p: &Plan, fres
         );
         let zones: BTreeSet<Option<&String>> = members
             .values()
-            .filter(|m| m.healthy && m.kubernetes)
+            .filter(|m| m.healthy && m.kubernetes && !m.var_in_ram)
             .map(zone)
             .collect();
         if zones.len() >= p.control_plane.len() {
@@ -256,6 +267,10 @@ fn check(members: &BTreeMap<NodeId, Member>, cfg: &ClusterConfig, p: &Plan, fres
             .storage
             .iter()
             .all(|id| storage_eligible(&members[id], &cfg.storage)));
+        assert!(
+            p.storage.iter().all(|id| !members[id].var_in_ram),
+            "a member with /var in RAM carries a brick"
+        );
         assert_eq!(p.storage_leader, p.storage.first().copied());
         assert_eq!(
             p.storage_devices.keys().copied().collect::<BTreeSet<_>>(),
@@ -345,12 +360,23 @@ fn check_error(members: &BTreeMap<NodeId, Member>, cfg: &ClusterConfig, e: &Plan
         PlanError::NoHealthyMembers { .. } => {
             assert!(members.values().all(|m| !m.healthy))
         }
-        PlanError::NoControlPlaneCandidates { opted_out, .. } => {
-            assert!(members.values().all(|m| !(m.healthy && m.kubernetes)));
+        PlanError::NoControlPlaneCandidates {
+            opted_out, in_ram, ..
+        } => {
+            assert!(members
+                .values()
+                .all(|m| !(m.healthy && m.kubernetes && !m.var_in_ram)));
             assert!(members.values().any(|m| m.healthy));
             assert_eq!(
                 *opted_out,
                 members.values().filter(|m| !m.kubernetes).count()
+            );
+            assert_eq!(
+                *in_ram,
+                members
+                    .values()
+                    .filter(|m| m.kubernetes && m.var_in_ram)
+                    .count()
             );
         }
         PlanError::NoStorageNodes { .. } => assert!(

@@ -173,8 +173,73 @@ pub fn empty_disk(work: &Workdir, name: &str) -> Result<PathBuf> {
 /// Boot the spec again (a clone) to reboot the same machine.
 pub fn netboot_spec(net: &TestNet, work: &Workdir, name: &str, i: u8) -> Result<VmSpec> {
     let disk = empty_disk(work, name)?;
+    netboot_spec_on(net, name, i, &disk)
+}
+
+/// Machine `i` booting from the network with `disk` as its only disk.
+pub fn netboot_spec_on(net: &TestNet, name: &str, i: u8, disk: &Path) -> Result<VmSpec> {
     let tap = net.add_tap(&format!("tap{i}"))?;
-    let mut spec = VmSpec::new(name, &disk, vm::mac_address(i), &tap);
+    let mut spec = VmSpec::new(name, disk, vm::mac_address(i), &tap);
     spec.memory_mib = MEMORY_MIB;
     Ok(spec)
+}
+
+/// What [`disk_with_data`] fills its first MiB with.
+const DATA_BYTE: &str = "0x5a";
+const MIB: u64 = 1 << 20;
+
+/// An 8 GiB qcow2 disk `<name>.qcow2` in `work` that holds data: its first
+/// MiB is filled with one byte value (no partition table, no filesystem
+/// signature: "data" as far as any probe can tell), the rest unallocated.
+/// No boot may write to it; [`check_data_untouched`] proves none did.
+pub fn disk_with_data(work: &Workdir, name: &str) -> Result<PathBuf> {
+    let disk = empty_disk(work, name)?;
+    tools::run(
+        std::process::Command::new(tools::require("qemu-io")?)
+            .args(["-c", &format!("write -P {DATA_BYTE} 0 1M")])
+            .arg(&disk),
+    )?;
+    Ok(disk)
+}
+
+/// Checks that a [`disk_with_data`] disk (its VM stopped) holds exactly
+/// what it was made with: the first MiB's byte pattern, and no data
+/// written anywhere else (qcow2 allocates a cluster for any write).
+pub fn check_data_untouched(disk: &Path) -> Result<()> {
+    let read = std::process::Command::new(tools::require("qemu-io")?)
+        .args(["-r", "-c", &format!("read -P {DATA_BYTE} 0 1M")])
+        .arg(disk)
+        .output()
+        .context("running qemu-io")?;
+    ensure!(
+        read.status.success(),
+        "{}: the data in its first MiB was overwritten: {}",
+        disk.display(),
+        String::from_utf8_lossy(&read.stdout).trim()
+    );
+    let map = std::process::Command::new(tools::require("qemu-img")?)
+        .args(["map", "--output=json"])
+        .arg(disk)
+        .output()
+        .context("running qemu-img map")?;
+    ensure!(map.status.success(), "qemu-img map {}", disk.display());
+    let map: Value = serde_json::from_slice(&map.stdout).context("parsing qemu-img map")?;
+    let written: Vec<(u64, u64)> = map
+        .as_array()
+        .context("qemu-img map is not a list")?
+        .iter()
+        .filter(|e| e["data"] == Value::Bool(true))
+        .map(|e| {
+            (
+                e["start"].as_u64().unwrap_or(0),
+                e["length"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    ensure!(
+        written == [(0, MIB)],
+        "{}: data was written outside its first MiB (allocated ranges {written:?})",
+        disk.display()
+    );
+    Ok(())
 }

@@ -350,7 +350,8 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
     let agent_up = worker.elapsed();
     ensure!(
         facts.contains("\"root_fstype\":\"erofs\"")
-            && facts.contains("\"var_device\":\"/dev/vda\""),
+            && facts.contains("\"var_device\":\"/dev/vda\"")
+            && facts.contains("\"live_var\":\"disk /dev/vda\""),
         "node2 is not a live netbooted node (erofs root in RAM, /var on the empty disk): {facts}"
     );
     let ip = dhcp.wait_for_lease(&worker.spec().mac, RETRY)?.ip;
@@ -368,6 +369,15 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
     )
     .with_context(|| dump(&running(vms)))?;
     let member_at = worker.elapsed();
+    let live_var = status(net, &img.cluster)?
+        .agents
+        .into_iter()
+        .find(|a| a.hostname == members)
+        .and_then(|a| a.live_var);
+    ensure!(
+        live_var.as_deref() == Some("disk /dev/vda"),
+        "habuild cluster status does not show node2's /var on its disk: {live_var:?}"
+    );
     let two =
         nodes_ready(&kubectl, 2, Duration::from_secs(1800)).with_context(|| dump(&running(vms)))?;
     let ready_at = worker.elapsed();

@@ -16,6 +16,12 @@
 //! file other than the image's: the installer puts that one on the ESP,
 //! and the installed agent reads it there.
 //!
+//! Then, on each server, a machine whose only disk holds data (its first
+//! MiB a byte pattern, nothing else): live, it keeps `/var` in RAM and says
+//! so (console, `live_var` in its facts, the agent's "worker only" line);
+//! sent to install, it stops with "INSTALL FAILED: NO EMPTY DISK"; in both
+//! cases the disk afterwards holds exactly its data and nothing else.
+//!
 //! The two machines boot side by side (one vCPU each; the image is built,
 //! or found in the cache, before either starts), as two racks' machines
 //! would, each on its own namespace with its own PXE server. Netbooted
@@ -151,6 +157,38 @@ fn a_machine_with_an_empty_disk_netboots_live_and_keeps_its_identity() -> Result
         vm.elapsed().as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
+    vm.power_off(8)?;
+    drop(vm);
+
+    // A machine whose only disk holds data: the disk is never written,
+    // /var is in RAM, and the node says so (console, facts, agent).
+    let disk = pxe::disk_with_data(work, "ram1")?;
+    let vm = Vm::start(
+        net,
+        pxe::netboot_spec_on(net, "ram1", 3, &disk)?,
+        work.path(),
+    )?;
+    vm.wait_for("live boot: NO USABLE DISK: /var is in RAM", BOOT)?;
+    let f = facts(&vm, 0)?;
+    ensure!(
+        f["var_device"].is_null()
+            && f["live_var"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("ram: no empty local disk")),
+        "ram1 does not report /var in RAM: {f}"
+    );
+    vm.wait_for(
+        "habuild-agent: /var is in RAM (no empty local disk",
+        Duration::from_secs(300),
+    )?;
+    let agent = vm.elapsed();
+    vm.kill()?;
+    drop(vm);
+    pxe::check_data_untouched(&disk)?;
+    eprintln!(
+        "ram1: its only disk holds data: left untouched, /var in RAM, the agent says it is a worker only ({:.0}s after power-on)",
+        agent.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -246,5 +284,22 @@ fn a_machine_with_an_empty_disk_installs_itself_over_the_network_and_boots_from_
         agent.as_secs_f64()
     );
     vm.power_off(8)?;
+    drop(vm);
+
+    // A machine whose only disk holds data, sent to install mode: refused
+    // with a console line naming the cause, the disk not written.
+    let disk = pxe::disk_with_data(work, "inst2")?;
+    let mut spec = pxe::netboot_spec_on(net, "inst2", 3, &disk)?;
+    spec.extra_args = vm::DISK_THEN_NETWORK.map(String::from).to_vec();
+    let vm = Vm::start(net, spec, work.path())?;
+    vm.wait_for("habuild-initrd: INSTALL FAILED: NO EMPTY DISK", BOOT)?;
+    let refused = vm.elapsed();
+    vm.kill()?;
+    drop(vm);
+    pxe::check_data_untouched(&disk)?;
+    eprintln!(
+        "inst2: its only disk holds data: install refused {:.0}s after power-on (NO EMPTY DISK), the disk untouched",
+        refused.as_secs_f64()
+    );
     Ok(())
 }

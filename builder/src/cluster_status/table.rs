@@ -1,5 +1,6 @@
 //! The human output of `habuild cluster status`: one table row per agent,
-//! a legend, the members that are down, agents that did not answer,
+//! a legend, the members that are down, nodes that keep /var in RAM,
+//! agents that did not answer,
 //! handshakes that failed without being an authentication failure,
 //! rejected announcements, and the summary line
 //! ([`super::agreement::summary_line`]).
@@ -51,6 +52,16 @@ impl Report {
                         secs(s)
                     )),
                     d.reported_by.join(", ")
+                );
+            }
+        }
+        for doc in &self.agents {
+            if let Some(why) = doc.var_in_ram() {
+                out += &format!(
+                    "var in RAM: {} ({}): {}; a worker only (never etcd, control plane or a brick), and a new node after a reboot\n",
+                    cell(&doc.node_id),
+                    cell(&doc.hostname),
+                    cell(why)
                 );
             }
         }

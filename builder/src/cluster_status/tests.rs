@@ -803,3 +803,35 @@ fn kube_disabled_and_older_agents() {
     assert!(!r.render().contains("kubernetes:"));
     assert_eq!(r.to_json().kubernetes, None);
 }
+
+#[test]
+fn names_the_nodes_that_keep_var_in_ram() {
+    let mut ram = doc(2, 0, Some(1));
+    ram.live_var = Some(
+        "ram: no empty local disk (a disk with a partition table, a filesystem or data is never used)"
+            .into(),
+    );
+    let mut disk = doc(1, 0, Some(1));
+    disk.live_var = Some("disk /dev/vda".into());
+    let r = Report {
+        agents: vec![doc(0, 0, Some(1)), disk, ram],
+        ..Report::default()
+    };
+    let text = r.render();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("var in RAM"))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            "var in RAM: 0000000000001002 (node2): no empty local disk (a disk with a partition \
+             table, a filesystem or data is never used); a worker only (never etcd, control \
+             plane or a brick), and a new node after a reboot"
+        ],
+        "{text}"
+    );
+    // machines read it in --json as the agent sent it
+    let j = serde_json::to_value(r.to_json()).unwrap();
+    assert_eq!(j["agents"][1]["live_var"], "disk /dev/vda");
+}

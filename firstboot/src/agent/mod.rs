@@ -208,6 +208,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         view,
         ConsoleReporter::default(),
     );
+    let facts = crate::facts::collect(Path::new("/"));
+    if let Some(why) = facts.var_in_ram() {
+        println!(
+            "habuild-agent: /var is in RAM ({why}): this node is a worker only (never etcd, control plane or a brick) and a new node after a reboot"
+        );
+    }
+    let live_var = facts.live_var;
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
@@ -222,6 +229,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         let mut doc = status_doc(&driver, &step_views, &handshakes);
         milestones.observe(&doc, phase::unix_secs(std::time::SystemTime::now()));
         doc.timeline = Some(milestones.timeline(converge::step_times(&step_views)));
+        doc.live_var = live_var.clone();
         *status.write().unwrap_or_else(|e| e.into_inner()) = doc;
     }
 }
@@ -401,6 +409,7 @@ fn status_doc(
         },
         announcements_last_minute: st.announcements_last_minute,
         timeline: None,
+        live_var: None,
     }
 }
 
@@ -428,6 +437,7 @@ fn member_facts(cfg: &AgentConfig, hostname: &str) -> Member {
         data_free_bytes: free_bytes(&HostExec, &cfg.state_dir) >> 30 << 30,
         labels,
         kubernetes,
+        var_in_ram: facts.var_in_ram().is_some(),
         healthy: true,
     }
 }

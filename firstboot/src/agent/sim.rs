@@ -38,6 +38,7 @@ pub fn member(id: NodeId, hostname: String, ip: std::net::Ipv4Addr, prefix: u8) 
         data_free_bytes: 10 << 30,
         labels: BTreeMap::new(),
         kubernetes: true,
+        var_in_ram: false,
         healthy: true,
     }
 }

@@ -44,9 +44,13 @@ pub enum PlanError {
     #[error("no healthy member to place the control plane on ({members} members, all unhealthy)")]
     NoHealthyMembers { members: usize },
     #[error(
-        "no member may run the control plane: of {members} members, {opted_out} have kubernetes = false in the site file's [[nodes]] and the others are unhealthy; remove kubernetes = false from at least one [[nodes]] entry"
+        "no member may run the control plane: of {members} members, {opted_out} have kubernetes = false in the site file's [[nodes]], {in_ram} keep /var in RAM (netbooted with no usable disk) and the others are unhealthy; remove kubernetes = false from at least one [[nodes]] entry or give a machine an empty disk"
     )]
-    NoControlPlaneCandidates { members: usize, opted_out: usize },
+    NoControlPlaneCandidates {
+        members: usize,
+        opted_out: usize,
+        in_ram: usize,
+    },
     #[error("cluster.control_plane_size {0} is not 1, 3 or 5")]
     BadControlPlaneSize(u32),
     #[error(
@@ -263,6 +267,7 @@ pub(crate) mod testutil {
             data_free_bytes: 50 * GIB,
             labels: BTreeMap::new(),
             kubernetes: true,
+            var_in_ram: false,
             healthy: true,
         }
     }

@@ -66,10 +66,11 @@ fn spread_pick<'a>(
     picked
 }
 
-/// Whether a new control-plane member may be picked from `m`: healthy, and
-/// Kubernetes not switched off for it in the site file.
+/// Whether a new control-plane member may be picked from `m`: healthy,
+/// Kubernetes not switched off for it in the site file, and /var on a disk
+/// (etcd's data must survive a reboot).
 pub fn control_plane_candidate(m: &Member) -> bool {
-    m.healthy && m.kubernetes
+    m.healthy && m.kubernetes && !m.var_in_ram
 }
 
 /// Control-plane preference among equally spread candidates: more RAM, then more CPUs.
@@ -83,7 +84,9 @@ fn prefer_for_control_plane(a: &Member, b: &Member) -> Ordering {
 /// Policy:
 /// - **Candidates**: healthy members whose record allows Kubernetes
 ///   ([`Member::kubernetes`]; `kubernetes = false` in the machine's
-///   `[[nodes]]` entry of the site file). An opted-out member is never
+///   `[[nodes]]` entry of the site file) and keeps /var on a disk
+///   ([`Member::var_in_ram`]: a netbooted machine with no usable disk
+///   forgets etcd's data on a reboot). An opted-out member is never
 ///   picked: an operator's `kubeadm join` there would fight the etcd, VIP
 ///   and apiserver the control plane runs. It counts like an unhealthy one
 ///   below (fewer candidates than the size: the size is capped).
@@ -143,10 +146,15 @@ pub fn control_plane(
     };
     if kept.is_empty() && candidates == 0 {
         let opted_out = members.values().filter(|m| !m.kubernetes).count();
+        let in_ram = members
+            .values()
+            .filter(|m| m.kubernetes && m.var_in_ram)
+            .count();
         return Err(if members.values().any(|m| m.healthy) {
             PlanError::NoControlPlaneCandidates {
                 members: members.len(),
                 opted_out,
+                in_ram,
             }
         } else {
             PlanError::NoHealthyMembers {
@@ -176,12 +184,15 @@ pub fn control_plane(
         .collect())
 }
 
-/// Whether `m` can carry a brick: with `storage.devices` given, it must have
-/// one of them among its spare disks; otherwise any spare disk, or
-/// `storage.brick_file_size_gib` GiB free on its data partition for the
-/// loop-device backing file.
+/// Whether `m` can carry a brick: never with /var in RAM (its data and
+/// Gluster's state are gone after a reboot); with `storage.devices` given,
+/// it must have one of them among its spare disks; otherwise any spare
+/// disk, or `storage.brick_file_size_gib` GiB free on its data partition
+/// for the loop-device backing file.
 pub fn storage_eligible(m: &Member, cfg: &StorageSection) -> bool {
-    if cfg.devices.is_empty() {
+    if m.var_in_ram {
+        false
+    } else if cfg.devices.is_empty() {
         !m.spare_disks.is_empty() || m.data_free_bytes >= u64::from(cfg.brick_file_size_gib) << 30
     } else {
         m.spare_disks.iter().any(|d| cfg.devices.contains(d))
@@ -466,10 +477,43 @@ mod tests {
             e,
             PlanError::NoControlPlaneCandidates {
                 members: 3,
-                opted_out: 2
+                opted_out: 2,
+                in_ram: 0,
             }
         );
         assert!(e.to_string().contains("kubernetes = false"), "{e}");
+    }
+
+    #[test]
+    fn members_with_var_in_ram_are_workers_only() {
+        // The biggest machine netbooted with no usable disk: never etcd or a
+        // brick, though it has the most RAM and room on its (tmpfs) /var.
+        let mut ms = n_members(4);
+        let big = ms.get_mut(&1).unwrap();
+        big.var_in_ram = true;
+        big.mem_bytes = 64 * GIB;
+        big.data_free_bytes = 500 * GIB;
+        assert!(!control_plane_candidate(&ms[&1]));
+        assert_eq!(control_plane(&ms, 3, None).unwrap(), vec![2, 3, 4]);
+        let p = plan(&ms, &cfg(3), None, &SEED).unwrap();
+        assert_eq!(p.workers, vec![1]);
+        assert!(!p.storage.contains(&1), "{:?}", p.storage);
+        assert!(!storage_eligible(&ms[&1], &StorageSection::default()));
+        // Only RAM machines: nobody may run etcd, and the error says why.
+        let mut ms = n_members(2);
+        for m in ms.values_mut() {
+            m.var_in_ram = true;
+        }
+        let e = control_plane(&ms, 3, None).unwrap_err();
+        assert_eq!(
+            e,
+            PlanError::NoControlPlaneCandidates {
+                members: 2,
+                opted_out: 0,
+                in_ram: 2,
+            }
+        );
+        assert!(e.to_string().contains("/var in RAM"), "{e}");
     }
 
     #[test]
