@@ -51,10 +51,8 @@ fn golden_brick_commands_from_nothing_and_after_a_reboot() {
         got,
         vec![
             "modprobe dm_thin_pool",
-            "pvcreate --yes /dev/habuild/gluster-brick",
             "vgcreate --yes habuild_gluster /dev/habuild/gluster-brick",
             "lvcreate --yes --extents 95%FREE --thinpool thinpool --virtualsize 2G --name brick0 habuild_gluster",
-            "vgchange --activate y habuild_gluster",
             "mkfs.xfs -i size=512 -L habuild-gl /dev/habuild_gluster/brick0",
             "mkdir -p /var/lib/habuild/bricks/brick0",
             "systemctl daemon-reload",

@@ -965,7 +965,7 @@ mod tests {
                 panic!("{out:?}")
             };
             assert!(e.contains("--root /tmp/node1"), "{e}");
-            assert!(rec.commands().iter().all(|c| !c.starts_with("pvcreate")));
+            assert!(rec.commands().iter().all(|c| !c.starts_with("vgcreate")));
         });
     }
 
@@ -994,8 +994,11 @@ mod tests {
                     .position(|c| c.starts_with(p))
                     .unwrap_or_else(|| panic!("{p} not run: {cmds:?}"))
             };
-            assert!(pos("/usr/lib/habuild/gluster-loop attach") < pos("pvcreate --yes /dev/loop3"));
-            assert!(pos("pvcreate") < pos("mkfs.xfs -i size=512"));
+            assert!(
+                pos("/usr/lib/habuild/gluster-loop attach")
+                    < pos("vgcreate --yes habuild_gluster /dev/loop3")
+            );
+            assert!(pos("vgcreate") < pos("mkfs.xfs -i size=512"));
             // The pool and the thin LV in one lvcreate.
             let lvcreates: Vec<&String> =
                 cmds.iter().filter(|c| c.starts_with("lvcreate")).collect();
