@@ -598,12 +598,14 @@ fn bricks_not_ready(ctx: &Ctx, nodes: &[NodeId]) -> Option<String> {
     (!waiting.is_empty()).then(|| format!("bricks not ready on {}", waiting.join(", ")))
 }
 
-/// The storage nodes other than this one whose bricks are ready, by address.
-fn ready_peers(ctx: &Ctx) -> Result<Vec<Ipv4Addr>, StepError> {
+/// The storage nodes other than this one, by address: the trusted pool
+/// needs only their glusterd (started by their brick step's first round),
+/// not their bricks.
+fn storage_peers(ctx: &Ctx) -> Result<Vec<Ipv4Addr>, StepError> {
     ctx.plan
         .storage
         .iter()
-        .filter(|id| **id != ctx.me && ctx.done_on("gluster-brick", &[**id]))
+        .filter(|id| **id != ctx.me)
         .map(|id| ip_of(ctx, *id))
         .collect()
 }
@@ -662,20 +664,22 @@ impl Step for Pool {
     fn name(&self) -> &'static str {
         "gluster-pool"
     }
+    /// Its own chain: probing needs the peers' glusterd, not their bricks,
+    /// so the pool forms while the bricks are made (on emulated nodes the
+    /// brick step takes ~2 min, the probes ~1.5 min). Until the glusterd
+    /// here and there answer, a round fails and backs off (5 s, 10 s, …).
     fn chain(&self) -> Chain {
-        Chain::Storage
+        Chain::StoragePool
     }
     fn check_first(&self) -> bool {
         true
     }
 
     fn gate(&self, ctx: &Ctx) -> Gate {
-        if !storage_leader(ctx) {
-            return Gate::NotHere;
-        }
-        match bricks_not_ready(ctx, &layout(ctx).in_volume) {
-            Some(why) => Gate::Wait(why),
-            None => Gate::Run,
+        if storage_leader(ctx) {
+            Gate::Run
+        } else {
+            Gate::NotHere
         }
     }
 
@@ -690,7 +694,7 @@ impl Step for Pool {
     fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
         let pool = host.exec.run(&gluster::query(&["pool", "list"]))?;
         let connected = connected_peers(&pool.stdout);
-        let missing: Vec<String> = ready_peers(ctx)?
+        let missing: Vec<String> = storage_peers(ctx)?
             .iter()
             .map(Ipv4Addr::to_string)
             .filter(|ip| !connected.contains(ip))
@@ -701,7 +705,7 @@ impl Step for Pool {
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
         let pool = host.exec.run(&gluster::query(&["pool", "list"]))?;
         let connected = connected_peers(&pool.stdout);
-        let peers = ready_peers(ctx)?;
+        let peers = storage_peers(ctx)?;
         let missing: Vec<String> = peers
             .iter()
             .map(|ip| ip.to_string())
@@ -732,11 +736,19 @@ impl Step for Volume {
         true
     }
 
+    /// On the storage leader, once every brick of the volume is ready and
+    /// the trusted pool (its own chain, [`Pool`]) is complete.
     fn gate(&self, ctx: &Ctx) -> Gate {
-        if storage_leader(ctx) {
+        if !storage_leader(ctx) {
+            return Gate::NotHere;
+        }
+        if let Some(why) = bricks_not_ready(ctx, &layout(ctx).in_volume) {
+            return Gate::Wait(why);
+        }
+        if ctx.done_on("gluster-pool", &[ctx.me]) {
             Gate::Run
         } else {
-            Gate::NotHere
+            Gate::Wait("the trusted pool (gluster-pool on this node)".into())
         }
     }
 
@@ -943,8 +955,10 @@ mod tests {
                 assert!(matches!(Mount.gate(&c), Gate::Wait(_)));
             }
             let c = Ctx { me: leader, ..*ctx };
-            let Gate::Wait(why) = Pool.gate(&c) else {
-                panic!("the pool waits for the bricks")
+            // the pool forms while the bricks are made; the volume waits
+            assert_eq!(Pool.gate(&c), Gate::Run);
+            let Gate::Wait(why) = Volume.gate(&c) else {
+                panic!("the volume waits for the bricks")
             };
             assert!(why.starts_with("bricks not ready on node"), "{why}");
         });
@@ -1230,6 +1244,21 @@ mod tests {
                 attempts: 0,
             }));
         }
+        state
+    }
+
+    /// [`bricks_done_state`] with the leader's trusted pool complete too
+    /// (what opens the volume step's gate).
+    fn pool_done_state() -> crate::state::ClusterState {
+        let mut state = bricks_done_state();
+        let leader = state.plan.as_ref().unwrap().storage_leader.unwrap();
+        state.apply(Command::RecordStep(StepRecord {
+            node: leader,
+            step: "gluster-pool".into(),
+            status: StepStatus::Done,
+            detail: String::new(),
+            attempts: 0,
+        }));
         state
     }
 
@@ -1545,6 +1574,11 @@ mod tests {
                 ..*ctx
             };
             assert_eq!(Pool.gate(&c), Gate::Run);
+            // the volume waits for the pool (its own chain) to be complete
+            let Gate::Wait(why) = Volume.gate(&c) else {
+                panic!("the volume runs before the pool is complete")
+            };
+            assert!(why.contains("trusted pool"), "{why}");
             let rec = Recording::default();
             rec.answer(
                 "timeout --kill-after=5 20 gluster --mode=script pool list",
@@ -1723,9 +1757,15 @@ mod tests {
 
     #[test]
     fn a_brick_path_of_another_volume_is_refused_and_nothing_is_created() {
+        let state = pool_done_state();
         with_ctx(1, |ctx| {
             let leader = ctx.plan.storage_leader.unwrap();
-            let c = Ctx { me: leader, ..*ctx };
+            let c = Ctx {
+                me: leader,
+                state: &state,
+                ..*ctx
+            };
+            assert_eq!(Volume.gate(&c), Gate::Run);
             let rec = Recording::default();
             rec.answer(
                 "timeout --kill-after=5 20 gluster --mode=script volume info",

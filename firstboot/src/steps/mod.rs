@@ -183,8 +183,12 @@ pub enum Chain {
     /// after it (on three emulated VMs that is ~50 s sooner), and a slow
     /// etcd never holds back the address clients use.
     Vip,
-    /// The Gluster brick, pool, volume and mount.
+    /// The Gluster brick, volume and mount.
     Storage,
+    /// The storage leader's Gluster trusted pool (peer probes): it needs
+    /// the peers' glusterd, not their bricks, so it forms while the bricks
+    /// are made; the volume waits for it.
+    StoragePool,
 }
 
 impl Chain {
@@ -193,6 +197,7 @@ impl Chain {
             Chain::ControlPlane => "control-plane",
             Chain::Vip => "api-vip",
             Chain::Storage => "storage",
+            Chain::StoragePool => "storage-pool",
         }
     }
 }
@@ -671,12 +676,8 @@ mod tests {
                     "kube-proxy"
                 ],
                 vec!["vip"],
-                vec![
-                    "gluster-brick",
-                    "gluster-pool",
-                    "gluster-volume",
-                    "gluster-mount"
-                ],
+                vec!["gluster-brick", "gluster-volume", "gluster-mount"],
+                vec!["gluster-pool"],
             ]
         );
     }
