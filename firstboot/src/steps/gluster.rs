@@ -1216,33 +1216,32 @@ mod tests {
         });
     }
 
+    /// Records `step` done on `node` in `state`.
+    fn record_done(state: &mut crate::state::ClusterState, node: NodeId, step: &str) {
+        state.apply(Command::RecordStep(StepRecord {
+            node,
+            step: step.into(),
+            status: StepStatus::Done,
+            detail: String::new(),
+            attempts: 0,
+        }));
+    }
+
     /// The test state with the storage leader's `gluster-volume` step done
     /// (what makes the brick step report the volume's safety).
     fn volume_done_state() -> crate::state::ClusterState {
         let mut state = super::super::testutil::state();
         let leader = state.plan.as_ref().unwrap().storage_leader.unwrap();
-        state.apply(Command::RecordStep(StepRecord {
-            node: leader,
-            step: "gluster-volume".into(),
-            status: StepStatus::Done,
-            detail: String::new(),
-            attempts: 0,
-        }));
+        record_done(&mut state, leader, "gluster-volume");
         state
     }
 
     /// The test state with every storage node's `gluster-brick` step done
-    /// (what lets the leader's pool and volume steps run).
+    /// (what lets the leader's volume step run once the pool is complete).
     fn bricks_done_state() -> crate::state::ClusterState {
         let mut state = super::super::testutil::state();
         for id in state.plan.clone().unwrap().storage {
-            state.apply(Command::RecordStep(StepRecord {
-                node: id,
-                step: "gluster-brick".into(),
-                status: StepStatus::Done,
-                detail: String::new(),
-                attempts: 0,
-            }));
+            record_done(&mut state, id, "gluster-brick");
         }
         state
     }
@@ -1252,13 +1251,7 @@ mod tests {
     fn pool_done_state() -> crate::state::ClusterState {
         let mut state = bricks_done_state();
         let leader = state.plan.as_ref().unwrap().storage_leader.unwrap();
-        state.apply(Command::RecordStep(StepRecord {
-            node: leader,
-            step: "gluster-pool".into(),
-            status: StepStatus::Done,
-            detail: String::new(),
-            attempts: 0,
-        }));
+        record_done(&mut state, leader, "gluster-pool");
         state
     }
 
