@@ -241,7 +241,18 @@ fn dnsmasq_snippet(name: &str) -> String {
          # First stage: the firmware's PXE loads iPXE; iPXE (DHCP option 175) gets the script.\n\
          dhcp-match=set:ipxe,175\n\
          pxe-service=tag:!ipxe,x86-64_EFI,\"habuild: iPXE\",ipxe.efi\n\
-         dhcp-boot=tag:ipxe,http://192.0.2.10/habuild/boot.ipxe\n"
+         dhcp-boot=tag:ipxe,http://192.0.2.10/habuild/boot.ipxe\n\
+         #\n\
+         # UEFI HTTP boot (no TFTP): the firmware fetches iPXE over HTTP. Put\n\
+         # ipxe.efi in this directory too, and have the server that hands out\n\
+         # addresses answer the firmware's HTTPClient requests (a proxy DHCP\n\
+         # answers PXE clients only). With dnsmasq as that server (a dhcp-range\n\
+         # with addresses instead of proxy), uncomment:\n\
+         # dhcp-vendorclass=set:efihttp,HTTPClient\n\
+         # dhcp-option-force=tag:efihttp,60,HTTPClient\n\
+         # dhcp-boot=tag:efihttp,http://192.0.2.10/habuild/ipxe.efi\n\
+         # Another DHCP server: the same three answers for vendor class\n\
+         # HTTPClient (option 60 HTTPClient, boot file the URL above).\n"
     )
 }
 
@@ -259,7 +270,8 @@ fn readme(name: &str) -> String {
          disk-tail.img        the backup GPT; root.img is slot A\n\
          cluster.toml         the site's cluster file, fetched by live and install boots (present when\n\
                               baked with --cluster; otherwise put yours here: install puts it on the ESP)\n\
-         dnsmasq.conf         a proxy-DHCP + TFTP snippet that points PXE clients at boot.ipxe\n\
+         dnsmasq.conf         a proxy-DHCP + TFTP snippet that points PXE clients at boot.ipxe,\n\
+                              and the UEFI HTTP boot answers (ipxe.efi served beside these files)\n\
          \n\
          manifest.json beside this directory lists each file's sha256 and size.\n"
     )
@@ -408,5 +420,47 @@ mod tests {
         assert_eq!(fs::read(out_dir.join("pxe/root.img")).unwrap(), b"two");
         assert!(out_dir.join("pxe/cluster.toml").exists());
         assert_eq!(fs::read_dir(&out_dir).unwrap().count(), 1);
+    }
+
+    /// The initrd's `habuild_smbios_machine_id` (scripts/habuild-functions),
+    /// run by busybox's sh as in the initramfs: the machine-id a RAM-/var
+    /// node takes from its firmware's system UUID, and none for the values
+    /// firmware uses when it has no UUID.
+    #[test]
+    fn a_ram_node_takes_its_machine_id_from_a_usable_smbios_uuid_only() {
+        let functions = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../images/debian/etc/initramfs-tools/scripts/habuild-functions");
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|b| Path::new(b).exists())
+            .expect("busybox not found: run scripts/setup");
+        let id_of = |uuid: Option<&str>| -> String {
+            let dmi = tempfile::tempdir().unwrap();
+            if let Some(u) = uuid {
+                fs::write(dmi.path().join("product_uuid"), format!("{u}\n")).unwrap();
+            }
+            let out = std::process::Command::new(busybox)
+                .args(["sh", "-c", ". \"$0\" && habuild_smbios_machine_id"])
+                .arg(&functions)
+                .env("HB_DMI", dmi.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(
+            id_of(Some("4C4C4544-0042-3510-8057-B4C04F564B32")),
+            "4c4c4544004235108057b4c04f564b32\n"
+        );
+        for unusable in [
+            None,
+            Some("00000000-0000-0000-0000-000000000000"),
+            Some("FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"),
+            Some("03000200-0400-0500-0006-000700080009"),
+            Some("not-a-uuid"),
+            Some("4C4C4544-0042-3510-8057-B4C04F564B3Z"),
+        ] {
+            assert_eq!(id_of(unusable), "", "{unusable:?}");
+        }
     }
 }

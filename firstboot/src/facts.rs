@@ -129,6 +129,52 @@ fn macs(net: &Path) -> Vec<String> {
     v
 }
 
+/// Whether this machine's CPU is emulated: QEMU without KVM ("tcg"), whose
+/// CPUID hypervisor leaf (0x4000_0000) carries the signature
+/// [`TCG_SIGNATURE`]. Such a CPU runs ten to fifty times slower than the
+/// host, and timings tuned for real CPUs (Raft's heartbeats) fail on it;
+/// see [`crate::consensus::ConsensusConfig::for_cpu`]. (The `hypervisor`
+/// flag and DMI's "QEMU" do not tell: tcg sets the flag too, and QEMU/KVM
+/// says QEMU as well.) x86-64 only; false elsewhere.
+pub fn emulated_cpu() -> bool {
+    hypervisor_signature().as_deref() == Some(TCG_SIGNATURE)
+}
+
+/// QEMU's tcg accelerator's CPUID hypervisor signature.
+pub const TCG_SIGNATURE: &str = "TCGTCGTCGTCG";
+
+/// The CPUID hypervisor signature (leaf 0x4000_0000: `KVMKVMKVM`,
+/// `TCGTCGTCGTCG`, `Microsoft Hv`…) when the CPU says it runs under a
+/// hypervisor (leaf 1, ECX bit 31); None on bare metal.
+pub fn hypervisor_signature() -> Option<String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        // `__cpuid` is a safe function (every x86-64 CPU has the instruction).
+        let leaf1 = __cpuid(1);
+        if leaf1.ecx & (1 << 31) == 0 {
+            return None;
+        }
+        let r = __cpuid(0x4000_0000);
+        Some(signature(r.ebx, r.ecx, r.edx))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
+/// The 12-character signature in EBX, ECX, EDX (little-endian), NULs trimmed.
+fn signature(ebx: u32, ecx: u32, edx: u32) -> String {
+    let bytes: Vec<u8> = [ebx, ecx, edx]
+        .iter()
+        .flat_map(|r| r.to_le_bytes())
+        .collect();
+    String::from_utf8_lossy(&bytes)
+        .trim_end_matches('\0')
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +213,22 @@ mod tests {
         assert_eq!(f.hostname, "node1");
         assert_eq!(f.live_var, None, "booted from its own disk");
         assert_eq!(f.var_in_ram(), None);
+    }
+
+    #[test]
+    fn cpuid_signatures_read_as_qemu_writes_them() {
+        let regs = |sig: &[u8; 12]| {
+            let w = |i: usize| u32::from_le_bytes(sig[i..i + 4].try_into().unwrap());
+            (w(0), w(4), w(8))
+        };
+        let (b, c, d) = regs(b"TCGTCGTCGTCG");
+        assert_eq!(signature(b, c, d), TCG_SIGNATURE);
+        // KVM pads its signature with NULs
+        let (b, c, d) = regs(b"KVMKVMKVM\0\0\0");
+        assert_eq!(signature(b, c, d), "KVMKVMKVM");
+        // this test's own machine is not emulated (a test host under tcg
+        // would be ten times too slow for the suite anyway)
+        assert_ne!(hypervisor_signature().as_deref(), Some(TCG_SIGNATURE));
     }
 
     #[test]

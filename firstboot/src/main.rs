@@ -123,11 +123,21 @@ fn parse_node_id(s: &str) -> Result<NodeId, String> {
     Ok(id)
 }
 
+/// The log filter without `RUST_LOG`. openraft logs every vote request
+/// and election step at info (about 180 lines per node while three
+/// emulated nodes assembled), and its replication module a warning and an
+/// error for every failed attempt to reach a peer, for as long as the peer
+/// is down; on a VM the console is a serial line that costs emulated CPU.
+/// openraft keeps its warnings and errors but not the replication retries;
+/// the transport says once when a peer becomes unreachable and when it is
+/// back. `RUST_LOG=info` shows everything again.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::replication=off";
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .with_target(false)
         .without_time()
@@ -222,6 +232,18 @@ fn run(cluster_path: &Path, once: bool, args: AgentArgs) -> anyhow::Result<()> {
     if once {
         return Ok(());
     }
+    let emulated = facts::emulated_cpu();
+    let consensus = ConsensusConfig::for_cpu(emulated);
+    if emulated {
+        firstboot::gluster::set_query_timeout(firstboot::gluster::QUERY_TIMEOUT_EMULATED_SECS);
+        println!(
+            "habuild-agent: emulated CPU (QEMU without KVM): Raft heartbeat {} ms, elections after {}-{} ms, gluster queries bounded at {} s",
+            consensus.heartbeat_ms,
+            consensus.election_min_ms,
+            consensus.election_max_ms,
+            firstboot::gluster::query_timeout()
+        );
+    }
     let services = match args.services {
         ServicesArg::Systemd => agent::converge::ServiceMode::Systemd,
         ServicesArg::Supervise => {
@@ -265,9 +287,10 @@ fn run(cluster_path: &Path, once: bool, args: AgentArgs) -> anyhow::Result<()> {
                 advertise,
                 interface,
                 status_socket: args.status_socket,
-                consensus: ConsensusConfig::default(),
+                consensus,
                 services,
                 root: args.root,
+                emulated,
             };
             println!(
                 "habuild-agent: node id {:016x} at {}:{} (state in {})",
@@ -362,6 +385,41 @@ struct Loaded {
     interface_line: Option<usize>,
 }
 
+/// The ESP's device link (fstab mounts `PARTLABEL=ESP` on /boot/efi).
+const ESP_DEVICE: &str = "/dev/disk/by-partlabel/ESP";
+
+/// Whether the ESP is there (`device_present`) but nothing is mounted on
+/// /boot/efi (`mounts`: /proc/self/mounts).
+fn esp_mount_missing(mounts: &str, device_present: bool) -> bool {
+    device_present
+        && !mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/boot/efi"))
+}
+
+/// systemd gives up on the ESP's `nofail` mount when udev has not named its
+/// device within 90 s of boot, and never tries again. On a host slow
+/// enough (emulated nodes on a loaded machine: seen in `cluster_qemu`, two
+/// of three nodes waited for ever) the device comes later; the agent, which
+/// needs the cluster file on it, starts the mount again.
+fn retry_esp_mount() {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if !esp_mount_missing(&mounts, Path::new(ESP_DEVICE).exists()) {
+        return;
+    }
+    println!(
+        "habuild-agent: the ESP ({ESP_DEVICE}) is there but not mounted on /boot/efi (systemd gave up waiting for it): mounting it"
+    );
+    let started = std::process::Command::new("systemctl")
+        .args(["start", "--no-block", "boot-efi.mount"])
+        .status();
+    match started {
+        Ok(s) if s.success() => {}
+        Ok(s) => tracing::warn!(status = %s, "systemctl start boot-efi.mount"),
+        Err(e) => tracing::warn!(error = %e, "running systemctl start boot-efi.mount"),
+    }
+}
+
 /// Read and validate the cluster file, waiting (and saying so) until it is present and valid.
 fn wait_for_cluster_file(path: &Path, once: bool) -> anyhow::Result<Option<Loaded>> {
     let mut said = String::new();
@@ -395,6 +453,9 @@ fn wait_for_cluster_file(path: &Path, once: bool) -> anyhow::Result<Option<Loade
                     println!("habuild-agent: waiting for a valid cluster file: {msg}");
                     said = msg;
                 }
+                if path == Path::new(ESP_CLUSTER_PATH) {
+                    retry_esp_mount();
+                }
                 std::thread::sleep(Duration::from_secs(5));
             }
         }
@@ -404,6 +465,16 @@ fn wait_for_cluster_file(path: &Path, once: bool) -> anyhow::Result<Option<Loade
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_esp_is_mounted_again_only_when_it_is_there_and_not_mounted() {
+        let mounted = "/dev/vda2 / erofs ro 0 0\n/dev/vda1 /boot/efi vfat rw 0 0\n";
+        let not = "/dev/vda2 / erofs ro 0 0\n/dev/vda4 /var ext4 rw 0 0\n";
+        assert!(esp_mount_missing(not, true));
+        assert!(!esp_mount_missing(mounted, true));
+        assert!(!esp_mount_missing(not, false), "no ESP (a live node)");
+        assert!(!esp_mount_missing("x /boot/efi/x y\n", false));
+    }
 
     #[test]
     fn the_waiting_status_is_a_typed_document_with_the_error() {

@@ -314,6 +314,7 @@ fn with_ctx<R>(
         root: Path::new("/"),
         interface,
         agent_exe: "/usr/lib/habuild/habuild-agent",
+        emulated: false,
     };
     f(&ctx)
 }
@@ -358,20 +359,20 @@ fn etcd_token(cfg: &ClusterConfig) -> String {
 /// The commands the storage leader's gluster-volume step runs on a host
 /// without the volume.
 fn volume_commands(cfg: &ClusterConfig) -> Vec<String> {
-    let st = state(cfg, members(6));
-    let leader = st
-        .plan
-        .as_ref()
-        .unwrap()
-        .storage_leader
-        .expect("a storage leader");
+    let mut st = state(cfg, members(6));
+    let plan = st.plan.clone().unwrap();
+    let leader = plan.storage_leader.expect("a storage leader");
+    // every brick built: the leader creates the volume over them
+    for node in &plan.storage {
+        st.apply(Command::RecordStep(firstboot::state::StepRecord {
+            node: *node,
+            step: "gluster-brick".into(),
+            status: firstboot::state::StepStatus::Done,
+            detail: String::new(),
+            attempts: 0,
+        }));
+    }
     let rec = Recording::default();
-    rec.answer(
-        "gluster --mode=script volume info",
-        1,
-        "",
-        "Volume habuild does not exist",
-    );
     with_ctx(cfg, &st, leader, "eth0", |ctx| {
         gluster::Volume
             .act(ctx, &rec.host())

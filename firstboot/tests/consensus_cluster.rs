@@ -103,6 +103,8 @@ struct Cluster {
     applied: Mutex<BTreeMap<u64, (NodeId, openraft::LogId<NodeId>)>>,
     /// [`DriverConfig::listen_first`] of the nodes started from now on.
     listen_first: Duration,
+    /// Nodes that keep `/var` in RAM (`Member::var_in_ram`).
+    ram: BTreeSet<NodeId>,
 }
 
 impl Cluster {
@@ -130,7 +132,27 @@ impl Cluster {
             running: BTreeMap::new(),
             applied: Mutex::default(),
             listen_first: Duration::ZERO,
+            ram: BTreeSet::new(),
         }
+    }
+
+    /// Node `id`'s facts as its driver reports them.
+    fn facts(&self, id: NodeId) -> Member {
+        let index = self
+            .ids
+            .iter()
+            .position(|i| *i == id)
+            .expect("a node of the cluster");
+        Member {
+            var_in_ram: self.ram.contains(&id),
+            ..member(id, index)
+        }
+    }
+
+    /// A node that keeps `/var` in RAM rebooting: its directory is gone.
+    async fn crash_and_forget(&mut self, id: NodeId) {
+        self.crash(id).await;
+        self.dirs.insert(id, tempfile::tempdir().expect("tempdir"));
     }
 
     fn dir(&self, id: NodeId) -> &Path {
@@ -143,15 +165,11 @@ impl Cluster {
             .expect("open node");
         self.router.register(id, Arc::new(node.clone()));
         let boot = BootstrapState::load(self.dir(id)).expect("bootstrap state");
-        let announced = first_announcement(&node, &boot);
-        let index = self
-            .ids
-            .iter()
-            .position(|i| *i == id)
-            .expect("a node of the cluster");
+        let me = self.facts(id);
+        let announced = first_announcement(&node, &boot, &me);
         let mut driver = Driver::new(
             DriverConfig {
-                me: member(id, index),
+                me,
                 addr: mem_addr(id),
                 cluster: self.cluster.clone(),
                 state_dir: self.dir(id).to_path_buf(),
@@ -213,7 +231,12 @@ impl Cluster {
     /// Checks that the cluster converged to one group; `Err(why not)` otherwise.
     fn converged(&self) -> Result<NodeId, String> {
         let all: BTreeSet<NodeId> = self.ids.iter().copied().collect();
-        let want_voters = want_voters(self.ids.len(), self.expect, self.cfg.max_voters);
+        // nodes with /var in RAM are never voters
+        let want_voters = want_voters(
+            self.ids.len() - self.ram.len(),
+            self.expect,
+            self.cfg.max_voters,
+        );
         let mut leader = None;
         let mut mem_log = None;
         let mut plans = None;
@@ -671,6 +694,54 @@ fn a_node_added_later_listens_first_and_joins_the_existing_group() {
             "only the first node initialized a group: {:?}",
             c.inits.calls()
         );
+        c.stop_all().await;
+    });
+}
+
+/// Five nodes (`bootstrap_expect` 3), two of which keep `/var` in RAM: the
+/// group forms from the other three, and the RAM nodes join as learners
+/// that are never promoted (five voters otherwise). One RAM node then
+/// reboots with its state gone and the same id (its SMBIOS UUID): it joins
+/// again as the same learner and gets the whole log back.
+#[test]
+fn nodes_with_var_in_ram_never_vote_and_rejoin_under_their_id_after_losing_everything() {
+    runtime().block_on(async {
+        let mut c = Cluster::new(23, 5, 3, ConsensusConfig::fast(), Faults::default());
+        let ids = c.ids.clone();
+        // the two lowest ids: the ones every proposal would pick first
+        c.ram = ids[..2].iter().copied().collect();
+        for id in &ids {
+            c.start(*id).await;
+        }
+        wait_converged(&c, "5 nodes, 2 of them with /var in RAM").await;
+        let inits = c.inits.calls();
+        assert_eq!(inits.len(), 1, "{inits:?}");
+        let check_roles = |c: &Cluster| {
+            for id in &ids {
+                let m = c.running[id].node.metrics();
+                let membership = m.membership_config.membership();
+                let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+                let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+                assert_eq!(learners, c.ram, "on {id:x}: the RAM nodes are the learners");
+                assert_eq!(voters.len(), 3, "on {id:x}");
+                assert!(voters.is_disjoint(&c.ram), "on {id:x}: {voters:x?}");
+            }
+        };
+        check_roles(&c);
+        let ram = ids[0];
+        let applied = c.running[&ids[4]].node.metrics().last_applied;
+        c.crash_and_forget(ram).await;
+        let node = c.start(ram).await;
+        assert!(!node.had_state(), "the reboot lost everything");
+        wait_converged(&c, "the RAM node back with its state gone").await;
+        check_roles(&c);
+        let back = c.running[&ram].node.metrics().last_applied;
+        assert!(
+            back >= applied,
+            "the returning node applied the log again: {back:?} < {applied:?}"
+        );
+        assert_eq!(c.inits.calls().len(), 1, "no second group");
+        c.check_safety().unwrap();
         c.stop_all().await;
     });
 }

@@ -25,17 +25,36 @@ pub const DISK_BYTES: u64 = 8 << 30;
 /// in `work`; the overlay is reused when it exists, so booting the same `i`
 /// again is a reboot of the same machine.
 pub fn start_node(net: &TestNet, work: &Workdir, base: &Path, i: u8) -> Result<Vm> {
-    start_node_with(net, work, base, i, 1024)
+    start_node_with(net, work, base, i, Size::mib(1024))
 }
 
-/// [`start_node`] with `memory_mib` of RAM (control-plane nodes running
-/// Kubernetes get 1536).
+/// A node's emulated hardware.
+#[derive(Clone, Copy, Debug)]
+pub struct Size {
+    pub memory_mib: u32,
+    /// vCPUs. Under tcg each is a host thread (multi-threaded TCG), so a
+    /// VM running alone on the 2-core machine can use both cores.
+    pub cpus: u32,
+}
+
+impl Size {
+    /// `memory_mib` of RAM and one vCPU.
+    pub const fn mib(memory_mib: u32) -> Size {
+        Size {
+            memory_mib,
+            cpus: 1,
+        }
+    }
+}
+
+/// [`start_node`] with `size` (control-plane nodes running Kubernetes get
+/// more memory).
 pub fn start_node_with(
     net: &TestNet,
     work: &Workdir,
     base: &Path,
     i: u8,
-    memory_mib: u32,
+    size: Size,
 ) -> Result<Vm> {
     let disk = work.join(format!("node{i}.qcow2"));
     if !disk.exists() {
@@ -43,7 +62,8 @@ pub fn start_node_with(
     }
     let tap = net.add_tap(&format!("tap{i}"))?;
     let mut spec = VmSpec::new(format!("node{i}"), &disk, vm::mac_address(i), &tap);
-    spec.memory_mib = memory_mib;
+    spec.memory_mib = size.memory_mib;
+    spec.cpus = size.cpus;
     // the disk first, as a flashed rack machine: in a lab that also serves
     // PXE ([`Lab::start_serving_pxe`]) the firmware must not netboot it
     spec.extra_args = vm::DISK_THEN_NETWORK.map(String::from).to_vec();
@@ -71,19 +91,19 @@ impl Lab {
     /// Builds (or reuses) the test image and boots `n` nodes; `name` names
     /// the work directory, `ns_prefix` the namespace.
     pub fn start(name: &str, ns_prefix: &str, n: u8) -> Result<Lab> {
-        Lab::start_with(name, ns_prefix, n, debian_image()?, 1024)
+        Lab::start_with(name, ns_prefix, n, debian_image()?, Size::mib(1024))
     }
 
     /// [`Lab::start`] from `img` (e.g. [`crate::image::debian_image_for`] a
-    /// cluster file of the scenario's own) with `memory_mib` per VM.
+    /// cluster file of the scenario's own) with `size` per VM.
     pub fn start_with(
         name: &str,
         ns_prefix: &str,
         n: u8,
         img: BuiltImage,
-        memory_mib: u32,
+        size: Size,
     ) -> Result<Lab> {
-        Lab::start_inner(name, ns_prefix, n, img, memory_mib, None)
+        Lab::start_inner(name, ns_prefix, n, img, size, None)
     }
 
     /// [`Lab::start_with`], and the namespace also serves the image's
@@ -96,10 +116,10 @@ impl Lab {
         ns_prefix: &str,
         n: u8,
         img: BuiltImage,
-        memory_mib: u32,
+        size: Size,
         site: &pxe::Site,
     ) -> Result<Lab> {
-        Lab::start_inner(name, ns_prefix, n, img, memory_mib, Some(site))
+        Lab::start_inner(name, ns_prefix, n, img, size, Some(site))
     }
 
     fn start_inner(
@@ -107,7 +127,7 @@ impl Lab {
         ns_prefix: &str,
         n: u8,
         img: BuiltImage,
-        memory_mib: u32,
+        size: Size,
         pxe_site: Option<&pxe::Site>,
     ) -> Result<Lab> {
         let work = Workdir::new(name)?;
@@ -128,7 +148,7 @@ impl Lab {
         )?;
         let mut vms = Vec::new();
         for i in 1..=n {
-            vms.push(Some(start_node_with(&net, &work, &img.raw, i, memory_mib)?));
+            vms.push(Some(start_node_with(&net, &work, &img.raw, i, size)?));
         }
         Ok(Lab {
             vms,

@@ -333,6 +333,23 @@ pub fn kube_test_image(cluster_text: &str) -> Result<BuiltImage> {
     image_for(&profile, cluster_text)
 }
 
+/// Writes `text` to `path` unless it already holds it, atomically (a
+/// temporary file renamed over it): tests on other threads read the cached
+/// image's cluster file while another asks for the same image (a plain
+/// write truncated it under a reader: pxe_qemu's install thread once read
+/// it empty).
+fn write_if_changed(path: &Path, text: &str) -> Result<()> {
+    if fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(());
+    }
+    let dir = path.parent().context("a file in a directory")?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 fn image_for(profile: &Path, cluster_text: &str) -> Result<BuiltImage> {
     let key = input_key(profile, cluster_text)?;
     let dir = test_cache().join("images").join(format!("debian-12-{key}"));
@@ -340,7 +357,7 @@ fn image_for(profile: &Path, cluster_text: &str) -> Result<BuiltImage> {
         .join("images")
         .join(format!("cluster-{key}.toml"));
     fs::create_dir_all(dir.parent().expect("has parent"))?;
-    fs::write(&cluster, cluster_text)?;
+    write_if_changed(&cluster, cluster_text)?;
     let manifest = dir.join("manifest.json");
     let build_time = if manifest.is_file() {
         eprintln!("reusing test image {}", dir.display());

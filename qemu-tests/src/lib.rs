@@ -50,8 +50,10 @@
 //! // (processes inside killed, namespace deleted), work (removed).
 //! ```
 
+pub mod boot;
 pub mod cluster;
 pub mod dnsmasq;
+pub mod guest_cpu;
 pub mod image;
 pub mod kube;
 pub mod netns;

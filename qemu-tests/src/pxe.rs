@@ -101,6 +101,14 @@ pub struct Site {
     /// A cluster file served as `cluster.toml` instead of the image's
     /// (what live boots use and install mode puts on the ESP).
     pub cluster: Option<PathBuf>,
+    /// Machines (MACs) that must come in by UEFI HTTP boot, no TFTP: their
+    /// firmware's PXE request gets no boot file, its HTTP boot request
+    /// (vendor class `HTTPClient`) gets `http://<bridge>/habuild/ipxe.efi`.
+    pub http_boot: Vec<String>,
+    /// Machines (MAC, script file under `habuild/`) whose iPXE gets a
+    /// script of their own, as a site gives one machine its settings (the
+    /// caller writes the file into the served directory).
+    pub scripts: Vec<(String, String)>,
 }
 
 impl Site {
@@ -110,15 +118,19 @@ impl Site {
             script: script.to_string(),
             install: Vec::new(),
             cluster: None,
+            http_boot: Vec::new(),
+            scripts: Vec::new(),
         }
     }
 }
 
 /// Serves `img`'s `pxe/` from `net` as `site` says: busybox httpd on the
-/// bridge (`http://<bridge>/habuild/`: the image's files, linked, and the
-/// site's cluster file), a TFTP root in `work` with `ipxe.efi`; returns
-/// the server and the dnsmasq arguments that make DHCP point firmware at
-/// `ipxe.efi` and iPXE at the machine's script.
+/// bridge (`http://<bridge>/habuild/`: the image's files, linked, the
+/// site's cluster file and `ipxe.efi` for UEFI HTTP boot), a TFTP root in
+/// `work` with `ipxe.efi`; returns the server and the dnsmasq arguments
+/// that make DHCP point firmware at `ipxe.efi` (TFTP for PXE, a URL for
+/// UEFI HTTP boot, as the image's `dnsmasq.conf` says) and iPXE at the
+/// machine's script.
 pub fn serve_image(
     net: &TestNet,
     work: &Workdir,
@@ -140,20 +152,61 @@ pub fn serve_image(
     let tftp = work.join("tftp");
     fs::create_dir_all(&tftp)?;
     fs::copy(IPXE_EFI, tftp.join("ipxe.efi"))?;
+    fs::copy(IPXE_EFI, served.join("ipxe.efi"))?;
     let http = serve(net, &work.join("www"))?;
-    let url = |script: &str| format!("http://{}/habuild/{script}", net.bridge_addr());
+    let url = |file: &str| format!("http://{}/habuild/{file}", net.bridge_addr());
     let mut args = vec![
         "--enable-tftp".to_string(),
         format!("--tftp-root={}", tftp.display()),
         "--dhcp-match=set:ipxe,175".to_string(),
-        "--dhcp-boot=tag:!ipxe,ipxe.efi".to_string(),
-        format!("--dhcp-boot=tag:ipxe,tag:!install,{}", url(&site.script)),
-        format!("--dhcp-boot=tag:ipxe,tag:install,{}", url("install.ipxe")),
+        "--dhcp-boot=tag:!ipxe,tag:!efihttp,tag:!httpboot,ipxe.efi".to_string(),
     ];
+    // each machine with a script of its own has a tag the others exclude,
+    // so exactly one dhcp-boot line matches any request
+    let own: String = (0..site.scripts.len())
+        .map(|i| format!(",tag:!own{i}"))
+        .collect();
+    args.push(format!(
+        "--dhcp-boot=tag:ipxe,tag:!install{own},{}",
+        url(&site.script)
+    ));
+    args.push(format!(
+        "--dhcp-boot=tag:ipxe,tag:install{own},{}",
+        url("install.ipxe")
+    ));
+    for (i, (mac, script)) in site.scripts.iter().enumerate() {
+        args.push(format!("--dhcp-host={mac},set:own{i}"));
+        args.push(format!("--dhcp-boot=tag:ipxe,tag:own{i},{}", url(script)));
+    }
+    args.extend(http_boot_args(&pxe, &net.bridge_addr().to_string())?);
     for mac in &site.install {
         args.push(format!("--dhcp-host={mac},set:install"));
     }
+    for mac in &site.http_boot {
+        args.push(format!("--dhcp-host={mac},set:httpboot"));
+    }
     Ok((http, args))
+}
+
+/// The UEFI HTTP boot answers exactly as the image's `pxe/dnsmasq.conf`
+/// gives them (its commented `dhcp-…` lines after "UEFI HTTP boot", with
+/// the example server 192.0.2.10 replaced by `server`), as dnsmasq
+/// arguments: the test boots what a site that follows the snippet boots.
+fn http_boot_args(pxe: &Path, server: &str) -> Result<Vec<String>> {
+    let conf = pxe.join("dnsmasq.conf");
+    let text = fs::read_to_string(&conf).with_context(|| format!("reading {}", conf.display()))?;
+    let args: Vec<String> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("# UEFI HTTP boot"))
+        .filter_map(|l| l.strip_prefix("# dhcp-"))
+        .map(|l| format!("--dhcp-{}", l.replace("192.0.2.10", server)))
+        .collect();
+    anyhow::ensure!(
+        args.len() == 3 && args.iter().any(|a| a.ends_with("/habuild/ipxe.efi")),
+        "{} has no UEFI HTTP boot section (vendor class, option 60, boot URL): {args:?}",
+        conf.display()
+    );
+    Ok(args)
 }
 
 /// An empty 8 GiB qcow2 disk `<name>.qcow2` in `work`.

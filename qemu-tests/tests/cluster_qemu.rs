@@ -16,6 +16,13 @@
 //! `firstboot::protocol::StatusDoc` and habuild's own output types) and
 //! inside the VMs through the QEMU guest agent (virtio-serial, no network):
 //!
+//! 0. The image (`qemu_harness::boot`, once per node, while it assembles):
+//!    boots to multi-user, root read-only erofs, /var the data partition
+//!    grown to the disk and formatted on this first boot, the ESP's
+//!    cluster.toml read by the OS, the guest agent answering, the agent unit
+//!    active, three distinct machine-ids; each boot's `systemd-analyze`
+//!    figures printed. The power-cycled node's second boot (step 4) keeps
+//!    its machine-id and /var.
 //! 1. Assembly: every node's etcd step done with 3/3 members healthy in one
 //!    etcd cluster of three distinct members, every node a control plane,
 //!    status leaking no secret, the VIP answering (haproxy's health
@@ -65,8 +72,9 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use builder::cluster_status::render_timeline;
 use firstboot::protocol::StatusDoc;
 use firstboot::state::Role;
+use qemu_harness::boot;
 use qemu_harness::cluster::{
-    agents, dump, gluster_status, running, status, status_text, step, wait_until, Lab,
+    agents, dump, gluster_status, running, status, status_text, step, wait_until, Lab, Size,
 };
 use qemu_harness::image::{
     debian_image_for, release_bin, test_cluster_text_without_kubernetes, TEST_SECRET,
@@ -101,9 +109,12 @@ fn etcd_view(agent: &StatusDoc) -> Option<EtcdView> {
     if !d.contains("write ok") {
         return None;
     }
+    // "member ? of cluster ?": that round's `endpoint status` did not
+    // answer (a starved node); no view until a round where it did
+    let known = |w: Option<String>| w.filter(|x| x != "?");
     Some((
-        after("member")?,
-        after("cluster")?,
+        known(after("member"))?,
+        known(after("cluster"))?,
         h.parse().ok()?,
         n.parse().ok()?,
         after("revision")?.parse().ok()?,
@@ -379,43 +390,61 @@ fn three_vms_assemble_etcd_the_vip_and_a_replica_3_volume_and_survive_a_power_of
     // Kubernetes off: three emulated control planes on a 2-core host starve
     // etcd and Raft (kube_qemu proves Kubernetes on one node).
     let img = debian_image_for(&test_cluster_text_without_kubernetes())?;
-    let mut lab = Lab::start_with("cluster", "hbc", 3, img, 1024)?;
+    let mut lab = Lab::start_with("cluster", "hbc", 3, img, Size::mib(1024))?;
     let (vms, net, img, work, _) = lab.parts();
     let cluster = img.cluster.as_path();
     let t0 = Instant::now();
 
     // 1. each node reports etcd healthy, the VIP answering and the volume
-    // mounted on its console
+    // mounted on its console; meanwhile (a thread per node, so each boot's
+    // figures are read as they happen) each node's first boot proves the
+    // image: read-only erofs root, /var grown and formatted, the ESP's
+    // cluster file, the guest agent, distinct machine-ids
     let limit = Duration::from_secs(1200);
-    for vm in running(vms) {
-        let r = vm.wait_for("habuild-agent: step etcd done", limit);
-        if let Err(e) = r {
-            bail!("{e:#}\n{}", dump(&running(vms)));
-        }
-        let etcd_at = vm.elapsed();
-        vm.wait_for("habuild-agent: step vip done", Duration::from_secs(300))
-            .with_context(|| dump(&[vm]))?;
-        eprintln!(
+    let first_ids = std::thread::scope(|s| -> Result<Vec<String>> {
+        let boots: Vec<_> = running(vms)
+            .into_iter()
+            .map(|vm| s.spawn(move || boot::first_boot(vm, img)))
+            .collect();
+        for vm in running(vms) {
+            let r = vm.wait_for("habuild-agent: step etcd done", limit);
+            if let Err(e) = r {
+                bail!("{e:#}\n{}", dump(&running(vms)));
+            }
+            let etcd_at = vm.elapsed();
+            vm.wait_for("habuild-agent: step vip done", Duration::from_secs(300))
+                .with_context(|| dump(&[vm]))?;
+            eprintln!(
             "cluster_qemu: {}: etcd healthy {:.0} s and VIP answering {:.0} s after VM start (accel {})",
             vm.name(),
             etcd_at.as_secs_f64(),
             vm.elapsed().as_secs_f64(),
             vm.accel()
         );
-    }
-    for vm in running(vms) {
-        vm.wait_for(
-            "habuild-agent: step gluster-mount done",
-            Duration::from_secs(1500),
-        )
-        .with_context(|| dump(&running(vms)))?;
-        eprintln!(
-            "cluster_qemu: {}: volume mounted {:.0} s after VM start (accel {})",
-            vm.name(),
-            vm.elapsed().as_secs_f64(),
-            vm.accel()
-        );
-    }
+        }
+        for vm in running(vms) {
+            vm.wait_for(
+                "habuild-agent: step gluster-mount done",
+                Duration::from_secs(1500),
+            )
+            .with_context(|| dump(&running(vms)))?;
+            eprintln!(
+                "cluster_qemu: {}: volume mounted {:.0} s after VM start (accel {})",
+                vm.name(),
+                vm.elapsed().as_secs_f64(),
+                vm.accel()
+            );
+        }
+        boots
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow!("a boot check panicked"))?)
+            .collect()
+    })?;
+    let distinct: BTreeSet<_> = first_ids.iter().collect();
+    ensure!(
+        distinct.len() == 3,
+        "fresh copies of the image share a machine-id: {first_ids:?}"
+    );
     let mounted = wait_until(
         "gluster-mount done in status",
         Duration::from_secs(120),
@@ -499,6 +528,8 @@ fn three_vms_assemble_etcd_the_vip_and_a_replica_3_volume_and_survive_a_power_of
         Duration::from_secs(60),
     )?;
     eprintln!("cluster_qemu: {wn}'s agent commands of 2 s or more during assembly (seconds since boot):\n{slow}");
+    let all: Vec<&Vm> = running(vms);
+    qemu_harness::guest_cpu::print("cluster_qemu", "once assembled", &all);
     eprintln!("cluster_qemu: {vn} holds the VIP and will lose power; {wn} writes, {rn} reads");
 
     // 3. habuild cluster status --gluster: replica 3 over the 3 nodes, topology
@@ -838,7 +869,8 @@ fn three_vms_assemble_etcd_the_vip_and_a_replica_3_volume_and_survive_a_power_of
     );
 
     // 9. the victim boots again, side by side: etcd rejoins as the same
-    // member (its thread), the brick is rebuilt and healed (here)
+    // member and the image's second boot is checked (their threads), the
+    // brick is rebuilt and healed (here)
     let back = Instant::now();
     vms[victim] = Some(Vm::start(net, spec, work.path())?);
     let vms_now: &[Option<Vm>] = vms;
@@ -922,6 +954,18 @@ fn three_vms_assemble_etcd_the_vip_and_a_replica_3_volume_and_survive_a_power_of
                 dump(&running(vms_now))
             )
         })?;
+        let healed_after = back.elapsed();
+        // The heal is volume-wide; the rebuilt brick is trusted again when
+        // the victim's brick step next sees it verified (its rounds are
+        // slow while it rebuilds). The mount no longer waits for it, so
+        // neither does this: wait for the step itself.
+        rebooted
+            .wait_for(
+                "habuild-agent: step gluster-brick done",
+                Duration::from_secs(600),
+            )
+            .with_context(|| dump(&running(vms_now)))?;
+        let trusted = back.elapsed();
         let detail = sh(
             rebooted,
             "gluster volume status habuild detail",
@@ -948,9 +992,10 @@ fn three_vms_assemble_etcd_the_vip_and_a_replica_3_volume_and_survive_a_power_of
             "3 self-heal daemons online expected after {vn}'s return:\n{shd}\n{healed}"
         );
         eprintln!(
-            "cluster_qemu: {vn} back: volume mounted {:.0} s after boot, self-heal complete {:.0} s after boot",
+            "cluster_qemu: {vn} back: volume mounted {:.0} s after boot, self-heal complete {:.0} s after boot, its rebuilt brick trusted {:.0} s after boot",
             mounted_after.as_secs_f64(),
-            back.elapsed().as_secs_f64()
+            healed_after.as_secs_f64(),
+            trusted.as_secs_f64()
         );
         // the brick came back untrusted and was rebuilt, not served as it was
         let rebuilt = sh(
@@ -1007,7 +1052,10 @@ fn three_vms_assemble_etcd_the_vip_and_a_replica_3_volume_and_survive_a_power_of
         );
         Ok(())
     };
-    side_by_side(etcd_rejoin, gluster_rebuild)?;
+    // and the image's second boot on the same disk: same machine-id, /var
+    // kept
+    let boot_again = || boot::boot_again(vm(victim, vms_now)?, img, &first_ids[victim]);
+    side_by_side(|| side_by_side(etcd_rejoin, boot_again), gluster_rebuild)?;
     match agents(net, cluster) {
         Ok(agents) => {
             let rebooted: Vec<StatusDoc> = agents
@@ -1019,6 +1067,11 @@ fn three_vms_assemble_etcd_the_vip_and_a_replica_3_volume_and_survive_a_power_of
         }
         Err(e) => eprintln!("cluster_qemu: no timeline of the rebooted node: {e:#}"),
     }
+    qemu_harness::guest_cpu::print(
+        "cluster_qemu",
+        &format!("once {vn} rejoined (its own since its reboot)"),
+        &running(vms_now),
+    );
 
     // the cost of the short ping timeout, measured: every "has not
     // responded … disconnecting" in the survivors' FUSE client logs, by

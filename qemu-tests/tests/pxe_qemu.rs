@@ -17,10 +17,16 @@
 //! and the installed agent reads it there.
 //!
 //! Then, on each server, a machine whose only disk holds data (its first
-//! MiB a byte pattern, nothing else): live, it keeps `/var` in RAM and says
-//! so (console, `live_var` in its facts, the agent's "worker only" line);
-//! sent to install, it stops with "INSTALL FAILED: NO EMPTY DISK"; in both
-//! cases the disk afterwards holds exactly its data and nothing else.
+//! MiB a byte pattern, nothing else). Live, it comes in by UEFI HTTP boot
+//! (no TFTP: the firmware fetches `ipxe.efi` from the HTTP server), keeps
+//! `/var` in RAM and says so (console, `live_var` in its facts, the
+//! agent's "worker only" line), and its machine-id is its SMBIOS UUID. Its
+//! server first serves a root image with the wrong bytes, then goes down:
+//! the initrd names each cause on the console, retries, and boots once the
+//! right file is back. Sent to install, it stops with "INSTALL FAILED: NO
+//! EMPTY DISK", and a third one whose site names that disk
+//! (`habuild-install-disk`) is refused naming the disk and the cause. Each
+//! time the disk afterwards holds exactly its data and nothing else.
 //!
 //! The two machines boot side by side (one vCPU each; the image is built,
 //! or found in the cache, before either starts), as two racks' machines
@@ -32,6 +38,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use qemu_harness::boot;
 use qemu_harness::image::debian_image;
 use qemu_harness::{pxe, vm, Dhcp, TestNet, Vm, Workdir};
 use serde_json::Value;
@@ -41,18 +48,23 @@ const BOOT: Duration = Duration::from_secs(900);
 /// install test's server hands out instead.
 const BAKED_NAME: &str = "\"qemu-test\"";
 const SERVED_NAME: &str = "\"served-by-url\"";
+/// The data-disk machine's SMBIOS system UUID (QEMU `-uuid`): with /var in
+/// RAM its machine-id, so its node id and name, come from it.
+/// The script a site gives the machine whose install disk it names.
+const NAMED_DISK_SCRIPT: &str = "install-vda.ipxe";
+const SMBIOS_UUID: &str = "6a0c3f51-9c2e-4b7d-8d1e-0123456789ab";
 
 fn facts(vm: &Vm, since: u64) -> Result<Value> {
     let line = vm.wait_for_line_with_prefix_after(since, "HABUILD-FACTS ", BOOT)?;
-    let at = line.find("HABUILD-FACTS ").context("prefix")? + "HABUILD-FACTS ".len();
-    serde_json::from_str(line[at..].trim()).with_context(|| format!("parsing {line:?}"))
+    boot::json_after(&line, "HABUILD-FACTS ")
 }
 
 /// The image's `pxe/` served the way a site serves it ([`pxe::serve_image`]),
 /// in a namespace of its own.
 struct Served {
     _dhcp: Dhcp,
-    _http: pxe::Http,
+    /// None while a test has the server down.
+    http: Option<pxe::Http>,
     net: TestNet,
     work: Workdir,
 }
@@ -71,7 +83,7 @@ fn serve_pxe(ns: &str, site: &pxe::Site) -> Result<Served> {
     )?;
     Ok(Served {
         _dhcp: dhcp,
-        _http: http,
+        http: Some(http),
         net,
         work,
     })
@@ -101,7 +113,14 @@ fn empty_disk_machines_netboot_live_and_install_side_by_side() -> Result<()> {
 }
 
 fn a_machine_with_an_empty_disk_netboots_live_and_keeps_its_identity() -> Result<()> {
-    let served = serve_pxe("hbpxe", &pxe::Site::script("boot.ipxe"))?;
+    // ram1 (machine 3) comes in by UEFI HTTP boot, no TFTP
+    let mut served = serve_pxe(
+        "hbpxe",
+        &pxe::Site {
+            http_boot: vec![vm::mac_address(3)],
+            ..pxe::Site::script("boot.ipxe")
+        },
+    )?;
     let (net, work) = (&served.net, &served.work);
 
     let spec = pxe::netboot_spec(net, work, "live1", 1)?;
@@ -161,14 +180,67 @@ fn a_machine_with_an_empty_disk_netboots_live_and_keeps_its_identity() -> Result
     drop(vm);
 
     // A machine whose only disk holds data: the disk is never written,
-    // /var is in RAM, and the node says so (console, facts, agent).
+    // /var is in RAM, and the node says so (console, facts, agent). Its
+    // identity is its SMBIOS UUID. On the way, the server misbehaves: first
+    // it serves a root image with the wrong bytes, then it is down; each
+    // failure is named on the console and retried, and the boot goes on
+    // once the right file is served again.
+    let root = work.join("www/habuild/root.img");
+    let real_root = fs::read_link(&root).context("the served root.img is a link")?;
+    fs::remove_file(&root)?;
+    fs::write(&root, vec![0xa5u8; 1 << 20])?;
     let disk = pxe::disk_with_data(work, "ram1")?;
-    let vm = Vm::start(
-        net,
-        pxe::netboot_spec_on(net, "ram1", 3, &disk)?,
-        work.path(),
+    let mut spec = pxe::netboot_spec_on(net, "ram1", 3, &disk)?;
+    spec.extra_args = [
+        "-uuid",
+        SMBIOS_UUID,
+        // the firmware's own network stack, as on a rack machine: without
+        // the NIC's option ROM (QEMU's is iPXE, which would answer
+        // first), and IPv4 only (OVMF's PXE over IPv6 waits minutes for a
+        // DHCPv6 server before HTTP boot gets its turn)
+        "-global",
+        "virtio-net-pci.romfile=",
+        "-fw_cfg",
+        "name=opt/org.tianocore/IPv6Support,string=no",
+    ]
+    .map(String::from)
+    .to_vec();
+    let vm = Vm::start(net, spec, work.path())?;
+    let uri = vm.wait_for_line_with_prefix("URI: http://", BOOT)?;
+    ensure!(
+        uri.contains("/habuild/ipxe.efi"),
+        "ram1's firmware did not HTTP-boot the served ipxe.efi: {uri}"
+    );
+    let http_booted = vm.elapsed();
+    let wrong = vm.wait_for_line_with_prefix("root.img has sha256 ", BOOT)?;
+    ensure!(
+        wrong.contains("was expected (attempt 1); discarded, retrying in 2s"),
+        "the wrong root image's line: {wrong}"
+    );
+    let wrong_at = vm.elapsed();
+    drop(served.http.take());
+    let mark = vm.serial_len();
+    let down = vm.wait_for_line_with_prefix_after(
+        mark,
+        "root.img failed (attempt ",
+        Duration::from_secs(120),
     )?;
+    ensure!(
+        down.contains("Connection refused") || down.contains("can't connect"),
+        "the line for a server that is down does not name the cause: {down}"
+    );
+    let down_at = vm.elapsed();
+    fs::remove_file(&root)?;
+    std::os::unix::fs::symlink(&real_root, &root)?;
+    served.http = Some(pxe::serve(net, &work.join("www"))?);
+    vm.wait_for_after(mark, "live boot: root image verified", BOOT)?;
+    let verified = vm.elapsed();
     vm.wait_for("live boot: NO USABLE DISK: /var is in RAM", BOOT)?;
+    let machine_id = SMBIOS_UUID.replace('-', "");
+    vm.wait_for(
+        &format!("identity from the SMBIOS UUID (machine-id {machine_id})"),
+        Duration::from_secs(60),
+    )?;
     let f = facts(&vm, 0)?;
     ensure!(
         f["var_device"].is_null()
@@ -177,16 +249,30 @@ fn a_machine_with_an_empty_disk_netboots_live_and_keeps_its_identity() -> Result
                 .is_some_and(|v| v.starts_with("ram: no empty local disk")),
         "ram1 does not report /var in RAM: {f}"
     );
+    ensure!(
+        f["machine_id"] == machine_id.as_str(),
+        "ram1's machine-id is not its SMBIOS UUID {SMBIOS_UUID}: {f}"
+    );
     vm.wait_for(
         "habuild-agent: /var is in RAM (no empty local disk",
         Duration::from_secs(300),
     )?;
+    let line =
+        vm.wait_for_line_with_prefix("a Raft voter); after a reboot it ", Duration::from_secs(10))?;
+    ensure!(
+        line.contains("rejoins as the same node with its state gone"),
+        "{line}"
+    );
     let agent = vm.elapsed();
     vm.kill()?;
     drop(vm);
     pxe::check_data_untouched(&disk)?;
     eprintln!(
-        "ram1: its only disk holds data: left untouched, /var in RAM, the agent says it is a worker only ({:.0}s after power-on)",
+        "ram1: UEFI HTTP boot of ipxe.efi {:.0}s, wrong root image named and discarded {:.0}s, server down named {:.0}s, root verified once served again {:.0}s; its only disk holds data: left untouched, /var in RAM, machine-id from its SMBIOS UUID, the agent says it is a worker only ({:.0}s after power-on)",
+        http_booted.as_secs_f64(),
+        wrong_at.as_secs_f64(),
+        down_at.as_secs_f64(),
+        verified.as_secs_f64(),
         agent.as_secs_f64()
     );
     Ok(())
@@ -199,16 +285,25 @@ fn a_machine_with_an_empty_disk_installs_itself_over_the_network_and_boots_from_
     let site_dir = Workdir::new("hbpxi-site")?;
     let site_file = site_dir.join("cluster.toml");
     let baked = fs::read_to_string(debian_image()?.cluster)?;
-    ensure!(baked.contains(BAKED_NAME), "{baked}");
+    ensure!(
+        baked.contains(BAKED_NAME),
+        "the image's cluster file does not name {BAKED_NAME}: {baked:?}"
+    );
     fs::write(&site_file, baked.replace(BAKED_NAME, SERVED_NAME))?;
     let served = serve_pxe(
         "hbpxi",
         &pxe::Site {
             cluster: Some(site_file),
+            // inst3 (machine 4): a site names the disk to install to
+            scripts: vec![(vm::mac_address(4), NAMED_DISK_SCRIPT.into())],
             ..pxe::Site::script("install.ipxe")
         },
     )?;
     let (net, work) = (&served.net, &served.work);
+    fs::write(
+        work.join("www/habuild").join(NAMED_DISK_SCRIPT),
+        "#!ipxe\nset habuild-install-disk /dev/vda\nchain install.ipxe\n",
+    )?;
     let mut spec = pxe::netboot_spec(net, work, "inst1", 2)?;
     // A rack's boot order: the disk first, the network when the disk boots
     // nothing (empty: install; installed: the disk from then on).
@@ -300,6 +395,29 @@ fn a_machine_with_an_empty_disk_installs_itself_over_the_network_and_boots_from_
     eprintln!(
         "inst2: its only disk holds data: install refused {:.0}s after power-on (NO EMPTY DISK), the disk untouched",
         refused.as_secs_f64()
+    );
+
+    // The same, with the disk named by the site (habuild-install-disk):
+    // naming a disk that holds data does not make it writable.
+    let disk = pxe::disk_with_data(work, "inst3")?;
+    let mut spec = pxe::netboot_spec_on(net, "inst3", 4, &disk)?;
+    spec.extra_args = vm::DISK_THEN_NETWORK.map(String::from).to_vec();
+    let vm = Vm::start(net, spec, work.path())?;
+    let line = vm.wait_for_line_with_prefix("habuild-initrd: INSTALL FAILED: ", BOOT)?;
+    ensure!(
+        line.contains(
+            "habuild.install_disk=/dev/vda is not empty (its first MiB is not all zeros)"
+        ),
+        "inst3's refusal does not name the disk and the cause: {line}"
+    );
+    let refused = vm.elapsed();
+    vm.kill()?;
+    drop(vm);
+    pxe::check_data_untouched(&disk)?;
+    eprintln!(
+        "inst3: the site named its disk, which holds data: install refused {:.0}s after power-on ({}), the disk untouched",
+        refused.as_secs_f64(),
+        line.split("INSTALL FAILED: ").nth(1).unwrap_or_default()
     );
     Ok(())
 }

@@ -70,10 +70,11 @@ async fn run(seed: u64, n: usize, o: &Opts) -> Result<RunResult, String> {
             .map_err(|e| format!("open {id:016x}: {e}"))?;
         router.register(id, Arc::new(node.clone()));
         let boot = BootstrapState::load(dir).map_err(|e| format!("bootstrap state: {e}"))?;
-        let announced = first_announcement(&node, &boot);
+        let me = facts.remove(&id).expect("facts of every node");
+        let announced = first_announcement(&node, &boot, &me);
         let mut driver = Driver::new(
             DriverConfig {
-                me: facts.remove(&id).expect("facts of every node"),
+                me,
                 addr: mem_addr(id),
                 cluster: cluster.clone(),
                 state_dir: dir.to_path_buf(),

@@ -21,11 +21,25 @@ fn masked(mut b: [u8; 16]) -> [u8; 16] {
     b
 }
 
+/// The `forming:` value of a join-only node ([`Advert::JoinOnly`]): all
+/// ones, which no proposal hash takes (its 127 bits would all have to be
+/// ones).
+pub const JOIN_ONLY: [u8; 16] = [0xff; 16];
+
+/// The discovery state announcing a join-only node.
+pub fn join_only() -> RaftState {
+    RaftState::Forming { voters: JOIN_ONLY }
+}
+
 /// The discovery state announcing a booting node's advert.
 pub fn encode(proposal: Option<&str>, locked: bool) -> RaftState {
     let voters = match proposal.and_then(bytes_of) {
         Some(b) => {
             let mut b = masked(b);
+            if b == masked(JOIN_ONLY) {
+                // 2^-127: never the join-only value
+                b[15] = 0xfe;
+            }
             if locked {
                 b[0] |= 0x80;
             }
@@ -39,6 +53,9 @@ pub fn encode(proposal: Option<&str>, locked: bool) -> RaftState {
 /// The advert of a peer announcing `forming:<voters>`, with `known` the full
 /// hashes this node can compare against.
 pub fn decode(voters: [u8; 16], known: &[String]) -> Advert {
+    if voters == JOIN_ONLY {
+        return Advert::JoinOnly;
+    }
     if voters == [0; 16] {
         return Advert::Booting {
             proposal: None,
@@ -98,5 +115,22 @@ mod tests {
                 locked: false
             }
         );
+    }
+
+    #[test]
+    fn join_only_round_trips_and_no_proposal_takes_its_value() {
+        let RaftState::Forming { voters } = join_only() else {
+            panic!()
+        };
+        assert_eq!(decode(voters, &[]), Advert::JoinOnly);
+        let all_ones = hex::encode([0xffu8; 16]);
+        let RaftState::Forming { voters } = encode(Some(&all_ones), true) else {
+            panic!()
+        };
+        assert_ne!(voters, JOIN_ONLY);
+        assert!(matches!(
+            decode(voters, &[]),
+            Advert::Booting { locked: true, .. }
+        ));
     }
 }

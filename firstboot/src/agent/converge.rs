@@ -64,6 +64,8 @@ pub struct ConvergeConfig {
     pub services: ServiceMode,
     pub interface: String,
     pub agent_exe: String,
+    /// See [`crate::steps::Ctx::emulated`].
+    pub emulated: bool,
 }
 
 /// This node's latest step outcomes, for the status document.
@@ -125,28 +127,51 @@ struct Next {
 ///   etcd): after [`PENDING_FIRST`], doubling to [`ROUND`] while it stays
 ///   so, and at once when the state changes;
 /// - a failed step backing off: when its backoff ends.
+///
+/// And never sooner after a round than that round took (at most
+/// [`MAX_GAP`]), a state change or not: a round that took 10 s is
+/// followed by at least 10 s of rest, so the checks of a chain take at
+/// most about half of a node's time. On an emulated node the control
+/// plane's pending check (`kubectl get --raw /readyz`, 4-18 s there) ran
+/// back to back while the apiserver it waited for started on the same
+/// vCPU.
 #[derive(Debug, Default)]
 struct Pace {
     /// The state the last round saw, when it ran, and what is due next.
     last: Option<(ClusterState, Instant, Next)>,
     /// Consecutive rounds that ended on a pending step.
     pending_rounds: u32,
+    /// How long the last round took.
+    took: Duration,
 }
+
+/// The longest rest [`Pace`] keeps after a slow round.
+const MAX_GAP: Duration = Duration::from_secs(30);
 
 impl Pace {
     fn due(&self, state: &ClusterState, now: Instant) -> bool {
         match &self.last {
             Some((seen, at, next)) => {
-                now.duration_since(*at) >= next.after || (next.on_change && seen != state)
+                let since = now.duration_since(*at);
+                since >= next.after.max(self.gap())
+                    || (next.on_change && seen != state && since >= self.gap())
             }
             None => true,
         }
     }
 
+    /// The rest after the last round: as long as it took, at most
+    /// [`MAX_GAP`].
+    fn gap(&self) -> Duration {
+        self.took.min(MAX_GAP)
+    }
+
     /// How long until the round is due without a state change.
     fn left(&self, now: Instant) -> Duration {
         match &self.last {
-            Some((_, at, next)) => (*at + next.after).saturating_duration_since(now),
+            Some((_, at, next)) => {
+                (*at + next.after.max(self.gap())).saturating_duration_since(now)
+            }
             None => Duration::ZERO,
         }
     }
@@ -172,13 +197,15 @@ impl Pace {
         ));
     }
 
-    /// A round ran on `state`; `retry_in`: the soonest end of a backoff.
+    /// A round ran on `state`, ended at `now` and took `took`;
+    /// `retry_in`: the soonest end of a backoff.
     fn ran(
         &mut self,
         state: ClusterState,
         outcomes: &[(&'static str, Outcome)],
         retry_in: Option<Duration>,
         now: Instant,
+        took: Duration,
     ) {
         let blocker = outcomes.iter().map(|(_, o)| o).find(|o| !o.is_settled());
         let next = match blocker {
@@ -200,6 +227,7 @@ impl Pace {
             _ => 0,
         };
         self.last = Some((state, now, next));
+        self.took = took;
     }
 }
 
@@ -409,11 +437,11 @@ async fn run_chain(
             pace.idle(state, Instant::now());
             continue;
         }
+        let round_start = Instant::now();
         let items = decrypt_items(&state, &sbox);
-        let now = Instant::now();
         let skip: Vec<String> = backoff
             .iter()
-            .filter(|(_, (until, _))| *until > now)
+            .filter(|(_, (until, _))| *until > round_start)
             .map(|(k, _)| k.clone())
             .collect();
         let (h, c, s, st, r) = (
@@ -436,6 +464,7 @@ async fn run_chain(
                 root: &c.root,
                 interface: &c.interface,
                 agent_exe: &c.agent_exe,
+                emulated: c.emulated,
             };
             let mut recent = r.lock().unwrap_or_else(|e| e.into_inner());
             steps::converge_timed(&s, &ctx, &h, &|n| skip.iter().any(|k| k == n), &mut recent)
@@ -512,7 +541,13 @@ async fn run_chain(
             .values()
             .map(|(until, _)| until.saturating_duration_since(now))
             .min();
-        pace.ran(state, &outcomes, retry_in, now);
+        pace.ran(
+            state,
+            &outcomes,
+            retry_in,
+            now,
+            now.saturating_duration_since(round_start),
+        );
         let mut all = views.write().unwrap_or_else(|e| e.into_inner());
         all.retain(|v| !steps.iter().any(|s| s.name() == v.step));
         all.extend(view);
@@ -596,7 +631,13 @@ mod tests {
         assert!(pace.due(&st, t0), "first round");
         // started, not healthy yet: re-checked within ROUND, sooner at first
         let pending = Outcome::Pending("starting".into());
-        pace.ran(st.clone(), &[("pki", done()), ("etcd", pending)], None, t0);
+        pace.ran(
+            st.clone(),
+            &[("pki", done()), ("etcd", pending)],
+            None,
+            t0,
+            Duration::ZERO,
+        );
         assert!(!pace.due(&st, t0), "not at once");
         assert!(pace.due(&st, t0 + PENDING_FIRST), "the first re-check");
         assert!(pace.due(&st, t0 + ROUND), "not settled: due every round");
@@ -607,6 +648,7 @@ mod tests {
             &[("pki", done()), ("etcd", Outcome::Waiting("pki".into()))],
             None,
             t0,
+            Duration::ZERO,
         );
         assert!(!pace.due(&st, t0 + ROUND), "nothing it waits on changed");
         let mut changed = st.clone();
@@ -618,6 +660,7 @@ mod tests {
                 &[("pki", done()), ("etcd", o)],
                 Some(Duration::from_secs(5)),
                 t0,
+                Duration::ZERO,
             );
             assert!(!pace.due(&changed, t0 + ROUND), "backing off");
             assert!(pace.due(&st, t0 + Duration::from_secs(5)), "backoff over");
@@ -633,13 +676,41 @@ mod tests {
         let pending = [("etcd", Outcome::Pending("starting".into()))];
         let mut waits = Vec::new();
         for _ in 0..5 {
-            pace.ran(st.clone(), &pending, None, t0);
+            pace.ran(st.clone(), &pending, None, t0, Duration::ZERO);
             waits.push(pace.left(t0).as_millis());
         }
         assert_eq!(waits, [500, 1000, 2000, 2000, 2000]);
-        pace.ran(st.clone(), &[("etcd", done())], None, t0);
-        pace.ran(st.clone(), &pending, None, t0);
+        pace.ran(st.clone(), &[("etcd", done())], None, t0, Duration::ZERO);
+        pace.ran(st.clone(), &pending, None, t0, Duration::ZERO);
         assert_eq!(pace.left(t0), PENDING_FIRST, "a new wait starts short");
+    }
+
+    #[test]
+    fn a_slow_round_is_followed_by_as_long_a_rest() {
+        let t0 = Instant::now();
+        let st = ClusterState::default();
+        let mut changed = st.clone();
+        changed.members = crate::plan::testutil::n_members(1);
+        let mut pace = Pace::default();
+        let pending = [("etcd", Outcome::Pending("not ready".into()))];
+        pace.ran(st.clone(), &pending, None, t0, Duration::from_secs(8));
+        assert!(
+            !pace.due(&st, t0 + ROUND),
+            "pending, but the round took 8 s"
+        );
+        assert!(
+            !pace.due(&changed, t0 + Duration::from_secs(7)),
+            "not even on a change"
+        );
+        assert!(pace.due(&st, t0 + Duration::from_secs(8)));
+        assert_eq!(pace.left(t0), Duration::from_secs(8));
+        pace.ran(st.clone(), &pending, None, t0, Duration::from_secs(600));
+        assert!(pace.due(&st, t0 + MAX_GAP), "the rest is bounded");
+        pace.ran(st.clone(), &pending, None, t0, Duration::from_millis(20));
+        assert!(
+            pace.due(&changed, t0 + Duration::from_millis(20)),
+            "quick rounds: as before"
+        );
     }
 
     #[test]
@@ -652,6 +723,7 @@ mod tests {
             &[("pki", done()), ("vip", Outcome::NotHere)],
             None,
             t0,
+            Duration::ZERO,
         );
         assert!(!pace.due(&st, t0 + ROUND), "settled, same state");
         assert!(!pace.due(&st, t0 + SETTLED - ROUND));
@@ -717,6 +789,7 @@ mod tests {
             &[("etcd", Outcome::Pending("x".into()))],
             None,
             t0,
+            Duration::ZERO,
         );
         // metrics changes that apply nothing (heartbeats) do not wake it
         let spam = tokio::spawn(async move {
@@ -736,6 +809,7 @@ mod tests {
             &[("etcd", Outcome::Waiting("pki".into()))],
             None,
             started,
+            Duration::ZERO,
         );
         let waiting = tokio::spawn(async move {
             let woke = wait_for_change(&mut rx, &pace, None).await;

@@ -159,13 +159,15 @@ pub enum DriverError {
 }
 
 /// The announcement a node starts with: member if its Raft state says so,
+/// else join-only for a node that keeps `/var` in RAM (`me.var_in_ram`),
 /// else its bootstrap advert.
-pub fn first_announcement(node: &ConsensusNode, boot: &BootstrapState) -> RaftState {
+pub fn first_announcement(node: &ConsensusNode, boot: &BootstrapState, me: &Member) -> RaftState {
     match node.member_advert() {
         Some(_) => RaftState::Member,
+        None if me.var_in_ram => advert::join_only(),
         None => match boot.advert() {
             Advert::Booting { proposal, locked } => advert::encode(proposal.as_deref(), locked),
-            Advert::Member { .. } => RaftState::Member,
+            Advert::Member { .. } | Advert::JoinOnly => RaftState::Member,
         },
     }
 }
@@ -332,6 +334,9 @@ impl<V: PeerView, R: Reporter> Driver<V, R> {
         let me = self.cfg.me.id;
         let expect = self.cfg.cluster.cluster.bootstrap_expect as usize;
         let peers = self.bootstrap_peers(expect);
+        if self.cfg.me.var_in_ram {
+            return Ok(self.join_only(&peers));
+        }
         let decision = bootstrap::decide(me, expect, &self.boot, &peers);
         let since = *self.listening_since.get_or_insert_with(Instant::now);
         let fresh = self.boot.proposed.is_empty() && self.boot.locked.is_none();
@@ -369,6 +374,13 @@ impl<V: PeerView, R: Reporter> Driver<V, R> {
                 self.waiting = Some(format!("{id:016x} to initialize the group"));
                 Phase::Forming
             }
+            Decision::Wait(WaitReason::NoGroupToJoin) => {
+                self.waiting = Some("a group to join".into());
+                Phase::Discovering {
+                    seen: peers.len() + 1,
+                    expected: expect,
+                }
+            }
             Decision::Propose { .. } | Decision::Lock { .. } => {
                 if self.boot.record(&decision) {
                     self.boot.save(&self.cfg.state_dir).map_err(|source| {
@@ -397,24 +409,45 @@ impl<V: PeerView, R: Reporter> Driver<V, R> {
                 self.waiting = Some("the new group to elect a leader".into());
                 Phase::Forming
             }
-            Decision::JoinExisting { via } => {
-                self.spawn_join(*via);
-                let refused = self
-                    .join_refused
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                self.waiting = Some(match refused {
-                    Some(why) => format!("admission through {via:016x} (last answer: {why})"),
-                    None => format!("admission through {via:016x}"),
-                });
-                Phase::Joining
-            }
+            Decision::JoinExisting { via } => self.join_through(*via),
         };
         if let Advert::Booting { proposal, locked } = self.boot.advert() {
             self.announce(advert::encode(proposal.as_deref(), locked));
         }
         Ok(phase)
+    }
+
+    /// A node that keeps `/var` in RAM: it joins a group it sees and never
+    /// founds one ([`bootstrap::decide_join_only`]); it announces itself
+    /// join-only so that booting nodes leave it out of their voter sets.
+    fn join_only(&mut self, peers: &[bootstrap::Peer]) -> Phase {
+        self.announce(advert::join_only());
+        match bootstrap::decide_join_only(self.cfg.me.id, peers) {
+            Decision::JoinExisting { via } => self.join_through(via),
+            _ => {
+                self.waiting =
+                    Some("a group to join (/var is in RAM: this node never founds one)".into());
+                Phase::Discovering {
+                    seen: peers.len() + 1,
+                    expected: self.cfg.cluster.cluster.bootstrap_expect as usize,
+                }
+            }
+        }
+    }
+
+    /// Asks `via` for admission (at most every [`JOIN_EVERY`]).
+    fn join_through(&mut self, via: NodeId) -> Phase {
+        self.spawn_join(via);
+        let refused = self
+            .join_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.waiting = Some(match refused {
+            Some(why) => format!("admission through {via:016x} (last answer: {why})"),
+            None => format!("admission through {via:016x}"),
+        });
+        Phase::Joining
     }
 
     /// Verified peers as the bootstrap decision sees them.
@@ -424,7 +457,11 @@ impl<V: PeerView, R: Reporter> Driver<V, R> {
             .iter()
             .find(|p| p.state == RaftState::Leader)
             .map(|p| p.id);
-        let mut view: BTreeSet<NodeId> = peers.iter().map(|p| p.id).collect();
+        let mut view: BTreeSet<NodeId> = peers
+            .iter()
+            .filter(|p| p.state != advert::join_only())
+            .map(|p| p.id)
+            .collect();
         view.insert(self.cfg.me.id);
         let candidate: BTreeSet<NodeId> = view.into_iter().take(expect.max(1)).collect();
         let known: Vec<String> = self

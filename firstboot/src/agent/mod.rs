@@ -78,6 +78,8 @@ pub struct AgentConfig {
     pub root: PathBuf,
     /// How the steps run services.
     pub services: converge::ServiceMode,
+    /// Whether this CPU is emulated ([`crate::facts::emulated_cpu`]).
+    pub emulated: bool,
 }
 
 /// Runs the agent until an unrecoverable error.
@@ -156,13 +158,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 .context("locating the agent's own executable")?
                 .display()
                 .to_string(),
+            emulated: cfg.emulated,
         },
         sbox.clone(),
         step_views.clone(),
     ));
 
     let boot = BootstrapState::load(&cfg.state_dir).context("loading bootstrap state")?;
-    let announced = driver::first_announcement(&node, &boot);
+    let me = member_facts(&cfg, &hostname.name);
+    let announced = driver::first_announcement(&node, &boot, &me);
     let (discovery, mut events) = Discovery::start(
         DiscoveryConfig {
             key: MdnsKey::derive(&cfg.cluster.cluster.secret),
@@ -191,7 +195,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         addrs,
     };
     let driver_cfg = DriverConfig {
-        me: member_facts(&cfg, &hostname.name),
+        me,
         addr: my_addr.to_string(),
         cluster: cfg.cluster.clone(),
         state_dir: cfg.state_dir.clone(),
@@ -211,7 +215,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let facts = crate::facts::collect(Path::new("/"));
     if let Some(why) = facts.var_in_ram() {
         println!(
-            "habuild-agent: /var is in RAM ({why}): this node is a worker only (never etcd, control plane or a brick) and a new node after a reboot"
+            "habuild-agent: /var is in RAM ({why}): this node is a worker only (never etcd, control plane, a brick or a Raft voter); after a reboot it {}",
+            if why.contains("identity from the SMBIOS UUID") {
+                "rejoins as the same node with its state gone"
+            } else {
+                "is a new node"
+            }
         );
     }
     let live_var = facts.live_var;

@@ -98,6 +98,11 @@ pub enum Advert {
     },
     /// In a Raft group (voter or learner); `leader` as far as it knows.
     Member { leader: Option<NodeId> },
+    /// Never a founder ([`decide_join_only`]): a node that keeps no state
+    /// across reboots (`/var` in RAM) waits for a group and joins it. It is
+    /// no candidate for the initial voter set, so the others leave it out
+    /// of their proposals (else they would wait for its lock for ever).
+    JoinOnly,
 }
 
 /// A verified peer as seen through discovery.
@@ -193,6 +198,8 @@ pub enum WaitReason {
     WaitingForLocks { missing: Vec<NodeId> },
     /// Locked and complete; `initializer` (the lowest id) initializes.
     InitializerIs(NodeId),
+    /// A join-only node ([`Advert::JoinOnly`]) sees no group yet.
+    NoGroupToJoin,
 }
 
 /// What to do next.
@@ -211,6 +218,34 @@ pub enum Decision {
     JoinExisting { via: NodeId },
 }
 
+/// The member to ask for admission when a group is visible: its leader if a
+/// visible member names a visible leader, else the lowest member id.
+fn join_via(peers: &[&Peer]) -> Option<NodeId> {
+    let members: Vec<&Peer> = peers
+        .iter()
+        .copied()
+        .filter(|p| matches!(p.advert, Advert::Member { .. }))
+        .collect();
+    let visible = |id: NodeId| members.iter().any(|p| p.id == id);
+    let leader = members.iter().find_map(|p| match p.advert {
+        Advert::Member { leader: Some(l) } if visible(l) => Some(l),
+        _ => None,
+    });
+    leader.or_else(|| members.iter().map(|p| p.id).min())
+}
+
+/// The decision of a join-only node ([`Advert::JoinOnly`]): join a group
+/// once one is visible, never found one. Such a node forgets everything on
+/// a reboot; a founding voter that forgot its vote and log could elect a
+/// second leader.
+pub fn decide_join_only(me: NodeId, peers: &[Peer]) -> Decision {
+    let peers: Vec<&Peer> = peers.iter().filter(|p| p.id != me).collect();
+    match join_via(&peers) {
+        Some(via) => Decision::JoinExisting { via },
+        None => Decision::Wait(WaitReason::NoGroupToJoin),
+    }
+}
+
 /// The bootstrap decision for node `me` given `bootstrap_expect`, its own
 /// persisted [`BootstrapState`], and the verified peers it sees (itself
 /// excluded; duplicates are ignored). See the module docs for the rules and
@@ -222,21 +257,14 @@ pub fn decide(
     peers: &[Peer],
 ) -> Decision {
     let expect = bootstrap_expect.max(1);
-    let peers: Vec<&Peer> = peers.iter().filter(|p| p.id != me).collect();
+    // Join-only nodes are not candidates: they never propose nor lock.
+    let peers: Vec<&Peer> = peers
+        .iter()
+        .filter(|p| p.id != me && p.advert != Advert::JoinOnly)
+        .collect();
 
     // 1. A group exists: join it.
-    let members: Vec<&Peer> = peers
-        .iter()
-        .copied()
-        .filter(|p| matches!(p.advert, Advert::Member { .. }))
-        .collect();
-    if !members.is_empty() {
-        let visible = |id: NodeId| members.iter().any(|p| p.id == id);
-        let leader = members.iter().find_map(|p| match p.advert {
-            Advert::Member { leader: Some(l) } if visible(l) => Some(l),
-            _ => None,
-        });
-        let via = leader.unwrap_or_else(|| members.iter().map(|p| p.id).min().expect("non-empty"));
+    if let Some(via) = join_via(&peers) {
         return Decision::JoinExisting { via };
     }
 
@@ -490,5 +518,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn join_only_nodes_never_found_a_group_and_are_left_out_of_proposals() {
+        let join_only = |id| Peer {
+            id,
+            advert: Advert::JoinOnly,
+        };
+        // Nodes 1 and 2 (expect 2) with join-only node 0 beside them: the
+        // lowest two ids they propose are 1 and 2, never 0.
+        let peers = vec![join_only(0), booting(2, None, false)];
+        match decide(1, 2, &BootstrapState::default(), &peers) {
+            Decision::Propose { set, .. } => assert_eq!(set, s(&[1, 2])),
+            d => panic!("{d:?}"),
+        }
+        // With only a join-only peer, a node sees too few to form.
+        assert_eq!(
+            decide(1, 2, &BootstrapState::default(), &[join_only(0)]),
+            Decision::Wait(WaitReason::NotEnoughPeers {
+                seen: 1,
+                expected: 2
+            })
+        );
+        // The join-only node waits for a group, whatever booting peers it sees…
+        assert_eq!(
+            decide_join_only(0, &[booting(1, Some(&s(&[1, 2])), true), join_only(5)]),
+            Decision::Wait(WaitReason::NoGroupToJoin)
+        );
+        // …and joins one through its leader once it is visible.
+        let member = |id, leader| Peer {
+            id,
+            advert: Advert::Member { leader },
+        };
+        assert_eq!(
+            decide_join_only(0, &[member(1, Some(2)), member(2, Some(2))]),
+            Decision::JoinExisting { via: 2 }
+        );
+        assert_eq!(
+            decide_join_only(0, &[member(3, None), member(1, Some(9))]),
+            Decision::JoinExisting { via: 1 },
+            "the leader it names is not visible: the lowest member"
+        );
     }
 }

@@ -67,6 +67,34 @@ impl Default for ConsensusConfig {
 }
 
 impl ConsensusConfig {
+    /// The agent's timings for its CPU: [`Default`] on real CPUs (bare
+    /// metal, KVM and other hardware-assisted VMs), [`Self::emulated`] on
+    /// an emulated one ([`crate::facts::emulated_cpu`]).
+    pub fn for_cpu(emulated: bool) -> Self {
+        if emulated {
+            Self::emulated()
+        } else {
+            Self::default()
+        }
+    }
+
+    /// Timings for an emulated CPU (QEMU without KVM): a 1 s heartbeat
+    /// (also how long an AppendEntries may take) and elections after 5-10 s
+    /// of silence. With the default 250 ms and 1-2 s, three emulated nodes
+    /// busy starting etcd and glusterd missed heartbeats by the hundred
+    /// ("unreachable: timed out") and held elections while the cluster
+    /// assembled, each one holding the steps back. A leader that loses
+    /// power is replaced after 5-10 s instead of 1-2 s; etcd and the VIP
+    /// have their own timers and are not affected.
+    pub fn emulated() -> Self {
+        ConsensusConfig {
+            heartbeat_ms: 1000,
+            election_min_ms: 5000,
+            election_max_ms: 10_000,
+            ..Self::default()
+        }
+    }
+
     /// Short timeouts for in-process tests.
     pub fn fast() -> Self {
         ConsensusConfig {
@@ -376,9 +404,21 @@ impl ConsensusNode {
         let mut voter = voters.contains(&req.id);
         // Other learners, the one that answered most recently first.
         let acks = self.acks();
-        let mut others: Vec<NodeId> = membership.learner_ids().filter(|l| *l != req.id).collect();
+        // Never a node that keeps /var in RAM: it forgets its vote and log
+        // on a reboot and comes back under the same id (its SMBIOS UUID).
+        let state = self.state();
+        let in_ram = |id: &NodeId| state.members.get(id).is_some_and(|m| m.var_in_ram);
+        let mut others: Vec<NodeId> = membership
+            .learner_ids()
+            .filter(|l| *l != req.id && !in_ram(l))
+            .collect();
         others.sort_by_key(|l| std::cmp::Reverse(acks.get(l).copied()));
-        let promote = promotion(voters.len(), req.id, &others, self.inner.max_voters);
+        let joiner_in_ram = req.member.as_ref().is_some_and(|m| m.var_in_ram);
+        let promote = if joiner_in_ram {
+            BTreeSet::new()
+        } else {
+            promotion(voters.len(), req.id, &others, self.inner.max_voters)
+        };
         if !voter && !promote.is_empty() {
             let ch = raft.change_membership(ChangeMembers::AddVoterIds(promote), false);
             match tokio::time::timeout(JOIN_TIMEOUT, ch).await {

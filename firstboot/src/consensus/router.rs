@@ -243,9 +243,26 @@ impl RaftNetwork<TypeConfig> for Connection {
         }
     }
 
+    /// After an unreachable target openraft waits these intervals between
+    /// replication attempts (reset by the next success): 100 ms doubling to
+    /// [`MAX_REPLICATION_BACKOFF`]. A fixed 100 ms made a leader retry a
+    /// powered-off peer ten times a second for as long as it was off, each
+    /// retry a fast failure and two log lines, which on an emulated node
+    /// cost CPU the survivors needed.
     fn backoff(&self) -> openraft::network::Backoff {
-        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(100)))
+        openraft::network::Backoff::new(replication_backoff())
     }
+}
+
+/// The longest wait between replication attempts to an unreachable peer:
+/// a peer that comes back is caught up at most this long after.
+pub const MAX_REPLICATION_BACKOFF: Duration = Duration::from_secs(2);
+
+/// 100 ms, 200 ms, 400 ms, … capped at [`MAX_REPLICATION_BACKOFF`].
+pub fn replication_backoff() -> impl Iterator<Item = Duration> + Send + 'static {
+    std::iter::successors(Some(Duration::from_millis(100)), |d| {
+        Some((*d * 2).min(MAX_REPLICATION_BACKOFF))
+    })
 }
 
 /// Fault settings of a [`MemRouter`].
@@ -431,5 +448,19 @@ impl RpcTransport for MemTransport {
         rpc: RpcRequest,
     ) -> BoxFuture<'_, Result<RpcResponse, Unreachable>> {
         Box::pin(self.router.send(self.from, target, rpc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_to_an_unreachable_peer_backs_off_to_two_seconds() {
+        let ms: Vec<u128> = replication_backoff()
+            .take(8)
+            .map(|d| d.as_millis())
+            .collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
     }
 }

@@ -116,7 +116,6 @@ pub fn brick_actions(
     if !obs.mounted {
         let unit = mount_unit_name(BRICK_MOUNT);
         out.push(Cmd::new(["mkdir", "-p", BRICK_MOUNT]));
-        out.push(Cmd::new(["systemctl", "daemon-reload"]));
         out.push(Cmd::new([
             "systemctl",
             "enable",

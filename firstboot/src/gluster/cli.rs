@@ -12,6 +12,27 @@ use crate::host::Cmd;
 /// `heal`), which held the storage chain's check and the safety view that
 /// long. Bounded, the view says "unknown" after this many seconds.
 pub const QUERY_TIMEOUT_SECS: u32 = 20;
+/// [`QUERY_TIMEOUT_SECS`] on an emulated CPU ([`crate::facts::emulated_cpu`]):
+/// there three storage nodes' glusterd answered a local `pool list` in
+/// 20-27 s for minutes on end (2 s on an idle emulated node), so a 20 s
+/// bound turned slow answers into failures and the pool and volume steps
+/// flipped between done and failed, holding every mount and safety view
+/// back.
+pub const QUERY_TIMEOUT_EMULATED_SECS: u32 = 45;
+
+static QUERY_TIMEOUT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Sets the bound of every [`query`] for this process (once, at start-up:
+/// [`QUERY_TIMEOUT_EMULATED_SECS`] on an emulated CPU); the first call wins.
+pub fn set_query_timeout(secs: u32) {
+    let _ = QUERY_TIMEOUT.set(secs);
+}
+
+/// The bound of a [`query`]: [`QUERY_TIMEOUT_SECS`] unless
+/// [`set_query_timeout`] said otherwise.
+pub fn query_timeout() -> u32 {
+    QUERY_TIMEOUT.get().copied().unwrap_or(QUERY_TIMEOUT_SECS)
+}
 
 /// The exit codes of coreutils `timeout` when it stopped the command:
 /// 124 (SIGTERM after [`QUERY_TIMEOUT_SECS`]) or 137 (SIGKILL 5 s later).
@@ -21,7 +42,8 @@ pub fn timed_out(code: i32) -> bool {
 
 /// A read-only `gluster --mode=script ARGS` (`volume info`, `volume
 /// status`, `volume heal … info|statistics`, `pool list`) under coreutils
-/// `timeout`: `timeout --kill-after=5 20 gluster --mode=script ARGS`.
+/// `timeout`: `timeout --kill-after=5 20 gluster --mode=script ARGS` (20:
+/// [`query_timeout`]).
 /// Not gluster's own `--timeout=N`: in glusterfs 10 it sets only
 /// `cli_default_conn_timeout`, while `heal` requests wait the fixed
 /// `cli_ten_minutes_timeout` and `heal … info` runs `glfsheal`, which has
@@ -31,7 +53,7 @@ pub fn timed_out(code: i32) -> bool {
 /// set, probe, reset-brick) are not bounded: stopping the CLI does not
 /// stop glusterd's transaction, and their caller needs its real outcome.
 pub fn query(args: &[&str]) -> Cmd {
-    let secs = QUERY_TIMEOUT_SECS.to_string();
+    let secs = query_timeout().to_string();
     let mut argv = vec![
         "timeout",
         "--kill-after=5",
@@ -42,6 +64,24 @@ pub fn query(args: &[&str]) -> Cmd {
     argv.extend_from_slice(args);
     Cmd::new(argv)
 }
+
+/// Whether a failed query's output says glusterd's volume lock was held by
+/// another transaction ("Another transaction is in progress for VOL.
+/// Please try again after some time."): `volume status` and `heal` take
+/// that lock, and every storage node's safety view, the rebuild and the
+/// leader's own volume commands ask for it; such an answer says nothing
+/// about the volume, so it is asked again ([`LOCK_RETRIES`]). Not "Locking
+/// failed on HOST": that is also what a peer that lost power gives, and
+/// asking again would only wait on it again.
+pub fn lock_busy(output: &str) -> bool {
+    output.contains("Another transaction is in progress")
+}
+
+/// How many times a query that found the volume lock busy is asked again
+/// (after [`LOCK_RETRY_SECS`] each time) before its answer is taken as it is.
+pub const LOCK_RETRIES: u32 = 3;
+/// The pause before asking again after a busy lock.
+pub const LOCK_RETRY_SECS: u64 = 2;
 
 /// What `gluster volume info VOLUME` says of the volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,16 +96,23 @@ pub struct VolumeInfo {
     pub options: BTreeMap<String, String>,
 }
 
+impl Default for VolumeInfo {
+    /// Nothing known yet: no bricks, no options, replica 1.
+    fn default() -> Self {
+        VolumeInfo {
+            id: String::new(),
+            kind: String::new(),
+            status: String::new(),
+            replica: 1,
+            bricks: Vec::new(),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
 /// Parses `gluster volume info NAME` (None when it names no volume).
 pub fn parse_volume_info(text: &str) -> Option<VolumeInfo> {
-    let mut v = VolumeInfo {
-        id: String::new(),
-        kind: String::new(),
-        status: String::new(),
-        replica: 1,
-        bricks: Vec::new(),
-        options: BTreeMap::new(),
-    };
+    let mut v = VolumeInfo::default();
     let mut named = false;
     let mut in_options = false;
     for line in text.lines() {

@@ -32,14 +32,16 @@ pub mod devices;
 pub mod health;
 pub mod mount;
 pub mod safety;
+pub mod store;
 pub mod summary;
 pub mod topology;
 pub mod volume;
 
 pub use brick::{brick_actions, lv_device, BrickObs};
 pub use cli::{
-    connected_peers, disconnected_peers, parse_heal_count, parse_status_detail, parse_volume_info,
-    query, timed_out, VolumeInfo, QUERY_TIMEOUT_SECS,
+    connected_peers, disconnected_peers, lock_busy, parse_heal_count, parse_status_detail,
+    parse_volume_info, query, query_timeout, set_query_timeout, timed_out, VolumeInfo,
+    LOCK_RETRIES, LOCK_RETRY_SECS, QUERY_TIMEOUT_EMULATED_SECS, QUERY_TIMEOUT_SECS,
 };
 pub use devices::{check_configured, parse_lsblk, spare_disks, unusable_reason, BlockDevice};
 pub use mount::{brick_mount_unit, fuse_mount_unit, mount_unit_name};

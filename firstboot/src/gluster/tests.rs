@@ -55,7 +55,6 @@ fn golden_brick_commands_from_nothing_and_after_a_reboot() {
             "lvcreate --yes --extents 95%FREE --thinpool thinpool --virtualsize 2G --name brick0 habuild_gluster",
             "mkfs.xfs -i size=512 -L habuild-gl /dev/habuild_gluster/brick0",
             "mkdir -p /var/lib/habuild/bricks/brick0",
-            "systemctl daemon-reload",
             "systemctl enable --no-reload --now var-lib-habuild-bricks-brick0.mount",
         ]
     );
@@ -108,7 +107,6 @@ fn golden_brick_commands_from_nothing_and_after_a_reboot() {
             "modprobe dm_thin_pool",
             "vgchange --activate y habuild_gluster",
             "mkdir -p /var/lib/habuild/bricks/brick0",
-            "systemctl daemon-reload",
             "systemctl enable --no-reload --now var-lib-habuild-bricks-brick0.mount",
         ]
     );

@@ -31,6 +31,9 @@ pub struct Record {
     /// Canned answers: the first entry whose key is a prefix of the
     /// command's display answers it; otherwise exit 0 with no output.
     pub answers: Vec<(String, Output)>,
+    /// Answers used once each, before [`Record::answers`] (in order: the
+    /// first unused entry whose key is a prefix of the command's display).
+    pub once: Vec<(String, Output)>,
     /// The kernel's hostname ([`super::Uts`]).
     pub kernel_hostname: String,
 }
@@ -52,6 +55,19 @@ impl Recording {
 
     pub fn answer(&self, prefix: &str, code: i32, stdout: &str, stderr: &str) {
         self.lock().answers.push((
+            prefix.into(),
+            Output {
+                code,
+                stdout: stdout.into(),
+                stderr: stderr.into(),
+            },
+        ));
+    }
+
+    /// Like [`Recording::answer`], for the first matching command only: a
+    /// later one gets the next `answer_once` or the standing answer.
+    pub fn answer_once(&self, prefix: &str, code: i32, stdout: &str, stderr: &str) {
+        self.lock().once.push((
             prefix.into(),
             Output {
                 code,
@@ -117,6 +133,20 @@ impl Files for Recording {
             .keys()
             .any(|k| k == key || k.starts_with(&dir))
     }
+    /// The first path component of every recorded file under `rel`.
+    fn list(&self, rel: &str) -> Result<Vec<String>, HostError> {
+        let dir = format!("{}/", rel.trim_start_matches('/').trim_end_matches('/'));
+        let mut names: Vec<String> = self
+            .lock()
+            .files
+            .keys()
+            .filter_map(|k| k.strip_prefix(&dir))
+            .filter_map(|rest| rest.split('/').next())
+            .map(String::from)
+            .collect();
+        names.dedup();
+        Ok(names)
+    }
 }
 
 impl Exec for Recording {
@@ -124,6 +154,13 @@ impl Exec for Recording {
         let mut r = self.lock();
         let line = cmd.display();
         r.events.push(Event::Ran(line.clone()));
+        if let Some(i) = r
+            .once
+            .iter()
+            .position(|(p, _)| line.starts_with(p.as_str()))
+        {
+            return Ok(r.once.remove(i).1);
+        }
         Ok(r.answers
             .iter()
             .find(|(p, _)| line.starts_with(p.as_str()))

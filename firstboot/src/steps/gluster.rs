@@ -1,5 +1,6 @@
-//! The Gluster steps (the "storage" chain; see [`crate::gluster`] for the
-//! pure parts and the policies):
+//! The Gluster steps (the brick on the "storage" chain, the trusted pool on
+//! "storage-pool", the volume and the mount on "storage-volume"; see
+//! [`crate::gluster`] for the pure parts and the policies):
 //!
 //! - `gluster-brick`, on each planned storage node: the device (the planned
 //!   disk, or the loop device over a backing file on the data partition,
@@ -26,9 +27,10 @@ use std::path::Path;
 use super::{Chain, Check, Ctx, Gate, Rendered, Step, StepError};
 use crate::gluster::health;
 use crate::gluster::safety::{self, Phase, Rebuild, RebuildObs, GUARD_UNIT};
+use crate::gluster::store;
 use crate::gluster::{
-    self, brick_actions, brick_of, connected_peers, parse_volume_info, volume_actions, BrickObs,
-    Layout, BACKING_FILE, BRICK_MOUNT, LOOP_CONF, LOOP_DEVICE, LV, POOL, TOPOLOGY_FILE, VG, VOLUME,
+    self, brick_actions, brick_of, volume_actions, BrickObs, Layout, BACKING_FILE, BRICK_MOUNT,
+    LOOP_CONF, LOOP_DEVICE, LV, POOL, TOPOLOGY_FILE, VG, VOLUME,
 };
 use crate::host::{Cmd, FileSpec, Host, ServiceSpec};
 use crate::state::{NodeId, StepStatus};
@@ -91,34 +93,54 @@ fn gluster_cmd(args: &[&str]) -> Cmd {
     Cmd::new(argv)
 }
 
-/// `gluster volume info` of our volume (bounded, [`gluster::query`]):
-/// None when it does not exist.
+/// Our volume as glusterd's store holds it ([`gluster::store`]: what
+/// `volume info` says, read as files instead of a CLI call that costs
+/// 2-3 s of CPU on an emulated node): None when it does not exist.
 fn volume_info(host: &Host) -> Result<Option<gluster::VolumeInfo>, StepError> {
-    let o = host
-        .exec
-        .output(&gluster::query(&["volume", "info", VOLUME]))?;
-    if o.success() {
-        Ok(parse_volume_info(&o.stdout))
-    } else if format!("{}{}", o.stdout, o.stderr).contains("does not exist") {
-        Ok(None)
-    } else if gluster::timed_out(o.code) {
-        Err(StepError::Host(crate::host::HostError::Command {
-            command: format!("gluster volume info {VOLUME}"),
-            message: format!(
-                "glusterd did not answer within {} s",
-                gluster::QUERY_TIMEOUT_SECS
-            ),
-        }))
-    } else {
-        Err(StepError::Host(crate::host::HostError::Command {
-            command: format!("gluster volume info {VOLUME}"),
-            message: format!(
-                "exit {}: {}",
-                o.code,
-                crate::host::last_lines(&format!("{}{}", o.stdout, o.stderr), 4)
-            ),
-        }))
+    let read = |rel: &str| -> Result<Option<String>, StepError> {
+        Ok(host
+            .files
+            .read(rel)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    };
+    let Some(info) = read(&store::volume_info_file(VOLUME))? else {
+        return Ok(None);
+    };
+    let unreadable = std::cell::RefCell::new(None);
+    let v = store::parse_volume(&info, &|name| {
+        read(&store::brick_file(VOLUME, name)).unwrap_or_else(|e| {
+            *unreadable.borrow_mut() = Some(e.to_string());
+            None
+        })
+    });
+    if let Some(e) = unreadable.into_inner() {
+        return Err(StepError::Host(crate::host::HostError::File {
+            path: store::brick_file(VOLUME, "*"),
+            message: e,
+        }));
     }
+    Ok(v)
+}
+
+/// A bounded query ([`gluster::query`]) that takes glusterd's volume lock
+/// (`volume status`, `volume heal …`), asked again up to
+/// [`gluster::LOCK_RETRIES`] times while the answer is that another
+/// transaction holds the lock ([`gluster::lock_busy`]): under emulation
+/// every node's safety view, a rebuild's checks and the leader's commands
+/// meet on that lock, and a busy answer read as "nothing online" kept the
+/// views "unknown" (not safe) long after the volume had healed.
+fn ask_locked(host: &Host, args: &[&str]) -> Result<crate::host::Output, crate::host::HostError> {
+    let cmd = gluster::query(args);
+    let mut o = host.exec.output(&cmd)?;
+    for _ in 0..gluster::LOCK_RETRIES {
+        if o.success() || !gluster::lock_busy(&format!("{}{}", o.stdout, o.stderr)) {
+            break;
+        }
+        tracing::debug!(query = %cmd.display(), "gluster volume lock busy, asking again");
+        std::thread::sleep(std::time::Duration::from_secs(gluster::LOCK_RETRY_SECS));
+        o = host.exec.output(&cmd)?;
+    }
+    Ok(o)
 }
 
 /// The filesystem type mounted at `path`, if anything is.
@@ -306,6 +328,11 @@ impl Step for Brick {
         }
         let cmds =
             brick_actions(&obs, &dev, size).map_err(|e| StepError::Refused(e.to_string()))?;
+        if !obs.mounted {
+            // the mount unit and the guard it requires, as rendered this round
+            let unit = gluster::mount_unit_name(BRICK_MOUNT);
+            crate::host::reload_if_stale(host.exec.as_ref(), &[unit.as_str(), GUARD_UNIT])?;
+        }
         for c in &cmds {
             host.exec.run(c)?;
         }
@@ -358,16 +385,17 @@ const SAFETY_CACHE: &str = "run/habuild/gluster-safety";
 /// How old a kept safety view may be: `volume status` and `heal` take
 /// glusterd's volume lock, and asking every round from every node would
 /// make the leader's own volume commands fail with "Another transaction
-/// is in progress".
-const SAFETY_EVERY_SECS: u64 = 30;
+/// is in progress"; each is also a gluster CLI call, 2-3 s of CPU on an
+/// emulated node (every 30 s on every storage node was a tenth of its CPU).
+const SAFETY_EVERY_SECS: u64 = 60;
 
 /// `; safety: …` (see [`health::Health`]) once the storage leader's
 /// volume step is done: what gluster says of its bricks, pending heals and
 /// split brain, with this brick's `state`; asked at most every
 /// [`SAFETY_EVERY_SECS`] (the kept view is reused with the current
-/// `state`). Every query is bounded ([`gluster::query`], 20 s): when
-/// glusterd does not answer `volume info`, the view says everything but
-/// the brick state is unknown (`?`); when `volume status` times out, the
+/// `state`). The bricks come from glusterd's store ([`volume_info`]); when
+/// it cannot be read, the view says everything but the brick state is
+/// unknown (`?`). Every query is bounded ([`gluster::query`], 20 s): when `volume status` times out, the
 /// heal counts are not asked (they would wait on the same lock) and are
 /// unknown too, so a hung glusterd costs a check about 20 s, not 120 s or
 /// more per query. Empty before the volume step is done or when the volume
@@ -409,7 +437,7 @@ fn safety_suffix(ctx: &Ctx, host: &Host, state: &str) -> String {
     };
     // Each query bounded ([`gluster::query`]); None when it timed out.
     let ask = |args: &[&str]| -> Option<String> {
-        match host.exec.output(&gluster::query(args)) {
+        match ask_locked(host, args) {
             Ok(o) if gluster::timed_out(o.code) => None,
             Ok(o) if o.success() => Some(o.stdout),
             _ => Some(String::new()),
@@ -504,9 +532,7 @@ fn rebuild(ctx: &Ctx, host: &Host) -> Result<bool, StepError> {
     let info = volume_info(host)?;
     // Bounded ([`gluster::query`]): a query that timed out leaves its
     // answer empty, which `decide` reads as offline / unknown (wait).
-    let ask = |args: &[&str]| -> Result<String, StepError> {
-        Ok(host.exec.output(&gluster::query(args))?.stdout)
-    };
+    let ask = |args: &[&str]| -> Result<String, StepError> { Ok(ask_locked(host, args)?.stdout) };
     let online = gluster::parse_status_detail(&ask(&["volume", "status", VOLUME, "detail"])?);
     // The heal count matters once the rebuilt brick is committed; split
     // brain before anything is wiped.
@@ -691,38 +717,85 @@ impl Step for Pool {
         Ok(Rendered::default())
     }
 
+    /// `pool list` first: it fails at once while the glusterd here does
+    /// not answer yet (its brick step starts it), and the round backs off;
+    /// a `peer probe` sent then waited 84 s to say so, and the next ones,
+    /// sent to peers whose glusterd was busy starting, timed out after
+    /// 234 s (a `cluster_qemu` run whose act read only the store). A peer
+    /// `pool list` shows connected or the store holds is not probed again.
+    ///
+    /// Not even `pool list` before the glusterd here listens: the CLI does
+    /// not fail at once when glusterd is not there, it waits for it, and
+    /// each round spent its whole bound (49-52 s on emulated nodes) for
+    /// the minutes until the brick step had started glusterd.
     fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+        if let Some(why) = glusterd_not_listening(host) {
+            return Err(StepError::Render(why));
+        }
         let pool = host.exec.run(&gluster::query(&["pool", "list"]))?;
-        let connected = connected_peers(&pool.stdout);
-        let missing: Vec<String> = storage_peers(ctx)?
-            .iter()
-            .map(Ipv4Addr::to_string)
-            .filter(|ip| !connected.contains(ip))
-            .collect();
-        probe_all(host, &missing)
+        let connected = gluster::connected_peers(&pool.stdout);
+        let mut known = pool_members(host)?;
+        known.extend(connected);
+        probe_all(host, &peers_not_in(ctx, &known)?)
     }
 
+    /// Done when glusterd's store holds every storage peer in the pool
+    /// ([`gluster::store`]: a file read; `pool list` cost 2-3 s of CPU on
+    /// an emulated node and timed out for minutes on a starved one).
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
-        let pool = host.exec.run(&gluster::query(&["pool", "list"]))?;
-        let connected = connected_peers(&pool.stdout);
-        let peers = storage_peers(ctx)?;
-        let missing: Vec<String> = peers
-            .iter()
-            .map(|ip| ip.to_string())
-            .filter(|ip| !connected.contains(ip))
-            .collect();
+        let missing = peers_not_in(ctx, &pool_members(host)?)?;
         if missing.is_empty() {
             Ok(Check::Done(format!(
                 "trusted pool of {} storage nodes",
-                peers.len() + 1
+                storage_peers(ctx)?.len() + 1
             )))
         } else {
             Ok(Check::Pending(format!(
-                "waiting for {} to be connected in the trusted pool",
+                "waiting for {} to be in the trusted pool",
                 missing.join(", ")
             )))
         }
     }
+}
+
+/// The socket the gluster CLI talks to glusterd on (glusterd makes it when
+/// it listens).
+const GLUSTERD_SOCKET: &str = "var/run/glusterd.socket";
+
+/// Why the gluster CLI cannot talk to the glusterd here yet (its service
+/// is not running, or has not made its socket), or None. A file and a
+/// cgroup read: no CLI call.
+fn glusterd_not_listening(host: &Host) -> Option<String> {
+    if !host.services.running(GLUSTERD) {
+        Some(format!(
+            "{GLUSTERD} is not running here yet (the brick step starts it)"
+        ))
+    } else if !host.files.exists(GLUSTERD_SOCKET) {
+        Some(format!("glusterd has not made /{GLUSTERD_SOCKET} yet"))
+    } else {
+        None
+    }
+}
+
+/// The storage peers (by address) that are not among `known`.
+fn peers_not_in(ctx: &Ctx, known: &[String]) -> Result<Vec<String>, StepError> {
+    Ok(storage_peers(ctx)?
+        .iter()
+        .map(Ipv4Addr::to_string)
+        .filter(|ip| !known.contains(ip))
+        .collect())
+}
+
+/// The peers glusterd's store holds in the pool ([`store::pool_members`]).
+fn pool_members(host: &Host) -> Result<Vec<String>, StepError> {
+    let dir = store::peers_dir();
+    let mut texts = Vec::new();
+    for name in host.files.list(&dir)? {
+        if let Some(t) = host.files.read(&format!("{dir}/{name}"))? {
+            texts.push(String::from_utf8_lossy(&t).into_owned());
+        }
+    }
+    Ok(store::pool_members(&texts))
 }
 
 impl Step for Volume {
@@ -730,17 +803,26 @@ impl Step for Volume {
         "gluster-volume"
     }
     fn chain(&self) -> Chain {
-        Chain::Storage
+        Chain::StorageVolume
     }
     fn check_first(&self) -> bool {
         true
     }
 
     /// On the storage leader, once every brick of the volume is ready and
-    /// the trusted pool (its own chain, [`Pool`]) is complete.
+    /// the trusted pool (its own chain, [`Pool`]) is complete. Once the
+    /// volume is done, neither gates it again: not a pool check that fails
+    /// (glusterd slow to answer `pool list` on a starved node), not a brick
+    /// being rebuilt after a power loss (the other replicas serve the
+    /// volume meanwhile). The volume step's own check watches the volume;
+    /// before this, every node's mount and safety view went back to waiting
+    /// with it, and the rebuilt node's mount waited out its whole heal.
     fn gate(&self, ctx: &Ctx) -> Gate {
         if !storage_leader(ctx) {
             return Gate::NotHere;
+        }
+        if ctx.done_on("gluster-volume", &[ctx.me]) {
+            return Gate::Run;
         }
         if let Some(why) = bricks_not_ready(ctx, &layout(ctx).in_volume) {
             return Gate::Wait(why);
@@ -769,57 +851,79 @@ impl Step for Volume {
         Ok(Rendered::default())
     }
 
+    /// Creates, starts or grows the volume. A brick goes into it only once
+    /// its node's brick step is done: the gate lets a done volume through
+    /// while a brick is rebuilt, and a volume growing with a new node must
+    /// not take its brick before it is built (the check then says the
+    /// volume lacks it, the step is not done, and the gate waits for it).
     fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
         let l = layout(ctx);
         let want = want_bricks(ctx, &l)?;
         let info = volume_info(host)?;
+        let adding: Vec<NodeId> = l
+            .in_volume
+            .iter()
+            .zip(&want)
+            .filter(|(_, b)| !info.as_ref().is_some_and(|i| i.bricks.contains(b)))
+            .map(|(id, _)| *id)
+            .collect();
+        if let Some(why) = bricks_not_ready(ctx, &adding) {
+            tracing::info!(%why, "gluster volume: no brick added yet");
+            return Ok(());
+        }
         for c in volume_actions(info.as_ref(), &l, &want) {
             host.exec.run(&c)?;
         }
         Ok(())
     }
 
+    /// The volume as glusterd's store says it ([`volume_info`]).
     fn check(&self, ctx: &Ctx, host: &Host) -> Result<Check, StepError> {
-        let l = layout(ctx);
-        let want = want_bricks(ctx, &l)?;
-        let Some(info) = volume_info(host)? else {
-            return Ok(Check::Pending(format!("volume {VOLUME} not created yet")));
+        volume_check(ctx, volume_info(host)?)
+    }
+}
+
+/// What `volume info` (`info`, None: no such volume) says of the step.
+fn volume_check(ctx: &Ctx, info: Option<gluster::VolumeInfo>) -> Result<Check, StepError> {
+    let l = layout(ctx);
+    let want = want_bricks(ctx, &l)?;
+    let Some(info) = info else {
+        return Ok(Check::Pending(format!("volume {VOLUME} not created yet")));
+    };
+    let missing: Vec<&String> = want.iter().filter(|b| !info.bricks.contains(b)).collect();
+    let unset: Vec<String> = safety::option_actions(&info, l.in_volume.len())
+        .iter()
+        .map(Cmd::display)
+        .collect();
+    if info.status == "Started" && missing.is_empty() && !unset.is_empty() {
+        return Ok(Check::Pending(format!(
+            "volume {VOLUME} options not set yet: {}",
+            unset.join("; ")
+        )));
+    }
+    if info.status == "Started" && missing.is_empty() {
+        let waiting = if l.waiting.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} storage node(s) wait for a whole replica set",
+                l.waiting.len()
+            )
         };
-        let missing: Vec<&String> = want.iter().filter(|b| !info.bricks.contains(b)).collect();
-        let unset: Vec<String> = safety::option_actions(&info, l.in_volume.len())
-            .iter()
-            .map(Cmd::display)
-            .collect();
-        if info.status == "Started" && missing.is_empty() && !unset.is_empty() {
-            return Ok(Check::Pending(format!(
-                "volume {VOLUME} options not set yet: {}",
-                unset.join("; ")
-            )));
-        }
-        if info.status == "Started" && missing.is_empty() {
-            let waiting = if l.waiting.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; {} storage node(s) wait for a whole replica set",
-                    l.waiting.len()
-                )
-            };
-            Ok(Check::Done(format!(
+        Ok(Check::Done(format!(
                 "volume {VOLUME} ({}, replica {}, {} bricks) started, quorum and ping-timeout {}s set{waiting}",
                 info.kind,
                 info.replica,
                 info.bricks.len(),
                 safety::PING_TIMEOUT_SECS
             )))
-        } else {
-            Ok(Check::Pending(format!(
-                "volume {VOLUME} is {} with {} of {} bricks",
-                info.status,
-                want.len() - missing.len(),
-                want.len()
-            )))
-        }
+    } else {
+        Ok(Check::Pending(format!(
+            "volume {VOLUME} is {} with {} of {} bricks",
+            info.status,
+            want.len() - missing.len(),
+            want.len()
+        )))
     }
 }
 
@@ -848,7 +952,7 @@ impl Step for Mount {
         "gluster-mount"
     }
     fn chain(&self) -> Chain {
-        Chain::Storage
+        Chain::StorageVolume
     }
 
     fn gate(&self, ctx: &Ctx) -> Gate {
@@ -898,9 +1002,14 @@ impl Step for Mount {
         let unit = gluster::mount_unit_name(path);
         // `start`, not `restart`: at boot systemd may be mounting it already
         // (remote-fs.target); start joins that job instead of failing it.
+        host.exec.run(&Cmd::new([
+            "mkdir",
+            "-p",
+            path.as_str(),
+            "/var/log/glusterfs",
+        ]))?;
+        crate::host::reload_if_stale(host.exec.as_ref(), &[unit.as_str()])?;
         for c in [
-            Cmd::new(["mkdir", "-p", path.as_str(), "/var/log/glusterfs"]),
-            Cmd::new(["systemctl", "daemon-reload"]),
             Cmd::new(["systemctl", "enable", "--no-reload", unit.as_str()]),
             Cmd::new(["systemctl", "start", unit.as_str()]),
         ] {
@@ -928,6 +1037,30 @@ mod tests {
     use super::*;
     use crate::host::fake::Recording;
     use crate::state::{Command, StepRecord};
+
+    /// Puts the volume that `volume info` text `cli` shows into glusterd's
+    /// store on `rec`, as glusterd would have written it.
+    fn store_volume(rec: &Recording, cli: &str) {
+        let v = crate::gluster::parse_volume_info(cli).expect("a volume info text");
+        let mut r = rec.lock();
+        for (path, text) in store::files_of(VOLUME, &v) {
+            r.files
+                .insert(path.clone(), FileSpec::new(path, 0o600, text));
+        }
+    }
+
+    /// Puts a peer file for each of `peers` into glusterd's store on `rec`
+    /// (`state=3`: in the pool).
+    fn store_peers(rec: &Recording, peers: &[String]) {
+        let mut r = rec.lock();
+        for (i, ip) in peers.iter().enumerate() {
+            let path = format!("{}/peer-{i}", store::peers_dir());
+            r.files.insert(
+                path.clone(),
+                FileSpec::new(path, 0o600, format!("uuid={i}\nstate=3\nhostname1={ip}\n")),
+            );
+        }
+    }
 
     fn storage_steps() -> Vec<Box<dyn Step>> {
         vec![
@@ -1063,12 +1196,7 @@ mod tests {
             &split,
             "",
         );
-        rec.answer(
-            "timeout --kill-after=5 20 gluster --mode=script volume info",
-            0,
-            &info,
-            "",
-        );
+        store_volume(rec, &info);
         rec.answer(
             "timeout --kill-after=5 20 gluster --mode=script volume status habuild detail",
             0,
@@ -1246,6 +1374,15 @@ mod tests {
         state
     }
 
+    /// The glusterd service running, with its socket made.
+    fn glusterd_listening(rec: &Recording) {
+        crate::host::Services::ensure(rec, &glusterd_service()).unwrap();
+        rec.lock().files.insert(
+            GLUSTERD_SOCKET.into(),
+            FileSpec::new(GLUSTERD_SOCKET, 0o755, ""),
+        );
+    }
+
     /// [`bricks_done_state`] with the leader's trusted pool complete too
     /// (what opens the volume step's gate).
     fn pool_done_state() -> crate::state::ClusterState {
@@ -1304,6 +1441,39 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_volume_lock_is_asked_again_instead_of_making_the_view_unknown() {
+        let state = volume_done_state();
+        let plan = state.plan.clone().unwrap();
+        with_ctx(1, |ctx| {
+            let c = Ctx {
+                me: plan.storage[1],
+                state: &state,
+                ..*ctx
+            };
+            let rec = Recording::default();
+            rec.answer_once(
+                "timeout --kill-after=5 20 gluster --mode=script volume status",
+                1,
+                "",
+                "Another transaction is in progress for habuild. Please try again after some time.",
+            );
+            answers_for(&c, &rec, &[true, true, true]);
+            brick_serving(&rec);
+            let Check::Done(d) = Brick.check(&c, &rec.host()).unwrap() else {
+                panic!("done")
+            };
+            let h = health::Health::from_detail(&d).unwrap();
+            assert_eq!(h.offline, Some(vec![]), "{d}");
+            let asked = rec
+                .commands()
+                .iter()
+                .filter(|c| c.contains("volume status"))
+                .count();
+            assert_eq!(asked, 2, "asked once more after the busy answer");
+        });
+    }
+
+    #[test]
     fn a_silent_volume_status_names_the_bricks_of_disconnected_peers_or_says_unknown() {
         let state = volume_done_state();
         let plan = state.plan.clone().unwrap();
@@ -1349,7 +1519,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hung_glusterd_makes_the_view_unknown_after_one_bounded_query() {
+    fn a_hung_glusterd_makes_the_view_unknown_after_one_bounded_query_and_asks_no_more() {
         let state = volume_done_state();
         let plan = state.plan.clone().unwrap();
         with_ctx(1, |ctx| {
@@ -1402,54 +1572,9 @@ mod tests {
             assert_eq!(
                 queries(&rec),
                 vec![
-                    "timeout --kill-after=5 20 gluster --mode=script volume info habuild",
                     "timeout --kill-after=5 20 gluster --mode=script volume status habuild detail",
                     "timeout --kill-after=5 20 gluster --mode=script pool list",
                 ]
-            );
-
-            // `volume info` times out: nothing else is asked, everything
-            // but the brick state is unknown, and that view is kept: the
-            // next check does not wait on glusterd again.
-            let rec = Recording::default();
-            rec.answer(
-                "timeout --kill-after=5 20 gluster --mode=script volume info",
-                124,
-                "",
-                "",
-            );
-            brick_serving(&rec);
-            let (h, d) = check(&rec);
-            assert_eq!(
-                (
-                    h.brick.as_str(),
-                    h.offline.clone(),
-                    h.heal_pending,
-                    h.split_brain
-                ),
-                (health::SERVING, None, None, None)
-            );
-            assert!(
-                d.ends_with(
-                    "safety: brick serving; bricks offline: ?; heal pending: ?; split-brain: ?"
-                ),
-                "{d}"
-            );
-            assert_eq!(
-                queries(&rec),
-                vec!["timeout --kill-after=5 20 gluster --mode=script volume info habuild"]
-            );
-            let (_, again) = check(&rec);
-            assert_eq!(again, d);
-            assert_eq!(queries(&rec).len(), 1, "the kept view is reused");
-
-            // The volume step's own check fails (after the bound) saying so.
-            let leader = plan.storage_leader.unwrap();
-            let lc = Ctx { me: leader, ..c };
-            let e = Volume.check(&lc, &rec.host()).unwrap_err().to_string();
-            assert_eq!(
-                e,
-                "`gluster volume info habuild` failed: glusterd did not answer within 20 s"
             );
         });
     }
@@ -1556,6 +1681,243 @@ mod tests {
     }
 
     #[test]
+    fn the_pool_is_done_when_glusterds_store_holds_every_peer_without_asking_the_cli() {
+        let state = bricks_done_state();
+        let plan = state.plan.clone().unwrap();
+        with_ctx(1, |ctx| {
+            let c = Ctx {
+                me: plan.storage_leader.unwrap(),
+                state: &state,
+                ..*ctx
+            };
+            let peers: Vec<String> = plan
+                .storage
+                .iter()
+                .filter(|id| **id != c.me)
+                .map(|id| c.member(*id).unwrap().ip.to_string())
+                .collect();
+            let rec = Recording::default();
+            // one peer in the pool, the other probed but not in it yet
+            store_peers(&rec, &peers[..1]);
+            let half = format!("{}/peer-x", store::peers_dir());
+            rec.lock().files.insert(
+                half.clone(),
+                FileSpec::new(
+                    half,
+                    0o600,
+                    format!("uuid=x\nstate=1\nhostname1={}\n", peers[1]),
+                ),
+            );
+            let Check::Pending(p) = Pool.check(&c, &rec.host()).unwrap() else {
+                panic!("a peer that is not in the pool yet is pending")
+            };
+            assert_eq!(
+                p,
+                format!("waiting for {} to be in the trusted pool", peers[1])
+            );
+            assert!(rec.commands().is_empty(), "the check reads the store only");
+            // the glusterd here is not running: not even `pool list`
+            let err = Pool.act(&c, &rec.host()).unwrap_err().to_string();
+            assert!(
+                err.contains("habuild-glusterd is not running here"),
+                "{err}"
+            );
+            assert!(rec.commands().is_empty(), "{:?}", rec.commands());
+            glusterd_listening(&rec);
+            // the glusterd here does not answer yet: nothing is probed
+            rec.answer(
+                "timeout --kill-after=5 20 gluster --mode=script pool list",
+                1,
+                "",
+                "Connection failed. Please check if gluster daemon is operational.",
+            );
+            assert!(Pool.act(&c, &rec.host()).is_err());
+            assert!(
+                rec.commands().iter().all(|c| !c.contains("peer probe")),
+                "{:?}",
+                rec.commands()
+            );
+            // it answers: only the missing peer is probed
+            let rec2 = Recording::default();
+            rec2.lock().files = rec.lock().files.clone();
+            glusterd_listening(&rec2);
+            rec2.answer(
+                "timeout --kill-after=5 20 gluster --mode=script pool list",
+                0,
+                "UUID\tHostname\tState\n2b\tlocalhost\tConnected \n",
+                "",
+            );
+            Pool.act(&c, &rec2.host()).unwrap();
+            assert_eq!(
+                rec2.commands(),
+                vec![
+                    "timeout --kill-after=5 20 gluster --mode=script pool list".to_string(),
+                    format!("gluster --mode=script peer probe {}", peers[1])
+                ]
+            );
+            store_peers(&rec2, &peers);
+            let Check::Done(d) = Pool.check(&c, &rec2.host()).unwrap() else {
+                panic!("not done")
+            };
+            assert_eq!(d, "trusted pool of 3 storage nodes");
+        });
+    }
+
+    #[test]
+    fn a_done_volume_is_not_gated_again_by_a_failing_pool_check() {
+        let mut state = bricks_done_state();
+        let plan = state.plan.clone().unwrap();
+        let leader = plan.storage_leader.unwrap();
+        let fail = |state: &mut crate::state::ClusterState, step: &str| {
+            state.apply(Command::RecordStep(StepRecord {
+                node: leader,
+                step: step.into(),
+                status: StepStatus::Failed,
+                detail: "glusterd did not answer within 20 s".into(),
+                attempts: 2,
+            }));
+        };
+        fail(&mut state, "gluster-pool");
+        with_ctx(1, |ctx| {
+            let c = Ctx {
+                me: leader,
+                state: &state,
+                ..*ctx
+            };
+            assert!(
+                matches!(Volume.gate(&c), Gate::Wait(_)),
+                "no volume yet: it waits for the pool"
+            );
+        });
+        record_done(&mut state, leader, "gluster-volume");
+        fail(&mut state, "gluster-pool");
+        // a node back from a power loss rebuilds its brick (pending for as
+        // long as the heal): the volume, served by the other replicas,
+        // stays checked and every node's mount stays runnable
+        let victim = *plan.storage.iter().find(|id| **id != leader).unwrap();
+        state.apply(Command::RecordStep(StepRecord {
+            node: victim,
+            step: "gluster-brick".into(),
+            status: StepStatus::Running,
+            detail: "brick rebuilt after an unclean shutdown: healing from the other replicas"
+                .into(),
+            attempts: 0,
+        }));
+        with_ctx(1, |ctx| {
+            let c = Ctx {
+                me: leader,
+                state: &state,
+                ..*ctx
+            };
+            assert!(matches!(Volume.gate(&c), Gate::Run));
+            assert_eq!(Mount.gate(&Ctx { me: victim, ..c }), Gate::Run);
+        });
+    }
+
+    #[test]
+    fn a_brick_goes_into_the_volume_only_once_its_node_built_it() {
+        let mut state = bricks_done_state();
+        let plan = state.plan.clone().unwrap();
+        let leader = plan.storage_leader.unwrap();
+        record_done(&mut state, leader, "gluster-pool");
+        record_done(&mut state, leader, "gluster-volume");
+        let other = *plan.storage.iter().find(|id| **id != leader).unwrap();
+        state.apply(Command::RecordStep(StepRecord {
+            node: other,
+            step: "gluster-brick".into(),
+            status: StepStatus::Running,
+            detail: "/var/lib/habuild/bricks/brick0 is not mounted".into(),
+            attempts: 0,
+        }));
+        with_ctx(1, |ctx| {
+            let c = Ctx {
+                me: leader,
+                state: &state,
+                ..*ctx
+            };
+            // the volume lost track of that node's brick (or never had it)
+            let l = layout(&c);
+            let want = want_bricks(&c, &l).unwrap();
+            let other_brick = brick_of(c.member(other).unwrap().ip);
+            let kept: Vec<String> = want
+                .iter()
+                .filter(|b| **b != other_brick)
+                .cloned()
+                .collect();
+            let info = format!(
+                "Volume Name: habuild\nType: Replicate\nVolume ID: x\nStatus: Started\nNumber of Bricks: 1 x 3 = 3\nBricks:\n{}\n",
+                kept.iter()
+                    .enumerate()
+                    .map(|(i, b)| format!("Brick{}: {b}", i + 1))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            let rec = Recording::default();
+            store_volume(&rec, &info);
+            Volume.act(&c, &rec.host()).unwrap();
+            let changes: Vec<String> = rec
+                .commands()
+                .into_iter()
+                .filter(|c| c.contains("add-brick") || c.contains("volume create"))
+                .collect();
+            assert!(changes.is_empty(), "{changes:?}");
+            // once it is built, it goes in
+            let mut built = state.clone();
+            record_done(&mut built, other, "gluster-brick");
+            let c = Ctx { state: &built, ..c };
+            let rec = Recording::default();
+            store_volume(&rec, &info);
+            Volume.act(&c, &rec.host()).unwrap();
+            assert!(
+                rec.commands()
+                    .iter()
+                    .any(|c| c.contains("add-brick") && c.contains(&other_brick)),
+                "{:?}",
+                rec.commands()
+            );
+        });
+    }
+
+    #[test]
+    fn the_volume_is_checked_from_glusterds_store_without_asking_the_cli() {
+        let state = bricks_done_state();
+        let plan = state.plan.clone().unwrap();
+        with_ctx(1, |ctx| {
+            let c = Ctx {
+                me: plan.storage_leader.unwrap(),
+                state: &state,
+                ..*ctx
+            };
+            let rec = Recording::default();
+            let Check::Pending(p) = Volume.check(&c, &rec.host()).unwrap() else {
+                panic!("a missing volume is pending")
+            };
+            assert_eq!(p, "volume habuild not created yet");
+            let mut info =
+                "Volume Name: habuild\nType: Replicate\nStatus: Started\nNumber of Bricks: 1 x 3 = 3\n"
+                    .to_string();
+            for (i, id) in plan.storage.iter().enumerate() {
+                info += &format!("Brick{}: {}\n", i + 1, brick_of(c.member(*id).unwrap().ip));
+            }
+            store_volume(&rec, &info);
+            let Check::Pending(p) = Volume.check(&c, &rec.host()).unwrap() else {
+                panic!("options not set: pending")
+            };
+            assert!(p.starts_with("volume habuild options not set yet"), "{p}");
+            info += "Options Reconfigured:\n";
+            for (k, v) in safety::volume_options(plan.storage.len()) {
+                info += &format!("{k}: {v}\n");
+            }
+            store_volume(&rec, &info);
+            let Check::Done(d) = Volume.check(&c, &rec.host()).unwrap() else {
+                panic!("not done")
+            };
+            assert!(d.contains("started, quorum and ping-timeout"), "{d}");
+            assert!(rec.commands().is_empty(), "{:?}", rec.commands());
+        });
+    }
+
+    #[test]
     fn the_leader_probes_creates_and_starts_once_bricks_are_ready() {
         let state = bricks_done_state();
         let plan = state.plan.clone().unwrap();
@@ -1573,6 +1935,7 @@ mod tests {
             };
             assert!(why.contains("trusted pool"), "{why}");
             let rec = Recording::default();
+            glusterd_listening(&rec);
             rec.answer(
                 "timeout --kill-after=5 20 gluster --mode=script pool list",
                 0,
@@ -1603,12 +1966,6 @@ mod tests {
             assert_eq!(probes, want);
 
             let rec = Recording::default();
-            rec.answer(
-                "timeout --kill-after=5 20 gluster --mode=script volume info",
-                1,
-                "",
-                "Volume habuild does not exist",
-            );
             Volume.act(&c, &rec.host()).unwrap();
             let cmds = rec.commands();
             assert!(cmds
@@ -1682,6 +2039,7 @@ mod tests {
             assert_eq!(peers.len(), 2);
             let run = |fail: Vec<String>| {
                 let rec = Recording::default();
+                glusterd_listening(&rec);
                 rec.answer(
                     "timeout --kill-after=5 20 gluster --mode=script pool list",
                     0,
@@ -1760,12 +2118,6 @@ mod tests {
             };
             assert_eq!(Volume.gate(&c), Gate::Run);
             let rec = Recording::default();
-            rec.answer(
-                "timeout --kill-after=5 20 gluster --mode=script volume info",
-                1,
-                "",
-                "Volume habuild does not exist",
-            );
             rec.lock().files.insert(
                 "var/lib/habuild/bricks/brick0/habuild/.glusterfs".into(),
                 FileSpec::new(

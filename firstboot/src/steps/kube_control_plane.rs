@@ -468,17 +468,7 @@ fn check_readyz(ctx: &Ctx, host: &Host, now: &dyn Fn() -> u64) -> Result<Check, 
     let why = || last_lines(&format!("{}\n{}", o.stdout, o.stderr), 3);
     Ok(match verdict {
         Verdict::Healthy => Check::Done(format!("apiserver healthy at {addr}")),
-        Verdict::Tolerated {
-            last_ok_ago,
-            failing_for,
-            failures,
-        } => Check::Done(tolerance::tolerated_detail(
-            &format!("apiserver at {addr}"),
-            last_ok_ago,
-            failing_for,
-            failures,
-            &why(),
-        )),
+        Verdict::Tolerated(t) => Check::Done(t.detail(&format!("apiserver at {addr}"), &why())),
         Verdict::Down => Check::Pending(format!("apiserver at {addr} not ready yet: {}", why())),
     })
 }
@@ -526,6 +516,7 @@ pub(crate) mod tests {
             root: Path::new("/"),
             interface: "eth0",
             agent_exe: "/usr/lib/habuild/habuild-agent",
+            emulated: false,
         };
         f(&ctx)
     }

@@ -52,18 +52,36 @@ pub struct Memory {
 pub enum Verdict {
     /// The probe answered.
     Healthy,
-    /// The probe failed, but the control plane answered before and the
+    /// The probe failed, but the service answered before and the
     /// failures have not persisted yet: still done.
-    Tolerated {
-        /// Seconds since a probe last answered.
-        last_ok_ago: u64,
-        /// Seconds since the first failed probe of this run.
-        failing_for: u64,
-        /// Failed probes in a row, this one included.
-        failures: u32,
-    },
+    Tolerated(Tolerated),
     /// The probe failed and nothing (any more) excuses it: pending.
     Down,
+}
+
+/// A failed probe that is forgiven ([`Verdict::Tolerated`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tolerated {
+    /// Seconds since a probe last answered.
+    pub last_ok_ago: u64,
+    /// Seconds since the first failed probe of this run.
+    pub failing_for: u64,
+    /// Failed probes in a row, this one included.
+    pub failures: u32,
+}
+
+impl Tolerated {
+    /// The detail of a step kept done through this failed probe: "<what>
+    /// last answered N s ago; the last probe failed (K in a row for S s,
+    /// tolerated until 2 in a row for 90 s): <why>".
+    pub fn detail(&self, what: &str, why: &str) -> String {
+        format!(
+            "{what} last answered {} s ago; the last probe failed \
+             ({} in a row for {} s, tolerated until \
+             {MIN_FAILED_PROBES} in a row for {GRACE_SECS} s): {why}",
+            self.last_ok_ago, self.failures, self.failing_for
+        )
+    }
 }
 
 impl Memory {
@@ -117,11 +135,11 @@ impl Memory {
         if failures >= MIN_FAILED_PROBES && failing_for >= GRACE_SECS {
             return (Verdict::Down, Memory::default());
         }
-        let verdict = Verdict::Tolerated {
+        let verdict = Verdict::Tolerated(Tolerated {
             last_ok_ago: now.saturating_sub(last_ok),
             failing_for,
             failures,
-        };
+        });
         let m = Memory {
             last_ok: Some(last_ok),
             failing_since: Some(since),
@@ -153,23 +171,6 @@ pub fn judge(
     Ok(verdict)
 }
 
-/// The detail of a step kept done through a failed probe: "<what> last
-/// answered N s ago; the last probe failed (K in a row for S s, tolerated
-/// until 2 in a row for 90 s): <why>".
-pub fn tolerated_detail(
-    what: &str,
-    last_ok_ago: u64,
-    failing_for: u64,
-    failures: u32,
-    why: &str,
-) -> String {
-    format!(
-        "{what} last answered {last_ok_ago} s ago; the last probe failed \
-         ({failures} in a row for {failing_for} s, tolerated until \
-         {MIN_FAILED_PROBES} in a row for {GRACE_SECS} s): {why}"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,11 +190,11 @@ mod tests {
         let (v, m) = m.observe(1500, false);
         assert_eq!(
             v,
-            Verdict::Tolerated {
+            Verdict::Tolerated(Tolerated {
                 last_ok_ago: 500,
                 failing_for: 0,
                 failures: 1
-            }
+            })
         );
         // Even a single failure reported long after the run began is one.
         let (v, _) = Memory {
@@ -202,7 +203,10 @@ mod tests {
             ..m.clone()
         }
         .observe(1200, false);
-        assert!(matches!(v, Verdict::Tolerated { failures: 1, .. }), "{v:?}");
+        assert!(
+            matches!(v, Verdict::Tolerated(Tolerated { failures: 1, .. })),
+            "{v:?}"
+        );
         // An answer ends the run.
         let (v, m) = m.observe(1510, true);
         assert_eq!(v, Verdict::Healthy);
@@ -223,7 +227,7 @@ mod tests {
         let mut m = m;
         for t in 10..20 {
             let (v, next) = m.observe(t, false);
-            assert!(matches!(v, Verdict::Tolerated { .. }), "{t}: {v:?}");
+            assert!(matches!(v, Verdict::Tolerated(_)), "{t}: {v:?}");
             m = next;
         }
         assert_eq!(m.failing_since, Some(10));
@@ -231,11 +235,11 @@ mod tests {
         let (v, _) = m.observe(10 + GRACE_SECS - 1, false);
         assert_eq!(
             v,
-            Verdict::Tolerated {
+            Verdict::Tolerated(Tolerated {
                 last_ok_ago: 10 + GRACE_SECS - 1,
                 failing_for: GRACE_SECS - 1,
                 failures: 11
-            }
+            })
         );
         let (v, after) = m.observe(10 + GRACE_SECS, false);
         assert_eq!(v, Verdict::Down);
@@ -254,11 +258,11 @@ mod tests {
         let (v, m) = m.observe(100, false);
         assert_eq!(
             v,
-            Verdict::Tolerated {
+            Verdict::Tolerated(Tolerated {
                 last_ok_ago: 0,
                 failing_for: 0,
                 failures: 2
-            }
+            })
         );
         assert_eq!(m.failing_since, Some(100));
     }

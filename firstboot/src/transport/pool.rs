@@ -222,6 +222,9 @@ async fn connect_slot(
     }
     let e = match tokio::time::timeout(HANDSHAKE_TIMEOUT, open(addr, &keys)).await {
         Ok(Ok(Some(stream))) => {
+            if slot.failures > 0 {
+                tracing::info!(%addr, failed_attempts = slot.failures, "transport: peer reachable again");
+            }
             slot.failures = 0;
             slot.retry_at = None;
             slot.legacy_until = None;
@@ -243,7 +246,13 @@ async fn connect_slot(
     slot.failures = slot.failures.saturating_add(1);
     slot.retry_at = Some(Instant::now() + backoff(slot.failures));
     slot.last_error = e.to_string();
-    tracing::debug!(%addr, error = %e, failures = slot.failures, "transport: connecting failed");
+    // Once per outage at info (openraft's own per-retry lines are filtered
+    // out of the console, see the agent's log filter); every retry at debug.
+    if slot.failures == 1 {
+        tracing::info!(%addr, error = %e, "transport: peer unreachable, retrying with backoff");
+    } else {
+        tracing::debug!(%addr, error = %e, failures = slot.failures, "transport: connecting failed");
+    }
     Err(e)
 }
 

@@ -148,6 +148,7 @@ pub(crate) mod testutil {
             root: Path::new("/"),
             interface: "eth0",
             agent_exe: "/usr/lib/habuild/habuild-agent",
+            emulated: false,
         };
         f(&ctx)
     }

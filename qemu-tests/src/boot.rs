@@ -1,49 +1,63 @@
-//! The real Debian 12 image booted in QEMU (UEFI, OVMF) inside a network
-//! namespace this test creates, on a bridge with dnsmasq playing the site's
-//! DHCP server. Proves: boots to multi-user; root is read-only erofs; /var is
-//! the data partition grown to the disk; the ESP's habuild/cluster.toml is read
-//! by the OS; two fresh copies get different machine-ids; a reboot keeps the
-//! machine-id and does not re-format /var; the QEMU guest agent answers and
-//! runs commands in each VM (guest-exec over virtio-serial); the agent unit is
-//! active. Prints each boot's `systemd-analyze` figures (kernel, userspace, the
-//! slowest units, the agent's critical chain): benchmarks, not asserts.
+//! What every booted image node proves about the image itself, read from its
+//! serial console and through the QEMU guest agent: it boots to multi-user;
+//! root is read-only erofs; /var is the data partition grown to the disk;
+//! the ESP's habuild/cluster.toml is read by the OS; the guest agent answers
+//! and runs commands (guest-exec over virtio-serial); the agent unit is
+//! active. Each boot's `systemd-analyze` figures (kernel, userspace, the
+//! slowest units, the agent's critical chain) are printed: benchmarks, not
+//! asserts. `cluster_qemu` runs these on its three nodes and on the
+//! power-cycled node's second boot (same machine-id, /var not formatted
+//! again), so no separate VM scenario boots the image only for them.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use qemu_harness::cluster::{running, Lab, DISK_BYTES};
-use qemu_harness::image::BuiltImage;
-use qemu_harness::{vm, Vm};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-const BOOT: Duration = Duration::from_secs(600);
-const EXEC: Duration = Duration::from_secs(60);
+use crate::cluster::DISK_BYTES;
+use crate::image::BuiltImage;
+use crate::Vm;
 
+const BOOT: Duration = Duration::from_secs(600);
+/// One command in the guest. The checks run while the nodes assemble (three
+/// emulated nodes on two cores): a plain `systemctl show` has taken tens of
+/// seconds there.
+const EXEC: Duration = Duration::from_secs(180);
+/// The boot report (`systemd-analyze` thrice) on such a node: over 60 s
+/// measured, in a `cluster_qemu` run on 2026-12-02.
+const REPORT: Duration = Duration::from_secs(300);
+
+/// One boot as the console told it.
 struct Booted {
+    /// The agent's `HABUILD-FACTS` JSON.
     facts: Value,
+    /// The `HABUILD-CLUSTER` JSON (which cluster file the OS read).
     cluster: Value,
+    /// QEMU start to the serial login prompt.
     login: Duration,
+    /// QEMU start to the facts line.
     agent_line: Duration,
 }
 
-fn json_after(line: &str, prefix: &str) -> Result<Value> {
+/// The JSON after `prefix` in a console line (`HABUILD-FACTS {...}`).
+pub fn json_after(line: &str, prefix: &str) -> Result<Value> {
     let at = line.find(prefix).context("prefix in line")? + prefix.len();
     serde_json::from_str(line[at..].trim()).with_context(|| format!("parsing {line:?}"))
 }
 
-fn boot_and_read(vm: &Vm, since: u64) -> Result<Booted> {
+/// Waits for this boot's login prompt, facts and cluster lines (the VM's
+/// console since its QEMU started).
+fn boot_and_read(vm: &Vm) -> Result<Booted> {
     // The serial getty's prompt: multi-user is up apart from the units ordered
     // after network-online (the agent among them, checked next). systemd stops
     // printing status lines once the getty owns the console.
-    vm.wait_for_after(since, "login:", BOOT)?;
+    vm.wait_for("login:", BOOT)?;
     // Measured from QEMU's start (VMs boot in parallel).
     let login = vm.elapsed();
-    let facts =
-        vm.wait_for_line_with_prefix_after(since, "HABUILD-FACTS ", Duration::from_secs(120))?;
+    let facts = vm.wait_for_line_with_prefix("HABUILD-FACTS ", Duration::from_secs(120))?;
     let agent_line = vm.elapsed();
-    let cluster =
-        vm.wait_for_line_with_prefix_after(since, "HABUILD-CLUSTER ", Duration::from_secs(60))?;
+    let cluster = vm.wait_for_line_with_prefix("HABUILD-CLUSTER ", Duration::from_secs(60))?;
     Ok(Booted {
         facts: json_after(&facts, "HABUILD-FACTS ")?,
         cluster: json_after(&cluster, "HABUILD-CLUSTER ")?,
@@ -106,6 +120,8 @@ fn boot_profile(vm: &Vm) -> Result<()> {
         )?
         .stdout;
     let agent_us: u64 = started.trim().parse().context("agent start timestamp")?;
+    // Figures only: a report the starved guest does not finish in time is
+    // said so on the test's output, and fails nothing.
     let report = guest
         .sh(
             "systemd-analyze; \
@@ -117,9 +133,10 @@ fn boot_profile(vm: &Vm) -> Result<()> {
                unit load $(( (UnitsLoadStartTimestampMonotonic - u) / 1000 ))..$(( (UnitsLoadFinishTimestampMonotonic - u) / 1000 )) ms after userspace start\"; \
              echo '--- blame (top 15)'; systemd-analyze blame --no-pager | head -15; \
              echo '--- critical chain'; systemd-analyze critical-chain --no-pager habuild-agent.service",
-            EXEC,
-        )?
-        .stdout;
+            REPORT,
+        )
+        .map(|o| o.stdout)
+        .unwrap_or_else(|e| format!("(no systemd-analyze report: {e:#})"));
     eprintln!(
         "{}: boot profile (system {}; habuild-agent.service active {:.1}s after kernel start)\n{}",
         vm.name(),
@@ -130,6 +147,9 @@ fn boot_profile(vm: &Vm) -> Result<()> {
     Ok(())
 }
 
+/// The image's layout as the node saw it: read-only erofs root, /var on the
+/// data partition grown to the disk, the ESP's cluster file; returns the
+/// machine-id.
 fn check_node(b: &Booted, img: &BuiltImage) -> Result<String> {
     let f = &b.facts;
     ensure!(
@@ -168,60 +188,49 @@ fn check_node(b: &Booted, img: &BuiltImage) -> Result<String> {
     Ok(id)
 }
 
-#[test]
-fn debian_image_boots_read_only_with_grown_var_and_distinct_identities() -> Result<()> {
-    let mut lab = Lab::start("boot", "hbt", 2)?;
-    let (vms, net, img, work, dhcp) = lab.parts();
-    let mut ids = Vec::new();
-    for (i, vm) in running(vms).into_iter().enumerate() {
-        let b = boot_and_read(vm, 0)?;
-        let id = check_node(&b, img)?;
-        let mac = vm::mac_address(i as u8 + 1);
-        let lease = dhcp.wait_for_lease(&mac, Duration::from_secs(120))?;
-        eprintln!(
-            "{}: login prompt after {:.1}s, agent facts after {:.1}s (accel {}), machine-id {id}, DHCP {}",
-            vm.name(),
-            b.login.as_secs_f64(),
-            b.agent_line.as_secs_f64(),
-            vm.accel(),
-            lease.ip
-        );
-        ensure!(
-            vm.serial_text()
-                .contains("first boot: formatting /dev/vda4"),
-            "first boot did not format the data partition"
-        );
-        check_guest(vm, &id)?;
-        ids.push(id);
-    }
-    ensure!(
-        ids[0] != ids[1],
-        "two fresh copies got the same machine-id {}",
-        ids[0]
-    );
-
-    // Reboot node1: same identity, /var kept (no second format).
-    let vm1 = vms[0].as_ref().context("node1 is running")?;
-    vm1.power_off(8)?;
-    let spec = vm1.spec().clone();
-    vms.clear(); // node2 too: node1 reboots alone
-    let vm1 = Vm::start(net, spec, work.path())?;
-    let b = boot_and_read(&vm1, 0)?;
+/// A fresh copy's first boot: the checks of [`check_node`] and
+/// [`check_guest`], the data partition formatted on this boot, the boot's
+/// figures printed; returns the machine-id.
+pub fn first_boot(vm: &Vm, img: &BuiltImage) -> Result<String> {
+    let b = boot_and_read(vm)?;
     let id = check_node(&b, img)?;
-    check_guest(&vm1, &id)?;
-    ensure!(
-        id == ids[0],
-        "machine-id changed across reboot: {} -> {id}",
-        ids[0]
+    eprintln!(
+        "{}: login prompt after {:.1}s, agent facts after {:.1}s (accel {}), machine-id {id}",
+        vm.name(),
+        b.login.as_secs_f64(),
+        b.agent_line.as_secs_f64(),
+        vm.accel(),
     );
     ensure!(
-        !vm1.serial_text().contains("first boot: formatting"),
-        "the data partition was formatted again on the second boot"
+        vm.serial_text()
+            .contains("first boot: formatting /dev/vda4"),
+        "{}: first boot did not format the data partition",
+        vm.name()
+    );
+    check_guest(vm, &id)?;
+    Ok(id)
+}
+
+/// The same machine booted again (a new QEMU process on the same disk):
+/// the checks of [`check_node`] and [`check_guest`], the machine-id of its
+/// first boot, /var kept (not formatted again).
+pub fn boot_again(vm: &Vm, img: &BuiltImage, first_id: &str) -> Result<()> {
+    let b = boot_and_read(vm)?;
+    let id = check_node(&b, img)?;
+    ensure!(
+        id == first_id,
+        "{}: machine-id changed across reboot: {first_id} -> {id}",
+        vm.name()
+    );
+    ensure!(
+        !vm.serial_text().contains("first boot: formatting"),
+        "{}: the data partition was formatted again on the second boot",
+        vm.name()
     );
     eprintln!(
-        "node1 rebooted: login prompt after {:.1}s, same machine-id",
+        "{}: booted again: login prompt after {:.1}s, same machine-id, /var kept",
+        vm.name(),
         b.login.as_secs_f64()
     );
-    drop(vm1);
-    Ok(())
+    check_guest(vm, &id)
 }
