@@ -80,7 +80,7 @@ pub struct Lab {
     /// Node `i` is at index `i - 1`; `None` while it is powered off.
     vms: Vec<Option<Vm>>,
     /// The PXE artifacts' HTTP server, when the lab serves them.
-    _http: Option<pxe::Http>,
+    http: Option<pxe::Http>,
     dhcp: Dhcp,
     net: TestNet,
     work: Workdir,
@@ -152,7 +152,7 @@ impl Lab {
         }
         Ok(Lab {
             vms,
-            _http: http,
+            http,
             dhcp,
             net,
             work,
@@ -160,12 +160,32 @@ impl Lab {
         })
     }
 
-    /// The parts a scenario works with, borrowed side by side: the VMs (to
-    /// power off and boot again), the namespace, the image, the work
-    /// directory and the DHCP server (its leases).
-    pub fn parts(&mut self) -> (&mut Vec<Option<Vm>>, &TestNet, &BuiltImage, &Workdir, &Dhcp) {
-        (&mut self.vms, &self.net, &self.img, &self.work, &self.dhcp)
+    /// The parts a scenario works with, borrowed side by side.
+    pub fn parts(&mut self) -> LabParts<'_> {
+        LabParts {
+            vms: &mut self.vms,
+            net: &self.net,
+            img: &self.img,
+            work: &self.work,
+            dhcp: &self.dhcp,
+            http: &mut self.http,
+        }
     }
+}
+
+/// A [`Lab`]'s parts ([`Lab::parts`]).
+pub struct LabParts<'a> {
+    /// The VMs, to power off and boot again.
+    pub vms: &'a mut Vec<Option<Vm>>,
+    pub net: &'a TestNet,
+    pub img: &'a BuiltImage,
+    pub work: &'a Workdir,
+    /// The DHCP server, for its leases.
+    pub dhcp: &'a Dhcp,
+    /// The PXE HTTP server of [`Lab::start_serving_pxe`]: set it to `None`
+    /// to take the server down, to [`pxe::serve`] of `work/www` to bring it
+    /// back.
+    pub http: &'a mut Option<pxe::Http>,
 }
 
 /// What `habuild cluster status --json [extra]` prints in the namespace,

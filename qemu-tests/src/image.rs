@@ -336,7 +336,7 @@ pub fn kube_test_image(cluster_text: &str) -> Result<BuiltImage> {
 /// Writes `text` to `path` unless it already holds it, atomically (a
 /// temporary file renamed over it): tests on other threads read the cached
 /// image's cluster file while another asks for the same image (a plain
-/// write truncated it under a reader: pxe_qemu's install thread once read
+/// write truncated it under a reader: the PXE test's install thread once read
 /// it empty).
 fn write_if_changed(path: &Path, text: &str) -> Result<()> {
     if fs::read_to_string(path).ok().as_deref() == Some(text) {

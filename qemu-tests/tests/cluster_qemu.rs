@@ -74,7 +74,8 @@ use firstboot::protocol::StatusDoc;
 use firstboot::state::Role;
 use qemu_harness::boot;
 use qemu_harness::cluster::{
-    agents, dump, gluster_status, running, status, status_text, step, wait_until, Lab, Size,
+    agents, dump, gluster_status, running, status, status_text, step, wait_until, Lab, LabParts,
+    Size,
 };
 use qemu_harness::image::{
     debian_image_for, release_bin, test_cluster_text_without_kubernetes, TEST_SECRET,
@@ -391,7 +392,13 @@ fn three_vms_assemble_etcd_the_vip_and_a_replica_3_volume_and_survive_a_power_of
     // etcd and Raft (kube_qemu proves Kubernetes on one node).
     let img = debian_image_for(&test_cluster_text_without_kubernetes())?;
     let mut lab = Lab::start_with("cluster", "hbc", 3, img, Size::mib(1024))?;
-    let (vms, net, img, work, _) = lab.parts();
+    let LabParts {
+        vms,
+        net,
+        img,
+        work,
+        ..
+    } = lab.parts();
     let cluster = img.cluster.as_path();
     let t0 = Instant::now();
 

@@ -21,26 +21,44 @@
 //! and the workload answers again.
 //!
 //! Then two machines are added, side by side, as a rack's machines power on
-//! a week later:
-//! - node2 has an empty disk and no image: it boots from the network (the
-//!   namespace serves the image's `pxe/` as a site's PXE server: dnsmasq's
-//!   TFTP for the firmware, busybox httpd for iPXE, live mode: the root
-//!   image in RAM, `/var` on the empty disk), joins the cluster as a worker
-//!   and becomes a `Ready` Node with no command typed (issues 10 and 11);
-//!   the workload scaled to two pods, one per node: node2's pod reaches
-//!   node1's pod directly (host-gw routes) and through the ClusterIP;
+//! a week later. The namespace is the site's PXE server (dnsmasq's TFTP for
+//! the firmware, busybox httpd for iPXE and the image's `pxe/`), and it
+//! serves a cluster file of its own (the site file and one line more, so
+//! its sha256 tells which file a node read):
+//! - node2 has an empty disk and no image: it boots from the network in
+//!   live mode (the root image downloaded, checked against its sha256 and
+//!   run read-only from RAM, the empty disk formatted for `/var`, the agent
+//!   started with the served cluster file the initramfs fetched), joins the
+//!   cluster as a worker and becomes a `Ready` Node with no command typed
+//!   (issues 10 and 11); the workload scaled to two pods, one per node:
+//!   node2's pod reaches node1's pod directly (host-gw routes) and through
+//!   the ClusterIP;
 //! - node3 has an empty disk too and boots disk first, network second, as
 //!   a rack machine does: the site's dnsmasq tags its MAC for
-//!   `install.ipxe`, so it writes the disk image (with the served cluster
-//!   file on its ESP), reboots from its own disk and its agent joins the
-//!   cluster; the site file (`[[nodes]]` by its MAC, `kubernetes = false`)
-//!   tells that agent to stay out of Kubernetes; the
-//!   test types what an operator types on a machine the agents do not
-//!   manage — containerd started, the seeded archives imported, a CNI
-//!   config of the operator's own, and `kubeadm join VIP:6443 --token …
+//!   `install.ipxe`, so it writes the disk image's pieces (reading each
+//!   back), puts the served cluster file on its ESP, reboots from its own
+//!   disk (`/var` on the data partition grown to the disk) and its agent
+//!   joins the cluster; the site file (`[[nodes]]` by its MAC, `kubernetes
+//!   = false`) tells that agent to stay out of Kubernetes; the test types
+//!   what an operator types on a machine the agents do not manage —
+//!   containerd started, the seeded archives imported, a CNI config of the
+//!   operator's own, and `kubeadm join VIP:6443 --token …
 //!   --discovery-token-ca-cert-hash sha256:…` with the plan's bootstrap
 //!   token and the CA hash computed with openssl — and it joins: three
 //!   Nodes Ready.
+//!
+//! Last, netboot identity and faults on machines that need no cluster
+//! (node1 and node3 are stopped, so they get the host's cores): node2 is
+//! power-cycled and comes back as the same node (same machine-id, `/var`
+//! found again, not formatted again); beside it two machines whose only
+//! disk holds data are sent to install and refused ("NO EMPTY DISK", and,
+//! for the one whose site script names its disk, the disk and the cause).
+//! Then a machine whose only disk holds data comes in by UEFI HTTP boot
+//! (no TFTP) while its server first serves a root image with the wrong
+//! bytes, then is down: the initrd names each cause, retries, and boots
+//! once the right file is back; `/var` is in RAM and the node says so
+//! (console, facts, the agent's "worker only" line), and its machine-id is
+//! its SMBIOS UUID. Every data disk holds exactly its data afterwards.
 //!
 //! Timings (power-on → API through the VIP → node Ready → pod answering;
 //! node2's power-on → root image verified → agent → member → Ready;
@@ -55,13 +73,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use firstboot::state::Role;
-use qemu_harness::cluster::{dump, running, status, step, wait_until, Lab, Size};
+use qemu_harness::boot::json_after;
+use qemu_harness::cluster::{dump, running, status, step, wait_until, Lab, LabParts, Size};
 use qemu_harness::image::{kube_test_image, TEST_SECRET};
 use qemu_harness::kube::{
     api_ready, fetch_kubeconfig, http, join_token, kube_bin_dir, kubeadm_join_command, nodes_ready,
     operator_join_script, pods_ready, workload_manifest, Kubectl, NODE_PORT,
 };
-use qemu_harness::{pxe, vm, Vm};
+use qemu_harness::{pxe, vm, TestNet, Vm, Workdir};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 const VIP: &str = "10.77.0.10";
 /// How long a one-shot request (kubectl, HTTP) is retried: the emulated
@@ -69,6 +90,23 @@ const VIP: &str = "10.77.0.10";
 const RETRY: Duration = Duration::from_secs(120);
 /// node3's console when its disk is written and it reboots into it.
 const INSTALLED: &str = "install: /dev/vda written and verified; rebooting into it";
+/// The line the site's PXE server adds to the site file it serves: the
+/// served file's sha256 is then not the baked one's, so a node's
+/// `HABUILD-CLUSTER` line tells which file it read.
+const SERVED_MARK: &str = "# served by the site's PXE server (kube_qemu)\n";
+/// Machines of the last part (step 8), by MAC index: one that comes in by
+/// UEFI HTTP boot with only a data disk (live, /var in RAM), one with only
+/// a data disk sent to install, one whose site script names its disk.
+const RAM: u8 = 4;
+const INSTALL_DATA: u8 = 5;
+const INSTALL_NAMED: u8 = 6;
+/// The script the site gives [`INSTALL_NAMED`].
+const NAMED_DISK_SCRIPT: &str = "install-vda.ipxe";
+/// [`RAM`]'s SMBIOS system UUID (QEMU `-uuid`): with /var in RAM its
+/// machine-id, so its node id and name, come from it.
+const SMBIOS_UUID: &str = "6a0c3f51-9c2e-4b7d-8d1e-0123456789ab";
+/// Any boot of the last part, to its awaited line.
+const BOOT: Duration = Duration::from_secs(900);
 
 /// The site file: the cluster forms from the first machine alone
 /// (`bootstrap_expect = 1`, one control-plane node); machine 3 (by its MAC)
@@ -106,11 +144,20 @@ fn print_memory(vm: &Vm) {
 #[test]
 fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
     let img = kube_test_image(&site_file())?;
-    // the namespace is also the site's PXE server, for the machine that
-    // netboots later
-    // (live for every machine but node3, which the site installs)
+    // the namespace is also the site's PXE server, for the machines that
+    // netboot later: live for every machine but those the site installs
+    // (node3, and step 8's), with a cluster file of its own (the site file
+    // and one line more)
+    let site_dir = Workdir::new("kube-site")?;
+    let served = site_dir.join("cluster.toml");
+    let served_text = format!("{}{SERVED_MARK}", site_file());
+    std::fs::write(&served, &served_text)?;
+    let served_sha = hex::encode(Sha256::digest(served_text.as_bytes()));
     let site = pxe::Site {
-        install: vec![vm::mac_address(3)],
+        install: vec![vm::mac_address(3), vm::mac_address(INSTALL_DATA)],
+        cluster: Some(served),
+        http_boot: vec![vm::mac_address(RAM)],
+        scripts: vec![(vm::mac_address(INSTALL_NAMED), NAMED_DISK_SCRIPT.into())],
         ..pxe::Site::script("boot.ipxe")
     };
     // node1 runs alone for most of the test (steps 1-4): with two vCPUs
@@ -126,7 +173,18 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
         cpus: 2,
     };
     let mut lab = Lab::start_serving_pxe("kube", "hbk", 1, img, node1, &site)?;
-    let (vms, net, img, work, dhcp) = lab.parts();
+    let LabParts {
+        vms,
+        net,
+        img,
+        work,
+        dhcp,
+        http: pxe_http,
+    } = lab.parts();
+    std::fs::write(
+        work.join("www/habuild").join(NAMED_DISK_SCRIPT),
+        "#!ipxe\nset habuild-install-disk /dev/vda\nchain install.ipxe\n",
+    )?;
     let vm_started = running(vms)[0].started();
 
     // 1. the agent says the kubelet is Ready, on its console
@@ -362,12 +420,17 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
         std::thread::spawn(move || {
             let installed = serial
                 .wait_for(INSTALLED, Duration::from_secs(1800))
-                .map(|_| started.elapsed());
-            // (install mode never starts the agent: the first facts line
-            // is the installed system's)
+                .map(|_| (started.elapsed(), serial.len()));
+            // (install mode never starts the agent: the first facts and
+            // cluster lines are the installed system's)
             let agent = serial
                 .wait_for_line_with_prefix("HABUILD-FACTS ", Duration::from_secs(900))
-                .map(|line| (started.elapsed(), line));
+                .map(|line| (started.elapsed(), line))
+                .and_then(|(at, facts)| {
+                    let cluster = serial
+                        .wait_for_line_with_prefix("HABUILD-CLUSTER ", Duration::from_secs(300))?;
+                    Ok((at, facts, cluster))
+                });
             (installed, agent)
         })
     };
@@ -381,9 +444,29 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
     let agent_up = worker.elapsed();
     ensure!(
         facts.contains("\"root_fstype\":\"erofs\"")
+            && facts.contains("\"root_ro\":true")
             && facts.contains("\"var_device\":\"/dev/vda\"")
             && facts.contains("\"live_var\":\"disk /dev/vda\""),
         "node2 is not a live netbooted node (erofs root in RAM, /var on the empty disk): {facts}"
+    );
+    ensure!(
+        worker
+            .serial_text()
+            .contains("formatting empty /dev/vda as ext4"),
+        "node2's empty disk was not formatted for /var"
+    );
+    let node2_id = json_after(&facts, "HABUILD-FACTS ")?["machine_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(node2_id.len() == 32, "node2's machine-id {node2_id:?}");
+    let cluster = json_after(
+        &worker.wait_for_line_with_prefix("HABUILD-CLUSTER ", Duration::from_secs(300))?,
+        "HABUILD-CLUSTER ",
+    )?;
+    ensure!(
+        cluster["file"] == "/run/habuild/cluster.toml" && cluster["sha256"] == served_sha.as_str(),
+        "node2's agent did not read the served cluster file its live boot fetched (sha256 {served_sha}): {cluster}"
     );
     let ip = dhcp.wait_for_lease(&worker.spec().mac, RETRY)?.ip;
     let members = wait_until(
@@ -501,12 +584,9 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
     let (installed, agent) = node3_times
         .join()
         .map_err(|_| anyhow::anyhow!("node3's watcher panicked"))?;
-    let installed = installed.with_context(|| dump(&running(vms)))?;
-    let (agent_at, facts) = agent.with_context(|| dump(&running(vms)))?;
-    ensure!(
-        facts.contains("\"root_ro\":true") && facts.contains("\"var_device\":\"/dev/vda4\""),
-        "node3 did not come up from the disk it installed (read-only root, /var on its data partition): {facts}"
-    );
+    let (installed, mark) = installed.with_context(|| dump(&running(vms)))?;
+    let (agent_at, facts, cluster) = agent.with_context(|| dump(&running(vms)))?;
+    check_installed(operator_node, mark, &facts, &cluster, &served_sha)?;
     let node3_ip = dhcp.wait_for_lease(&operator_node.spec().mac, RETRY)?.ip;
     let node3 = wait_until(
         "node3 a member, Kubernetes not its agent's business",
@@ -560,5 +640,242 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
     for vm in running(vms) {
         print_memory(vm);
     }
+
+    // 8. Netboot identity and faults, on machines that need no cluster:
+    // node1 and node3 are done with, and stopped so these have the cores.
+    for i in [0, 2] {
+        if let Some(vm) = vms[i].take() {
+            vm.kill()?;
+        }
+    }
+    let node2 = vms[1].take().context("node2")?;
+    netboot_again_and_refusals(net, work, node2, &node2_id)?;
+    data_disk_live_through_server_faults(net, work, pxe_http)?;
+    Ok(())
+}
+
+/// node3's installed system (`mark`: its console's length when the
+/// installer rebooted; `facts`, `cluster`: the installed system's first
+/// lines): written pieces and the served cluster file named by the
+/// installer, a read-only root and /var on the data partition grown to the
+/// disk, the served cluster file read from the ESP, and the second boot
+/// from the disk, not the network.
+fn check_installed(vm: &Vm, mark: u64, facts: &str, cluster: &str, served_sha: &str) -> Result<()> {
+    let log = std::fs::read(vm.serial_path())?;
+    let (before, after) = log.split_at((mark as usize).min(log.len()));
+    let (before, after) = (
+        String::from_utf8_lossy(before),
+        String::from_utf8_lossy(after),
+    );
+    ensure!(
+        before.contains("install: the cluster file from http://"),
+        "the served cluster file was not put on node3's ESP: {}",
+        vm.serial().tail(40)
+    );
+    for piece in ["esp.img", "root.img"] {
+        ensure!(
+            before.contains(&format!("install: {piece} (")),
+            "{piece} was not written: {}",
+            vm.serial().tail(40)
+        );
+    }
+    ensure!(
+        !before.contains("INSTALL FAILED"),
+        "{}",
+        vm.serial().tail(40)
+    );
+    let f = json_after(facts, "HABUILD-FACTS ")?;
+    ensure!(
+        f["root_ro"] == Value::Bool(true) && f["var_device"] == "/dev/vda4",
+        "node3 did not come up from the disk it installed (read-only root, /var on its data partition): {f}"
+    );
+    // 256 MiB in the image; grown, the rest of the 8 GiB disk after the ESP
+    // and the two root slots (~4.7 GiB)
+    let grown = f["var_partition_bytes"].as_u64().unwrap_or(0);
+    ensure!(
+        grown > 4 << 30,
+        "node3's data partition was not grown to its 8 GiB disk: {f}"
+    );
+    let c = json_after(cluster, "HABUILD-CLUSTER ")?;
+    ensure!(
+        c["file"] == "/boot/efi/habuild/cluster.toml" && c["sha256"] == served_sha,
+        "node3's agent did not read the served cluster file (sha256 {served_sha}) from its ESP: {c}"
+    );
+    ensure!(
+        !after.contains("live boot:") && !after.contains("install: writing"),
+        "node3's second boot came over the network, not from its disk"
+    );
+    Ok(())
+}
+
+/// Step 8, first half, three machines side by side: node2 (live, /var on
+/// its disk) is power-cycled and comes back as the same node (same
+/// machine-id, /var found again by its label, not formatted again); two
+/// machines whose only disk holds data are sent to install: one is
+/// refused with "NO EMPTY DISK", the other, whose site script names the
+/// disk (`habuild-install-disk`), is refused naming the disk and the
+/// cause; both disks hold exactly their data afterwards.
+fn netboot_again_and_refusals(net: &TestNet, work: &Workdir, node2: Vm, id: &str) -> Result<()> {
+    let spec = node2.spec().clone();
+    node2.kill()?;
+    drop(node2);
+    let again = Vm::start(net, spec, work.path())?;
+    let mut refused = Vec::new();
+    for (name, i) in [("instdata", INSTALL_DATA), ("instnamed", INSTALL_NAMED)] {
+        let disk = pxe::disk_with_data(work, name)?;
+        let mut spec = pxe::netboot_spec_on(net, name, i, &disk)?;
+        spec.extra_args = vm::DISK_THEN_NETWORK.map(String::from).to_vec();
+        refused.push((Vm::start(net, spec, work.path())?, disk));
+    }
+    let facts = json_after(
+        &again.wait_for_line_with_prefix("HABUILD-FACTS ", BOOT)?,
+        "HABUILD-FACTS ",
+    )?;
+    ensure!(
+        facts["machine_id"] == id,
+        "node2's machine-id changed across the power cycle: {id} -> {}",
+        facts["machine_id"]
+    );
+    ensure!(
+        !again.serial_text().contains("formatting empty"),
+        "node2's /var was formatted again on its second boot"
+    );
+    eprintln!(
+        "kube_qemu: node2 power-cycled: agent running {:.0} s after power-on, same machine-id, /var kept",
+        again.elapsed().as_secs_f64()
+    );
+    again.kill()?;
+    let (data, named) = (&refused[0], &refused[1]);
+    data.0
+        .wait_for("habuild-initrd: INSTALL FAILED: NO EMPTY DISK", BOOT)?;
+    let data_at = data.0.elapsed();
+    let line = named
+        .0
+        .wait_for_line_with_prefix("habuild-initrd: INSTALL FAILED: ", BOOT)?;
+    ensure!(
+        line.contains(
+            "habuild.install_disk=/dev/vda is not empty (its first MiB is not all zeros)"
+        ),
+        "the refusal of the machine whose site names its disk does not name the disk and the cause: {line}"
+    );
+    let named_at = named.0.elapsed();
+    for (vm, disk) in &refused {
+        vm.kill()?;
+        pxe::check_data_untouched(disk)?;
+    }
+    eprintln!(
+        "kube_qemu: only a data disk, sent to install: refused {:.0} s after power-on (NO EMPTY DISK); with the disk named by the site: refused {:.0} s ({}); both disks untouched",
+        data_at.as_secs_f64(),
+        named_at.as_secs_f64(),
+        line.split("INSTALL FAILED: ").nth(1).unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Step 8, second half: a machine whose only disk holds data comes in by
+/// UEFI HTTP boot (no TFTP: the firmware fetches `ipxe.efi` from the HTTP
+/// server). Its server first serves a root image with the wrong bytes,
+/// then goes down: the initrd names each cause on the console, retries,
+/// and boots once the right file is back. The disk is never written,
+/// /var is in RAM and the node says so (console, `live_var` in its facts,
+/// the agent's "worker only" line), and its machine-id is its SMBIOS UUID.
+fn data_disk_live_through_server_faults(
+    net: &TestNet,
+    work: &Workdir,
+    http: &mut Option<pxe::Http>,
+) -> Result<()> {
+    let root = work.join("www/habuild/root.img");
+    let real_root = std::fs::read_link(&root).context("the served root.img is a link")?;
+    std::fs::remove_file(&root)?;
+    std::fs::write(&root, vec![0xa5u8; 1 << 20])?;
+    let disk = pxe::disk_with_data(work, "ram")?;
+    let mut spec = pxe::netboot_spec_on(net, "ram", RAM, &disk)?;
+    spec.extra_args = [
+        "-uuid",
+        SMBIOS_UUID,
+        // the firmware's own network stack, as on a rack machine: without
+        // the NIC's option ROM (QEMU's is iPXE, which would answer
+        // first), and IPv4 only (OVMF's PXE over IPv6 waits minutes for a
+        // DHCPv6 server before HTTP boot gets its turn)
+        "-global",
+        "virtio-net-pci.romfile=",
+        "-fw_cfg",
+        "name=opt/org.tianocore/IPv6Support,string=no",
+    ]
+    .map(String::from)
+    .to_vec();
+    let vm = Vm::start(net, spec, work.path())?;
+    let uri = vm.wait_for_line_with_prefix("URI: http://", BOOT)?;
+    ensure!(
+        uri.contains("/habuild/ipxe.efi"),
+        "the data-disk machine's firmware did not HTTP-boot the served ipxe.efi: {uri}"
+    );
+    let http_booted = vm.elapsed();
+    let wrong = vm.wait_for_line_with_prefix("root.img has sha256 ", BOOT)?;
+    ensure!(
+        wrong.contains("was expected (attempt 1); discarded, retrying in 2s"),
+        "the wrong root image's line: {wrong}"
+    );
+    let wrong_at = vm.elapsed();
+    drop(http.take());
+    let mark = vm.serial_len();
+    let down = vm.wait_for_line_with_prefix_after(
+        mark,
+        "root.img failed (attempt ",
+        Duration::from_secs(120),
+    )?;
+    ensure!(
+        down.contains("Connection refused") || down.contains("can't connect"),
+        "the line for a server that is down does not name the cause: {down}"
+    );
+    let down_at = vm.elapsed();
+    std::fs::remove_file(&root)?;
+    std::os::unix::fs::symlink(&real_root, &root)?;
+    *http = Some(pxe::serve(net, &work.join("www"))?);
+    vm.wait_for_after(mark, "live boot: root image verified", BOOT)?;
+    let verified = vm.elapsed();
+    vm.wait_for("live boot: NO USABLE DISK: /var is in RAM", BOOT)?;
+    let machine_id = SMBIOS_UUID.replace('-', "");
+    vm.wait_for(
+        &format!("identity from the SMBIOS UUID (machine-id {machine_id})"),
+        Duration::from_secs(60),
+    )?;
+    let f = json_after(
+        &vm.wait_for_line_with_prefix("HABUILD-FACTS ", BOOT)?,
+        "HABUILD-FACTS ",
+    )?;
+    ensure!(
+        f["var_device"].is_null()
+            && f["live_var"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("ram: no empty local disk")),
+        "the data-disk machine does not report /var in RAM: {f}"
+    );
+    ensure!(
+        f["machine_id"] == machine_id.as_str(),
+        "its machine-id is not its SMBIOS UUID {SMBIOS_UUID}: {f}"
+    );
+    vm.wait_for(
+        "habuild-agent: /var is in RAM (no empty local disk",
+        Duration::from_secs(300),
+    )?;
+    let line =
+        vm.wait_for_line_with_prefix("a Raft voter); after a reboot it ", Duration::from_secs(10))?;
+    ensure!(
+        line.contains("rejoins as the same node with its state gone"),
+        "{line}"
+    );
+    let agent = vm.elapsed();
+    vm.kill()?;
+    drop(vm);
+    pxe::check_data_untouched(&disk)?;
+    eprintln!(
+        "kube_qemu: data-disk machine: UEFI HTTP boot of ipxe.efi {:.0} s, wrong root image named and discarded {:.0} s, server down named {:.0} s, root verified once served again {:.0} s; its only disk left untouched, /var in RAM, machine-id from its SMBIOS UUID, the agent says it is a worker only ({:.0} s after power-on)",
+        http_booted.as_secs_f64(),
+        wrong_at.as_secs_f64(),
+        down_at.as_secs_f64(),
+        verified.as_secs_f64(),
+        agent.as_secs_f64()
+    );
     Ok(())
 }
