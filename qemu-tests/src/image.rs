@@ -309,9 +309,21 @@ pub fn debian_image_for(cluster_text: &str) -> Result<BuiltImage> {
     image_for(&workspace().join("configs/debian-12.toml"), cluster_text)
 }
 
+/// Added to the Kubernetes test image's kernel command line. Its control
+/// plane node has two vCPUs under tcg, where the guest kernel's TSC sync
+/// check fails (`TSCs unsynchronized`) and it falls back to the HPET: every
+/// clock read of the Go binaries (etcd, the kube components, containerd)
+/// is then a system call and an emulated device read under QEMU's global
+/// lock, instead of a vDSO read of the TSC. tcg derives every vCPU's TSC
+/// from the one host clock, so they are in step. Not for real machines,
+/// where the check guards against TSCs that really drift: the site's
+/// profile decides its command line.
+pub const TEST_KERNEL_ARGS: &str = " tsc=reliable";
+
 /// The Kubernetes scenario's image: the Debian 12 profile plus the test
 /// workload's OCI archive in `[images] archives` (seeded into containerd
-/// at first boot like any user archive), and `cluster_text`.
+/// at first boot like any user archive), and `cluster_text`. Its kernel
+/// command line adds [`TEST_KERNEL_ARGS`].
 /// The derived profile is written next to the checkout's `target/` (one
 /// level below the workspace, like `configs/`, so the profile's relative
 /// paths still resolve).
@@ -320,6 +332,14 @@ pub fn kube_test_image(cluster_text: &str) -> Result<BuiltImage> {
     let ws = workspace();
     let base = ws.join("configs/debian-12.toml");
     let text = fs::read_to_string(&base).with_context(|| format!("reading {}", base.display()))?;
+    let cmdline = text
+        .lines()
+        .find(|l| l.starts_with("cmdline = \""))
+        .with_context(|| format!("{} has no kernel cmdline line", base.display()))?;
+    let text = text.replace(
+        cmdline,
+        &format!("{}{TEST_KERNEL_ARGS}\"", cmdline.trim_end_matches('"')),
+    );
     let dir = ws.join("target");
     fs::create_dir_all(&dir)?;
     let profile = dir.join("debian-12-kube-test.toml");

@@ -122,7 +122,7 @@ fn site_file() -> String {
 /// The node's memory with the whole stack running, through the guest agent.
 fn print_memory(vm: &Vm) {
     match vm.guest().sh(
-        "ps -eo rss=,comm= --sort=-rss | head -n 10; grep -E 'MemTotal|MemAvailable' /proc/meminfo",
+        "ps -eo rss=,comm= --sort=-rss | head -n 10; grep -E 'MemTotal|MemAvailable' /proc/meminfo; echo clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)",
         Duration::from_secs(60),
     ) {
         Ok(o) => {
@@ -162,12 +162,14 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
     };
     // node1 runs alone for most of the test (steps 1-4): with two vCPUs
     // (multi-threaded TCG) it uses the host's second core, which would
-    // otherwise idle; node2 and node3 get one each. The cost: the guest
-    // kernel finds the two emulated TSCs unsynchronized and uses the HPET
-    // clocksource, so every clock read of the Go binaries is a system call
-    // and an emulated device read. It still wins on this host: apiserver
-    // ready 238 s with two vCPUs, 422 s with one on an idle host later the
-    // same day (tsc=reliable on the kernel command line would keep the TSC).
+    // otherwise idle; node2 and node3 get one each. Two vCPUs cost the
+    // guest kernel its TSC clocksource (it finds the emulated TSCs
+    // unsynchronized and falls back to the HPET, a system call and an
+    // emulated device read for every clock read of the Go binaries): the
+    // test image's `tsc=reliable` (`image::TEST_KERNEL_ARGS`) keeps it
+    // (the memory report prints the clocksource). Two
+    // vCPUs won even with the HPET: apiserver ready 238 s with two, 422 s
+    // with one on an idle host later the same day.
     let node1 = Size {
         memory_mib: 2048,
         cpus: 2,
