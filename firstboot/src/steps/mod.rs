@@ -149,6 +149,11 @@ pub enum StepError {
     /// The step cannot render from the state (e.g. a missing certificate).
     #[error("{0}")]
     Render(String),
+    /// Something on this host the step needs is still starting (another
+    /// step started it): not a failure, the step is pending (re-checked
+    /// soon and on every state change, with no backoff growing meanwhile).
+    #[error("{0}")]
+    NotYet(String),
     #[error(transparent)]
     Host(#[from] HostError),
 }
@@ -411,7 +416,7 @@ fn run_gated(
     })();
     match result {
         Ok(Check::Done(d)) => Outcome::Done(d),
-        Ok(Check::Pending(w)) => Outcome::Pending(w),
+        Ok(Check::Pending(w)) | Err(StepError::NotYet(w)) => Outcome::Pending(w),
         Err(e) => Outcome::Failed(e.to_string()),
     }
 }
