@@ -6,6 +6,7 @@
   bin = ($2 == "unittests") ? dep " (unit, " $3 ")" : $2
   next
 }
+/^   Doc-tests / { bin = "doc-tests of " $2; next }
 /^test result: / {
   t = $0; sub(/.*finished in /, "", t); sub(/s$/, "", t)
   n = $0; sub(/^test result: [a-zA-Z]+\. /, "", n); sub(/; [0-9]+ ignored.*/, "", n)
