@@ -65,8 +65,9 @@ pub const CONFIG_YAML: &str = "var/lib/kubelet/config.yaml";
 pub const FLAGS_ENV: &str = "var/lib/kubelet/kubeadm-flags.env";
 pub const IMAGES_LIST: &str = "usr/share/habuild/images/images.list";
 pub const CONTAINERD_SOCK: &str = "unix:///run/containerd/containerd.sock";
-/// The image has no systemd-resolved (configs/debian-12.toml): the
-/// kubelet hands pods the host's own resolv.conf.
+/// The kubelet hands pods the host's own resolv.conf: in the image a link
+/// to systemd-resolved's list of the servers DHCP gave (not its 127.0.0.53
+/// stub, which a pod cannot reach), made by `finalize-image`.
 pub const RESOLV_CONF: &str = "etc/resolv.conf";
 
 /// The cluster DNS address: the service CIDR's tenth address (kubeadm's rule).
