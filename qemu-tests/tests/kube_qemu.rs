@@ -47,10 +47,10 @@
 //!   token and the CA hash computed with openssl — and it joins: three
 //!   Nodes Ready.
 //!
-//! Last, netboot identity and faults on machines that need no cluster
-//! (node1 and node3 are stopped, so they get the host's cores): node2 is
-//! power-cycled and comes back as the same node (same machine-id, `/var`
-//! found again, not formatted again); beside it two machines whose only
+//! Last, netboot identity and faults (node3 stopped, so these get the
+//! host's cores): node2 is power-cycled and comes back as the same node
+//! (same machine-id, `/var` found again, not formatted again, the same
+//! member of the cluster again); beside it two machines whose only
 //! disk holds data are sent to install and refused ("NO EMPTY DISK", and,
 //! for the one whose site script names its disk, the disk and the cause).
 //! Then a machine whose only disk holds data comes in by UEFI HTTP boot
@@ -58,7 +58,8 @@
 //! bytes, then is down: the initrd names each cause, retries, and boots
 //! once the right file is back; `/var` is in RAM and the node says so
 //! (console, facts, the agent's "worker only" line), and its machine-id is
-//! its SMBIOS UUID. Every data disk holds exactly its data afterwards.
+//! its SMBIOS UUID (node1 stopped too: it needs no cluster). Every data
+//! disk holds exactly its data afterwards.
 //!
 //! Timings (power-on → API through the VIP → node Ready → pod answering;
 //! node2's power-on → root image verified → agent → member → Ready;
@@ -480,10 +481,11 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
                 .agents
                 .iter()
                 .find(|a| a.address.starts_with(&format!("{ip}:")))?;
-            (me.role == Some(Role::Worker)).then(|| me.hostname.clone())
+            (me.role == Some(Role::Worker)).then(|| (me.hostname.clone(), me.node_id.clone()))
         },
     )
     .with_context(|| dump(&running(vms)))?;
+    let (members, node2_member) = members;
     let member_at = worker.elapsed();
     let live_var = status(net, &img.cluster)?
         .agents
@@ -643,17 +645,35 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
         print_memory(vm);
     }
 
-    // 8. Netboot identity and faults, on machines that need no cluster:
-    // node1 and node3 are done with, and stopped so these have the cores.
-    for i in [0, 2] {
-        if let Some(vm) = vms[i].take() {
-            vm.kill()?;
-        }
+    // 8. Netboot identity and faults: node3 is done with (stopped, so the
+    // machines below have the cores); node2 is power-cycled and rejoins
+    // node1's cluster as the same member; then node1 is stopped too, for
+    // machines that need no cluster.
+    if let Some(vm) = vms[2].take() {
+        vm.kill()?;
     }
     let node2 = vms[1].take().context("node2")?;
-    netboot_again_and_refusals(net, work, node2, &node2_id)?;
+    let again = Node2 {
+        vm: node2,
+        machine_id: &node2_id,
+        member: &node2_member,
+        ip,
+    };
+    netboot_again_and_refusals(net, work, &img.cluster, again)?;
+    if let Some(vm) = vms[0].take() {
+        vm.kill()?;
+    }
     data_disk_live_through_server_faults(net, work, pxe_http)?;
     Ok(())
+}
+
+/// node2 as step 8 finds it: its VM, machine-id, member (node id) and
+/// address.
+struct Node2<'a> {
+    vm: Vm,
+    machine_id: &'a str,
+    member: &'a str,
+    ip: std::net::Ipv4Addr,
 }
 
 /// node3's installed system (`mark`: its console's length when the
@@ -712,12 +732,24 @@ fn check_installed(vm: &Vm, mark: u64, facts: &str, cluster: &str, served_sha: &
 
 /// Step 8, first half, three machines side by side: node2 (live, /var on
 /// its disk) is power-cycled and comes back as the same node (same
-/// machine-id, /var found again by its label, not formatted again); two
+/// machine-id, /var found again by its label, not formatted again, the
+/// same member of the cluster again, as a worker); two
 /// machines whose only disk holds data are sent to install: one is
 /// refused with "NO EMPTY DISK", the other, whose site script names the
 /// disk (`habuild-install-disk`), is refused naming the disk and the
 /// cause; both disks hold exactly their data afterwards.
-fn netboot_again_and_refusals(net: &TestNet, work: &Workdir, node2: Vm, id: &str) -> Result<()> {
+fn netboot_again_and_refusals(
+    net: &TestNet,
+    work: &Workdir,
+    cluster: &std::path::Path,
+    node2: Node2,
+) -> Result<()> {
+    let Node2 {
+        vm: node2,
+        machine_id: id,
+        member,
+        ip,
+    } = node2;
     let spec = node2.spec().clone();
     node2.kill()?;
     drop(node2);
@@ -742,8 +774,26 @@ fn netboot_again_and_refusals(net: &TestNet, work: &Workdir, node2: Vm, id: &str
         !again.serial_text().contains("formatting empty"),
         "node2's /var was formatted again on its second boot"
     );
+    let agent_at = again.elapsed();
+    wait_until(
+        "node2 the same cluster member again after its power cycle",
+        Duration::from_secs(600),
+        || {
+            let st = status(net, cluster).ok()?;
+            st.agents
+                .iter()
+                .any(|a| {
+                    a.node_id == member
+                        && a.address.starts_with(&format!("{ip}:"))
+                        && a.role == Some(Role::Worker)
+                })
+                .then_some(())
+        },
+    )
+    .with_context(|| dump(&[&again]))?;
     eprintln!(
-        "kube_qemu: node2 power-cycled: agent running {:.0} s after power-on, same machine-id, /var kept",
+        "kube_qemu: node2 power-cycled: agent running {:.0} s after power-on (same machine-id, /var kept), the same member {member} again {:.0} s",
+        agent_at.as_secs_f64(),
         again.elapsed().as_secs_f64()
     );
     again.kill()?;
