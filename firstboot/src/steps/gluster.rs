@@ -1409,8 +1409,9 @@ mod tests {
             .insert(GLUSTERD.into(), glusterd_service());
     }
 
-    #[test]
-    fn the_brick_step_reports_the_volumes_safety_asked_at_most_every_30_s() {
+    /// `f` on a storage node that is not the storage leader, in
+    /// [`volume_done_state`] (with that state's plan).
+    fn on_a_storage_peer(f: impl FnOnce(&Ctx, &crate::state::Plan)) {
         let state = volume_done_state();
         let plan = state.plan.clone().unwrap();
         with_ctx(1, |ctx| {
@@ -1419,10 +1420,17 @@ mod tests {
                 state: &state,
                 ..*ctx
             };
+            f(&c, &plan)
+        });
+    }
+
+    #[test]
+    fn the_brick_step_reports_the_volumes_safety_asked_at_most_every_30_s() {
+        on_a_storage_peer(|c, _| {
             let rec = Recording::default();
-            answers_for(&c, &rec, &[true, false, true]);
+            answers_for(c, &rec, &[true, false, true]);
             brick_serving(&rec);
-            let Check::Done(d) = Brick.check(&c, &rec.host()).unwrap() else {
+            let Check::Done(d) = Brick.check(c, &rec.host()).unwrap() else {
                 panic!("done")
             };
             let h = health::Health::from_detail(&d).unwrap();
@@ -1436,7 +1444,7 @@ mod tests {
                     .count()
             };
             assert_eq!(asked(&rec), 1);
-            let Check::Done(again) = Brick.check(&c, &rec.host()).unwrap() else {
+            let Check::Done(again) = Brick.check(c, &rec.host()).unwrap() else {
                 panic!("done")
             };
             assert_eq!(again, d);
@@ -1446,14 +1454,7 @@ mod tests {
 
     #[test]
     fn a_busy_volume_lock_is_asked_again_instead_of_making_the_view_unknown() {
-        let state = volume_done_state();
-        let plan = state.plan.clone().unwrap();
-        with_ctx(1, |ctx| {
-            let c = Ctx {
-                me: plan.storage[1],
-                state: &state,
-                ..*ctx
-            };
+        on_a_storage_peer(|c, _| {
             let rec = Recording::default();
             rec.answer_once(
                 "timeout --kill-after=5 20 gluster --mode=script volume status",
@@ -1461,9 +1462,9 @@ mod tests {
                 "",
                 "Another transaction is in progress for habuild. Please try again after some time.",
             );
-            answers_for(&c, &rec, &[true, true, true]);
+            answers_for(c, &rec, &[true, true, true]);
             brick_serving(&rec);
-            let Check::Done(d) = Brick.check(&c, &rec.host()).unwrap() else {
+            let Check::Done(d) = Brick.check(c, &rec.host()).unwrap() else {
                 panic!("done")
             };
             let h = health::Health::from_detail(&d).unwrap();
@@ -1479,14 +1480,7 @@ mod tests {
 
     #[test]
     fn a_silent_volume_status_names_the_bricks_of_disconnected_peers_or_says_unknown() {
-        let state = volume_done_state();
-        let plan = state.plan.clone().unwrap();
-        with_ctx(1, |ctx| {
-            let c = Ctx {
-                me: plan.storage[1],
-                state: &state,
-                ..*ctx
-            };
+        on_a_storage_peer(|c, plan| {
             let dead = c.member(plan.storage[2]).unwrap().ip;
             let view = |pool: &str| {
                 let rec = Recording::default();
@@ -1503,9 +1497,9 @@ mod tests {
                     pool,
                     "",
                 );
-                answers_for(&c, &rec, &[true, true, true]);
+                answers_for(c, &rec, &[true, true, true]);
                 brick_serving(&rec);
-                let Check::Done(d) = Brick.check(&c, &rec.host()).unwrap() else {
+                let Check::Done(d) = Brick.check(c, &rec.host()).unwrap() else {
                     panic!("done")
                 };
                 health::Health::from_detail(&d).unwrap()
@@ -1524,16 +1518,9 @@ mod tests {
 
     #[test]
     fn a_hung_glusterd_makes_the_view_unknown_after_one_bounded_query_and_asks_no_more() {
-        let state = volume_done_state();
-        let plan = state.plan.clone().unwrap();
-        with_ctx(1, |ctx| {
-            let c = Ctx {
-                me: plan.storage[1],
-                state: &state,
-                ..*ctx
-            };
+        on_a_storage_peer(|c, _| {
             let check = |rec: &Recording| {
-                let Check::Done(d) = Brick.check(&c, &rec.host()).unwrap() else {
+                let Check::Done(d) = Brick.check(c, &rec.host()).unwrap() else {
                     panic!("done")
                 };
                 (health::Health::from_detail(&d).unwrap(), d)
@@ -1560,7 +1547,7 @@ mod tests {
                 "UUID\tHostname\tState\n2b\tlocalhost\tConnected \n",
                 "",
             );
-            answers_for(&c, &rec, &[true, true, true]);
+            answers_for(c, &rec, &[true, true, true]);
             brick_serving(&rec);
             let (h, _) = check(&rec);
             assert_eq!(
