@@ -18,7 +18,7 @@ use crate::output::Output;
 use crate::profile::{self, LoadedProfile};
 use crate::rootfs::{self, RootfsRequest};
 use crate::stages::Stages;
-use crate::{embedded, fsimage, images, kube, overlay, pxe};
+use crate::{embedded, fsimage, images, kube, overlay, pxe, rootcache};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -136,13 +136,16 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
 
     let fs_type = profile.profile.rootfs.fs_type;
     let root_img = out.work.join("root.img");
-    stages.run("root image", || {
-        fsimage::make(
+    let root_image = stages.run("root image", || {
+        root_image(
             exec,
-            fs_type,
+            opts,
+            &profile,
+            rootfs.base.as_ref(),
+            &staging,
             &root,
             &root_img,
-            layout.rootfs_uuid(),
+            &layout,
             epoch.seconds,
         )
     })?;
@@ -213,6 +216,7 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
     manifest.artifacts.extend(pxe_artifacts);
     manifest.stages = stages.done.clone();
     manifest.base = rootfs.base.clone();
+    manifest.root_image = root_image;
     let json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Invalid(e.to_string()))?;
     fs::write(&out.manifest_tmp, json).at(&out.manifest_tmp)?;
@@ -225,6 +229,57 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
         manifest_path,
         summary: stages.summary(),
     })
+}
+
+/// The root filesystem image of `root` at `root_img`. On an incremental
+/// build (a cached base tree; not `--cold`) it is copied from the
+/// root-image cache when the same inputs made one before (`rootcache`),
+/// else made now and stored there. How it was made (None: no base key,
+/// made and not cached).
+#[allow(clippy::too_many_arguments)]
+fn root_image(
+    exec: &dyn Exec,
+    opts: &BuildOptions,
+    profile: &LoadedProfile,
+    base: Option<&rootfs::base::BaseUse>,
+    staging: &Path,
+    root: &Path,
+    root_img: &Path,
+    layout: &Layout,
+    epoch: u64,
+) -> Result<Option<rootcache::RootImageUse>> {
+    let fs_type = profile.profile.rootfs.fs_type;
+    let make = || fsimage::make(exec, fs_type, root, root_img, layout.rootfs_uuid(), epoch);
+    let Some(base) = base else {
+        make()?;
+        return Ok(None);
+    };
+    let builder = rootcache::builder_sha256()?;
+    let key = rootcache::key(&rootcache::RootImageInputs {
+        base_key: &base.key,
+        staging,
+        profile_text: &profile.source.text,
+        mirrors: &opts.mirrors,
+        fs_type: fsimage::kernel_name(fs_type),
+        uuid: layout.rootfs_uuid().to_string(),
+        epoch,
+        builder: &builder,
+    })?;
+    let cache = rootcache::RootImageCache::new(&opts.cache, opts.keep_bases);
+    if !opts.cold && cache.restore(&key, root_img)? {
+        tracing::info!("root image: unchanged inputs, copied from the cache ({key:.16})");
+        return Ok(Some(rootcache::RootImageUse { key, reused: true }));
+    }
+    make()?;
+    // a cache that cannot take it costs the next build time, not this one
+    match cache.store(&key, root_img) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!("root-image cache: removed the least recently used {removed:?}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("root image not cached: {e}"),
+    }
+    Ok(Some(rootcache::RootImageUse { key, reused: false }))
 }
 
 /// Load the profile and apply `--mirror id=url` overrides.
@@ -422,6 +477,7 @@ fn manifest(
         source_date_epoch: epoch.seconds,
         source_date_epoch_from: epoch.source.clone(),
         base: None,
+        root_image: None,
         disk_guid: layout.disk_guid.to_string(),
         partitions: layout
             .parts()

@@ -18,5 +18,6 @@ pub mod output;
 pub mod overlay;
 pub mod profile;
 pub mod pxe;
+pub mod rootcache;
 pub mod rootfs;
 pub mod stages;

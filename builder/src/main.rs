@@ -99,8 +99,9 @@ struct ImageArgs {
     /// else the profile's [rootfs] source_date_epoch, else the signed index's newest Date:).
     #[arg(long, value_name = "SECONDS")]
     source_date_epoch: Option<u64>,
-    /// How many installed base trees the cache keeps (least recently used go
-    /// first; each is the size of an installed root, ~1 GiB).
+    /// How many installed base trees, and how many root images, the cache
+    /// keeps (least recently used go first; a base tree is the size of an
+    /// installed root, ~1 GiB; a root image its compressed filesystem).
     #[arg(
         long,
         value_name = "N",
@@ -108,8 +109,9 @@ struct ImageArgs {
         default_value_t = 2
     )]
     cache_keep: usize,
-    /// Install the base tree anew even when the cache holds it (the image is
-    /// built from the fresh tree; the cache keeps one copy per key).
+    /// Install the base tree anew and make the root image anew even when the
+    /// cache holds them (the image is built from the fresh tree; the cache
+    /// keeps one copy per key).
     #[arg(long)]
     cold: bool,
     /// Keep the work directory (rootfs, staging) for inspection.

@@ -30,6 +30,9 @@ pub struct Manifest {
     pub source_date_epoch_from: String,
     /// The cached base tree this image was built on (apt builds).
     pub base: Option<crate::rootfs::base::BaseUse>,
+    /// The root image: its cache key and whether it was copied from the
+    /// root-image cache (`rootcache`); None when the build had no base key.
+    pub root_image: Option<crate::rootcache::RootImageUse>,
     pub disk_guid: String,
     pub partitions: BTreeMap<String, String>,
     pub artifacts: Vec<Artifact>,

@@ -1,5 +1,5 @@
-//! Where a guest's CPU went: its processes by CPU time, read through the
-//! guest agent (issue 13: the emulated nodes are saturated, and the
+//! Where a guest's CPU and memory went: its processes by CPU time, and
+//! by resident memory, read through the guest agent (issue 13: the emulated nodes are saturated, and the
 //! slowest part of a test is whatever the guests burn their vCPU on).
 
 use std::time::Duration;
@@ -27,5 +27,30 @@ pub fn report(vm: &Vm) -> String {
 pub fn print(test: &str, title: &str, vms: &[&Vm]) {
     for vm in vms {
         eprintln!("{test}: {} CPU seconds {title}:\n{}", vm.name(), report(vm));
+    }
+}
+
+/// The memory script: the ten largest processes by RSS, the guest's total
+/// and available memory, and its clocksource.
+const MEMORY: &str = "ps -eo rss=,comm= --sort=-rss | head -n 10; grep -E 'MemTotal|MemAvailable' /proc/meminfo; echo clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)";
+
+/// Prints `vm`'s memory (RSS KiB per command, MemTotal, MemAvailable) and
+/// clocksource on one line under `test`; an error reading it is printed
+/// instead (measured, not asserted).
+pub fn print_memory(test: &str, vm: &Vm) {
+    match vm.guest().sh(MEMORY, Duration::from_secs(60)) {
+        Ok(o) => {
+            let lines: Vec<String> = o
+                .stdout
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect();
+            eprintln!(
+                "{test}: {} memory (RSS KiB, command): {}",
+                vm.name(),
+                lines.join("; ")
+            );
+        }
+        Err(e) => eprintln!("{test}: {} memory not read: {e:#}", vm.name()),
     }
 }

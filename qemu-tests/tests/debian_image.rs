@@ -297,6 +297,13 @@ fn image_shas(m: &Value) -> std::collections::BTreeMap<String, String> {
 }
 
 /// The base tree a build used: (key, reused from the cache).
+/// Whether the build copied its root image from the root-image cache.
+fn root_image_reused(m: &Value) -> Result<bool> {
+    m["root_image"]["reused"]
+        .as_bool()
+        .with_context(|| format!("manifest root_image.reused: {}", m["root_image"]))
+}
+
 fn base(m: &Value) -> Result<(String, bool)> {
     let b = &m["base"];
     Ok((
@@ -306,12 +313,13 @@ fn base(m: &Value) -> Result<(String, bool)> {
 }
 
 /// Bit-identical images three ways: two cold builds (base tree installed
-/// anew, `--cold`), a cold and an incremental build (base tree from the
-/// cache), and after changing one overlay file an incremental rebuild
-/// reuses the base (same key) but its image differs. The test image is one
-/// side of a comparison (incremental on a fresh machine: an earlier image
-/// test stored the base), so the two comparisons cost one build besides
-/// the installed habuild's cold one.
+/// anew, root image made anew: `--cold`), a cold and an incremental build
+/// (base tree from the cache), and a cold build and a rebuild with no change
+/// (base tree and root image from the cache); after changing one overlay
+/// file an incremental rebuild reuses the base (same key) but makes its
+/// root image anew, and its image differs. The test image is one side of
+/// a comparison (incremental on a fresh machine: an earlier image test
+/// stored the base).
 #[test]
 fn debian_image_is_reproducible_and_well_formed() -> Result<()> {
     let mut a = debian_image()?;
@@ -370,6 +378,22 @@ fn debian_image_is_reproducible_and_well_formed() -> Result<()> {
         let mc = manifest(&c_dir)?;
         ensure!(!base(&mc)?.1, "--cold reused a cached base tree");
         same("two cold builds with the same inputs", &mc)?;
+        // and the installed habuild's rebuild with no change: its root
+        // image from the cache its cold build stored
+        let e_dir = work.join("rebuild-no-change");
+        let te = build_installed_into(&work.join("user"), &e_dir, &a.cluster, Some(&agent), &[])?;
+        let me = manifest(&e_dir)?;
+        ensure!(
+            base(&me)? == (base(&mb)?.0, true) && root_image_reused(&me)?,
+            "the rebuild with no change did not reuse the base and the root image: {} {}",
+            me["base"],
+            me["root_image"]
+        );
+        same("a cold build and a rebuild with no change", &me)?;
+        eprintln!(
+            "rebuild with no change (base tree and root image from the cache): {:.0}s",
+            te.as_secs_f64()
+        );
         ("second cold", t)
     } else {
         same("two cold builds with the same inputs", &ma)?;
@@ -377,12 +401,13 @@ fn debian_image_is_reproducible_and_well_formed() -> Result<()> {
         let t = build_installed_into(&work.join("user"), &c_dir, &a.cluster, Some(&agent), &[])?;
         let mc = manifest(&c_dir)?;
         ensure!(
-            base(&mc)? == (base(&mb)?.0, true),
-            "the incremental build did not reuse the base: {}",
-            mc["base"]
+            base(&mc)? == (base(&mb)?.0, true) && root_image_reused(&mc)?,
+            "the rebuild with no change did not reuse the base and the root image: {} {}",
+            mc["base"],
+            mc["root_image"]
         );
-        same("incremental and cold builds", &mc)?;
-        ("incremental", t)
+        same("a cold build and a rebuild with no change", &mc)?;
+        ("no-change", t)
     };
     ensure!(
         mb["source_date_epoch_from"] == "--source-date-epoch",
@@ -409,6 +434,11 @@ fn debian_image_is_reproducible_and_well_formed() -> Result<()> {
         base(&md)? == (base(&mb)?.0, true),
         "an overlay change invalidated the base: {}",
         md["base"]
+    );
+    ensure!(
+        !root_image_reused(&md)?,
+        "an overlay change was served a cached root image: {}",
+        md["root_image"]
     );
     ensure!(
         sha(&md) != sha(&mb),

@@ -120,28 +120,6 @@ fn site_file() -> String {
     )
 }
 
-/// The node's memory with the whole stack running, through the guest agent.
-fn print_memory(vm: &Vm) {
-    match vm.guest().sh(
-        "ps -eo rss=,comm= --sort=-rss | head -n 10; grep -E 'MemTotal|MemAvailable' /proc/meminfo; echo clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)",
-        Duration::from_secs(60),
-    ) {
-        Ok(o) => {
-            let lines: Vec<String> = o
-                .stdout
-                .lines()
-                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-                .collect();
-            eprintln!(
-                "kube_qemu: {} memory (RSS KiB, command): {}",
-                vm.name(),
-                lines.join("; ")
-            );
-        }
-        Err(e) => eprintln!("kube_qemu: {} memory not read: {e:#}", vm.name()),
-    }
-}
-
 #[test]
 fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
     let img = kube_test_image(&site_file())?;
@@ -353,7 +331,7 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
         "kube_qemu: ClusterIP {} reached from the pod; hostPath written and read",
         cluster_ip.trim()
     );
-    print_memory(running(vms)[0]);
+    qemu_harness::guest_cpu::print_memory("kube_qemu", running(vms)[0]);
     qemu_harness::guest_cpu::print("kube_qemu", "with the workload running", &running(vms));
 
     // 4. the kubelet killed: back to Ready, the workload still answers
@@ -642,7 +620,7 @@ fn one_vm_assembles_kubernetes_and_runs_a_seeded_workload() -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     for vm in running(vms) {
-        print_memory(vm);
+        qemu_harness::guest_cpu::print_memory("kube_qemu", vm);
     }
 
     // 8. Netboot identity and faults: node3 is done with (stopped, so the

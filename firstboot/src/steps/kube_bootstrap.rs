@@ -17,7 +17,8 @@
 //!   a joining kubelet gets).
 //!
 //! All of it is one YAML file ([`MANIFESTS`]), rendered purely and applied
-//! with `kubectl apply` (idempotent) on every round through this node's
+//! with `kubectl apply --server-side` (idempotent, and race-free between
+//! the control-plane nodes) on every round through this node's
 //! apiserver. Then control-plane Node objects that are registered get the
 //! `node-role.kubernetes.io/control-plane` and `.../master` labels, and the
 //! `node-role.kubernetes.io/master:NoSchedule` taint exactly when
@@ -544,12 +545,24 @@ impl Step for KubeBootstrap {
     }
 }
 
-/// `kubectl apply -f` of [`MANIFESTS`] through this node's apiserver.
+/// `kubectl apply --server-side` of [`MANIFESTS`] through this node's
+/// apiserver. Server-side: every control-plane node applies the same
+/// objects at about the same time, and a client-side apply (get, then
+/// create) lost that race with "AlreadyExists" and went into backoff
+/// (seen on three booted control planes); the apiserver creates or
+/// updates atomically. `--force-conflicts`: the agent owns these objects,
+/// including fields an older agent set with a client-side apply.
 pub fn apply_command(ctx: &Ctx) -> Cmd {
     kubectl(
         ctx,
         APPLY_TIMEOUT_SECS,
-        &["apply", "-f", &ctx.path(MANIFESTS)],
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &ctx.path(MANIFESTS),
+        ],
     )
 }
 
@@ -601,7 +614,7 @@ mod tests {
                 assert_eq!(
                     r.commands[0].display(),
                     "/usr/bin/kubectl --kubeconfig=/etc/kubernetes/habuild/admin-local.conf \
-                 --request-timeout=60s apply -f /etc/kubernetes/habuild/bootstrap.yaml"
+                 --request-timeout=60s apply --server-side --force-conflicts -f /etc/kubernetes/habuild/bootstrap.yaml"
                 );
                 assert_eq!(r.commands[0], apply_command(ctx));
             },

@@ -216,7 +216,7 @@ fn etcd_servers(ctx: &Ctx) -> Result<String, StepError> {
 /// kube-apiserver's command line (pure).
 pub fn apiserver_argv(ctx: &Ctx, ip: Ipv4Addr) -> Result<Vec<String>, StepError> {
     let pki = |f: &str| ctx.path(&format!("{PKI}/{f}"));
-    Ok(vec![
+    let mut argv = vec![
         ctx.path(APISERVER_BIN),
         format!("--advertise-address={ip}"),
         format!("--bind-address={ip}"),
@@ -259,7 +259,17 @@ pub fn apiserver_argv(ctx: &Ctx, ip: Ipv4Addr) -> Result<Vec<String>, StepError>
         ),
         format!("--tls-cert-file={}", pki("apiserver.crt")),
         format!("--tls-private-key-file={}", pki("apiserver.key")),
-    ])
+    ];
+    if ctx.emulated {
+        // etcd's health check (`/readyz`, `/healthz`) gives etcd 2 s by
+        // default; an emulated member busy with three apiservers' writes
+        // answers slower, and each failed check made this apiserver
+        // unready (seen on three booted control planes). The flag exists
+        // from 1.20 on; 1.26+ reads `/readyz`'s etcd check from
+        // `--etcd-readycheck-timeout`, which 1.20 does not have.
+        argv.push("--etcd-healthcheck-timeout=10s".into());
+    }
+    Ok(argv)
 }
 
 /// kube-controller-manager's command line (pure).
@@ -280,6 +290,10 @@ pub fn controller_manager_argv(ctx: &Ctx) -> Vec<String> {
         "--controllers=*,bootstrapsigner,tokencleaner".into(),
         format!("--kubeconfig={conf}"),
         "--leader-elect=true".into(),
+    ]
+    .into_iter()
+    .chain(leader_election_timings(ctx))
+    .chain([
         format!(
             "--requestheader-client-ca-file={}",
             pki("front-proxy-ca.crt")
@@ -287,7 +301,28 @@ pub fn controller_manager_argv(ctx: &Ctx) -> Vec<String> {
         format!("--root-ca-file={}", pki("ca.crt")),
         format!("--service-account-private-key-file={}", pki("sa.key")),
         "--use-service-account-credentials=true".into(),
-    ]
+    ])
+    .collect()
+}
+
+/// Leader election's timings for the controller-manager and the
+/// scheduler: the defaults (lease 15 s, renew deadline 10 s, retry 2 s)
+/// except on an emulated CPU, where one lease renewal through a busy
+/// apiserver can take longer than 10 s; missing the deadline makes the
+/// process exit ("leaderelection lost") and start again, which on three
+/// emulated control planes became a restart loop that never let the
+/// controllers sync. There: lease 60 s, renew deadline 40 s, retry 8 s (a
+/// dead leader is replaced within about a minute).
+fn leader_election_timings(ctx: &Ctx) -> Vec<String> {
+    if ctx.emulated {
+        vec![
+            "--leader-elect-lease-duration=60s".into(),
+            "--leader-elect-renew-deadline=40s".into(),
+            "--leader-elect-retry-period=8s".into(),
+        ]
+    } else {
+        vec![]
+    }
 }
 
 /// kube-scheduler's command line (pure).
@@ -301,6 +336,9 @@ pub fn scheduler_argv(ctx: &Ctx) -> Vec<String> {
         format!("--kubeconfig={conf}"),
         "--leader-elect=true".into(),
     ]
+    .into_iter()
+    .chain(leader_election_timings(ctx))
+    .collect()
 }
 
 /// `kubectl` with this node's local admin kubeconfig and a request timeout
@@ -606,6 +644,52 @@ pub(crate) mod tests {
 --kubeconfig=/etc/kubernetes/scheduler.conf
 --leader-elect=true"
         );
+    }
+
+    #[test]
+    fn emulated_control_planes_hold_their_leases_longer_and_wait_longer_for_etcd() {
+        let flags = [
+            "--leader-elect-lease-duration=60s",
+            "--leader-elect-renew-deadline=40s",
+            "--leader-elect-retry-period=8s",
+        ];
+        for emulated in [false, true] {
+            let (cm, sched) = with_items(
+                1,
+                |_| {},
+                |ctx| {
+                    let ctx = Ctx { emulated, ..*ctx };
+                    let r = KubeControlPlane.render(&ctx).unwrap();
+                    (r.services[1].argv.clone(), r.services[2].argv.clone())
+                },
+            );
+            let api = with_items(
+                1,
+                |_| {},
+                |ctx| {
+                    let ctx = Ctx { emulated, ..*ctx };
+                    KubeControlPlane.render(&ctx).unwrap().services[0]
+                        .argv
+                        .clone()
+                },
+            );
+            assert_eq!(
+                api.iter().any(|a| a == "--etcd-healthcheck-timeout=10s"),
+                emulated,
+                "{api:?}"
+            );
+            for argv in [cm, sched] {
+                for f in flags {
+                    assert_eq!(argv.iter().any(|a| a == f), emulated, "{f} in {argv:?}");
+                }
+                // no other leader-election flag, emulated or not
+                let other = argv
+                    .iter()
+                    .filter(|a| a.starts_with("--leader-elect") && *a != "--leader-elect=true")
+                    .count();
+                assert_eq!(other, if emulated { 3 } else { 0 }, "{argv:?}");
+            }
+        }
     }
 
     /// Flags 1.20 has that current releases removed (or the other way
