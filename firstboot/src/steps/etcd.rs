@@ -66,13 +66,28 @@ pub fn etcdctl(ctx: &Ctx, args: &[&str]) -> Cmd {
             "--key={}",
             ctx.path(&format!("{PKI}/healthcheck-client.key"))
         ),
-        "--dial-timeout=3s".to_string(),
-        "--command-timeout=5s".to_string(),
     ];
+    let (dial, command) = etcdctl_timeouts(ctx);
+    argv.push(format!("--dial-timeout={dial}s"));
+    argv.push(format!("--command-timeout={command}s"));
     argv.extend(args.iter().map(|a| a.to_string()));
     let mut c = Cmd::new(argv);
     c.env.push(("ETCDCTL_API".into(), "3".into()));
     c
+}
+
+/// etcdctl's dial and command timeouts in seconds. On an emulated node
+/// starting etcdctl, its TLS handshakes and a busy member's answer take
+/// seconds each: with 3 s / 5 s there, `endpoint health --cluster` timed
+/// out on members that were serving, and the status said "2/3 members
+/// healthy (… does not answer)" of a healthy cluster (three booted VMs
+/// with three kube-apiservers, 2026-12-03).
+fn etcdctl_timeouts(ctx: &Ctx) -> (u32, u32) {
+    if ctx.emulated {
+        (10, 15)
+    } else {
+        (3, 5)
+    }
 }
 
 impl Step for Etcd {
@@ -318,6 +333,28 @@ mod tests {
     use super::*;
     use crate::host::fake::Recording;
     use crate::steps::testutil::with_ctx;
+
+    #[test]
+    fn an_emulated_node_gives_etcdctl_longer_timeouts() {
+        let (real, emu) = with_ctx(1, |ctx| {
+            let emu = Ctx {
+                emulated: true,
+                ..*ctx
+            };
+            (
+                etcdctl(ctx, &["endpoint", "health"]).argv,
+                etcdctl(&emu, &["endpoint", "health"]).argv,
+            )
+        });
+        for (argv, dial, command) in [(&real, "3s", "5s"), (&emu, "10s", "15s")] {
+            assert!(argv.contains(&format!("--dial-timeout={dial}")), "{argv:?}");
+            assert!(
+                argv.contains(&format!("--command-timeout={command}")),
+                "{argv:?}"
+            );
+            assert_eq!(argv[argv.len() - 2..], ["endpoint", "health"], "{argv:?}");
+        }
+    }
 
     #[test]
     fn an_emulated_node_runs_etcd_with_slower_heartbeats() {
