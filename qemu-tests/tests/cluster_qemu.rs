@@ -1,23 +1,24 @@
 //! Self-assembly on booted VMs, one cluster for every proof: three copies of
 //! the Debian 12 image built by `habuild image` (cluster.toml:
 //! bootstrap_expect = 3, control-plane size 3, storage enabled with 1 GiB
-//! backing files and replica 3, Kubernetes on, the test workload's archive
-//! in the profile), 1.5 GiB each, on one L2 inside a network namespace
-//! this test creates, with dnsmasq as the site's DHCP server. Without any
-//! per-VM configuration they form Raft, issue the PKI, start etcd with
-//! TLS, bring up the API VIP, build the Gluster bricks (loop device over a
-//! file on the data partition, LVM thin pool, XFS), form the trusted pool,
-//! create and start a replica-3 volume and mount it on every node, and
-//! assemble Kubernetes: three control planes (kube-apiserver,
-//! kube-controller-manager, kube-scheduler) behind the VIP and a kubelet on
-//! every node. The three VMs are booted once for all of it (the suite
-//! assembles one cluster, not one per capability), and one power-off of
-//! the VIP holder serves the faults of all of them.
+//! backing files and replica 3, Kubernetes off), 1 GiB each, on one L2
+//! inside a network namespace this test creates, with dnsmasq as the
+//! site's DHCP server. Without any per-VM configuration they form Raft,
+//! issue the PKI, start etcd with TLS, bring up the API VIP, build the
+//! Gluster bricks (loop device over a file on the data partition, LVM thin
+//! pool, XFS), form the trusted pool, create and start a replica-3 volume
+//! and mount it on every node. The three VMs are booted once for all of it
+//! (the suite assembles one cluster, not one for etcd/VIP and another for
+//! Gluster).
 //!
-//! `HABUILD_QEMU_HA_KUBE=0` runs the same scenario with Kubernetes off
-//! (1 GiB per node) and skips the steps marked "Kubernetes" below, saying
-//! so: under TCG on 2 cores the three emulated control planes take most
-//! of the test's time.
+//! With `HABUILD_QEMU_HA_KUBE=1` (a host with KVM, or patience: under TCG
+//! on 2 cores all three kubelets were Ready ~1100 s after power-on and the
+//! test took ~45 minutes) the same scenario runs with Kubernetes on (the
+//! test workload's archive in the profile, 1.5 GiB per node) and also
+//! checks, in the steps marked "Kubernetes" below, three control planes
+//! (kube-apiserver, kube-controller-manager, kube-scheduler) behind the
+//! VIP, a kubelet on every node, the workload on the Gluster volume and
+//! the API's failover.
 //!
 //! Checked from inside the namespace only (the test's own host on the
 //! bridge: `habuild cluster status --json` and `--gluster --json`, mDNS +
@@ -412,15 +413,18 @@ fn diagnose(vms: &[Option<Vm>]) -> String {
         .collect()
 }
 
-/// Kubernetes is on in this scenario (three control planes behind the VIP,
-/// the workload on the Gluster volume, the API's failover when the VIP
-/// holder loses power) unless this is set to `0`, which leaves etcd, the
-/// VIP and Gluster (about a third of the time under TCG on 2 cores: the
-/// three emulated control planes take most of it; ARCHITECTURE.md,
-/// "Kubernetes").
+/// Set to `1` to run this scenario with Kubernetes on: three control
+/// planes behind the VIP, the workload on the Gluster volume, the API's
+/// failover when the VIP holder loses power, the node Ready again. Off in
+/// the suite: under TCG on the 2-core CI host the three emulated control
+/// planes took the test from ~11 to ~45 minutes (all nodes Ready ~1100 s
+/// after power-on; ARCHITECTURE.md, "Kubernetes"), more than CI's 90
+/// minutes leave room for; `kube_qemu` proves Kubernetes on VMs with one
+/// control plane, and the HA control plane runs in network namespaces
+/// with the real binaries.
 const HA_KUBE_ENV: &str = "HABUILD_QEMU_HA_KUBE";
 
-/// Kubernetes as this scenario checks it (unless [`HA_KUBE_ENV`] is 0): kubectl
+/// Kubernetes as this scenario checks it (with [`HA_KUBE_ENV`] set): kubectl
 /// through the VIP, each node's NodePort URL, and the file a pod wrote on
 /// the volume (path inside the pods, content).
 struct HaKube<'a> {
@@ -620,15 +624,16 @@ fn side_by_side<A: Send, B>(
 
 #[test]
 fn three_vms_assemble_etcd_the_vip_and_a_replica_3_volume_and_survive_a_power_off() -> Result<()> {
-    // Kubernetes on unless HA_KUBE_ENV is 0: three control planes
+    // Kubernetes off unless HA_KUBE_ENV is 1: then three control planes
     // (the test image carries the workload's archive), 1.5 GiB per node for
     // etcd, the kube control plane, the kubelet and Gluster
-    let ha_kube = std::env::var_os(HA_KUBE_ENV).is_none_or(|v| v != "0");
+    let ha_kube = std::env::var_os(HA_KUBE_ENV).is_some_and(|v| v != "0");
     let (img, size) = if ha_kube {
         (kube_test_image(&test_cluster_text(3, 3))?, Size::mib(1536))
     } else {
         eprintln!(
-            "cluster_qemu: Kubernetes off in this scenario ({HA_KUBE_ENV}=0): etcd, the VIP and Gluster only"
+            "cluster_qemu: Kubernetes off in this scenario: etcd, the VIP and Gluster only ({HA_KUBE_ENV}=1 turns it on: \
+             three emulated control planes take about 45 minutes on a 2-core host without KVM; kube_qemu proves Kubernetes on VMs)"
         );
         (
             debian_image_for(&test_cluster_text_without_kubernetes())?,

@@ -19,7 +19,13 @@
 //! All of it is one YAML file ([`MANIFESTS`]), rendered purely and applied
 //! with `kubectl apply --server-side` (idempotent, and race-free between
 //! the control-plane nodes) on every round through this node's
-//! apiserver. Then control-plane Node objects that are registered get the
+//! apiserver. A re-apply that fails after this node applied the same
+//! manifests since boot ([`APPLIED`] remembers their sha256) leaves the
+//! step done and says so in its detail: the objects are in the cluster,
+//! and on three emulated control planes a busy apiserver timed out such
+//! re-applies, which sent `pod-network`, `kubelet` and `kube-proxy` back to
+//! waiting on nodes whose kubelet was Ready. A first apply, or one of
+//! changed manifests, that fails fails the step. Then control-plane Node objects that are registered get the
 //! `node-role.kubernetes.io/control-plane` and `.../master` labels, and the
 //! `node-role.kubernetes.io/master:NoSchedule` taint exactly when
 //! `kubernetes.control_plane_schedulable = false` (removed again when it
@@ -42,6 +48,10 @@ pub struct KubeBootstrap;
 
 /// The manifests this step applies (0600: it holds the bootstrap token).
 pub const MANIFESTS: &str = "etc/kubernetes/habuild/bootstrap.yaml";
+/// What this node applied since boot: the sha256 of the manifests last
+/// applied successfully, then (when the latest re-apply of those failed)
+/// why.
+pub const APPLIED: &str = "run/habuild/kube-bootstrap-applied";
 /// The Kubernetes version kubeadm-config names (the image's binaries).
 pub const KUBERNETES_VERSION: &str = "v1.20.2";
 /// The ConfigMap `kubeadm join` 1.20 reads the kubelet's configuration from.
@@ -482,15 +492,17 @@ impl Step for KubeBootstrap {
     fn render(&self, ctx: &Ctx) -> Result<Rendered, StepError> {
         Ok(Rendered {
             files: vec![FileSpec::new(MANIFESTS, 0o600, manifests(ctx)?)],
-            commands: vec![apply_command(ctx)],
+            commands: vec![],
             services: vec![],
         })
     }
 
-    /// Labels (and taints or untaints) the registered control-plane nodes.
-    /// Listing or labelling failures do not fail the step: the manifests are
-    /// applied, and the next round tries the nodes again.
+    /// Applies the manifests ([`apply_manifests`]), then labels (and
+    /// taints or untaints) the registered control-plane nodes. Listing or
+    /// labelling failures do not fail the step: the manifests are applied,
+    /// and the next round tries the nodes again.
     fn act(&self, ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+        apply_manifests(ctx, host)?;
         let list = host.exec.output(&kubectl(
             ctx,
             GET_TIMEOUT_SECS,
@@ -541,7 +553,56 @@ impl Step for KubeBootstrap {
                 missing.join(", ")
             );
         }
+        if let Some(why) = applied(host)?.and_then(|(_, failed)| failed) {
+            text += &format!("; the last re-apply failed (applied before, unchanged): {why}");
+        }
         Ok(Check::Done(text))
+    }
+}
+
+/// The sha256 (hex) of the manifests text.
+fn digest(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// What [`APPLIED`] remembers: the digest of the manifests last applied
+/// and, when the latest re-apply of them failed, why.
+fn applied(host: &Host) -> Result<Option<(String, Option<String>)>, StepError> {
+    let Some(bytes) = host.files.read(APPLIED)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let mut lines = text.lines();
+    let digest = lines.next().unwrap_or_default().to_string();
+    let why = lines.next().filter(|l| !l.is_empty()).map(str::to_string);
+    Ok(Some((digest, why)))
+}
+
+/// `kubectl apply` of the manifests ([`apply_command`]). Remembers their
+/// digest in [`APPLIED`] when it succeeds; when it fails, the step fails
+/// unless this node applied the same manifests before (since boot), in
+/// which case the failure is remembered, logged and shown by the check.
+fn apply_manifests(ctx: &Ctx, host: &Host) -> Result<(), StepError> {
+    let want = digest(&manifests(ctx)?);
+    let remember = |why: &str| {
+        host.files
+            .write(&FileSpec::new(APPLIED, 0o644, format!("{want}\n{why}\n")))
+    };
+    match host.exec.run(&apply_command(ctx)) {
+        Ok(_) => {
+            remember("")?;
+            Ok(())
+        }
+        Err(e) => match applied(host)? {
+            Some((before, _)) if before == want => {
+                let why = e.to_string().replace('\n', " ");
+                tracing::warn!(error = %why, "re-applying the bootstrap manifests (applied before, unchanged)");
+                remember(&why)?;
+                Ok(())
+            }
+            _ => Err(e.into()),
+        },
     }
 }
 
@@ -611,12 +672,79 @@ mod tests {
                 let r = KubeBootstrap.render(ctx).unwrap();
                 assert_eq!(r.files[0].path, MANIFESTS);
                 assert_eq!(r.files[0].mode, 0o600);
+                assert!(r.commands.is_empty(), "applied by act: {:?}", r.commands);
+                let rec = Recording::default();
+                KubeBootstrap.act(ctx, &rec.host()).unwrap();
                 assert_eq!(
-                    r.commands[0].display(),
+                    rec.commands()[0],
                     "/usr/bin/kubectl --kubeconfig=/etc/kubernetes/habuild/admin-local.conf \
                  --request-timeout=60s apply --server-side --force-conflicts -f /etc/kubernetes/habuild/bootstrap.yaml"
                 );
-                assert_eq!(r.commands[0], apply_command(ctx));
+            },
+        );
+    }
+
+    /// A failed first apply fails the step; once applied, a failed re-apply
+    /// of the same manifests leaves it done (saying so) until one succeeds;
+    /// a failed apply of changed manifests fails it again.
+    #[test]
+    fn a_failed_re_apply_of_applied_manifests_keeps_the_step_done() {
+        const APPLY: &str =
+            "/usr/bin/kubectl --kubeconfig=/etc/kubernetes/habuild/admin-local.conf \
+                             --request-timeout=60s apply";
+        const TIMEOUT: &str =
+            "Unable to connect to the server: net/http: request canceled (Client.Timeout exceeded)";
+        let check =
+            |ctx: &Ctx, rec: &Recording| match KubeBootstrap.check(ctx, &rec.host()).unwrap() {
+                Check::Done(d) => d,
+                other => panic!("{other:?}"),
+            };
+        let rec = Recording::default();
+        with_items(
+            1,
+            |_| {},
+            |ctx| {
+                rec.answer_once(APPLY, 1, "", TIMEOUT);
+                let e = KubeBootstrap.act(ctx, &rec.host()).unwrap_err();
+                assert!(e.to_string().contains("Client.Timeout exceeded"), "{e}");
+                assert_eq!(
+                    rec.file(APPLIED),
+                    None,
+                    "nothing applied, nothing remembered"
+                );
+
+                KubeBootstrap.act(ctx, &rec.host()).unwrap();
+                assert!(!check(ctx, &rec).contains("re-apply failed"));
+
+                rec.answer_once(APPLY, 1, "", TIMEOUT);
+                KubeBootstrap.act(ctx, &rec.host()).unwrap();
+                let d = check(ctx, &rec);
+                assert!(
+                    d.contains("the last re-apply failed (applied before, unchanged): ")
+                        && d.contains("Client.Timeout exceeded"),
+                    "{d}"
+                );
+
+                KubeBootstrap.act(ctx, &rec.host()).unwrap();
+                assert!(
+                    !check(ctx, &rec).contains("re-apply failed"),
+                    "a success clears it"
+                );
+            },
+        );
+        // the same node, its manifests changed (another token): a failed
+        // apply fails the step
+        with_items(
+            1,
+            |c| c.kubernetes.control_plane_schedulable = false,
+            |ctx| {
+                let before = rec.file(APPLIED).unwrap();
+                rec.lock().files.insert(
+                    APPLIED.into(),
+                    FileSpec::new(APPLIED, 0o644, format!("{}\n", "0".repeat(64))),
+                );
+                rec.answer_once(APPLY, 1, "", TIMEOUT);
+                assert!(KubeBootstrap.act(ctx, &rec.host()).is_err(), "{before}");
             },
         );
     }
