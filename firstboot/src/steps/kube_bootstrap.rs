@@ -584,7 +584,9 @@ fn applied(host: &Host) -> Result<Option<(String, Option<String>)>, StepError> {
 /// unless this node applied the same manifests before (since boot), in
 /// which case the failure is remembered, logged and shown by the check.
 fn apply_manifests(ctx: &Ctx, host: &Host) -> Result<(), StepError> {
-    let want = digest(&manifests(ctx)?);
+    // what kubectl reads: the file as the rendering wrote it
+    let file = host.files.read(MANIFESTS)?.unwrap_or_default();
+    let want = digest(&String::from_utf8_lossy(&file));
     let remember = |why: &str| {
         host.files
             .write(&FileSpec::new(APPLIED, 0o644, format!("{want}\n{why}\n")))
@@ -704,6 +706,7 @@ mod tests {
             1,
             |_| {},
             |ctx| {
+                crate::steps::apply(&KubeBootstrap.render(ctx).unwrap(), &rec.host()).unwrap();
                 rec.answer_once(APPLY, 1, "", TIMEOUT);
                 let e = KubeBootstrap.act(ctx, &rec.host()).unwrap_err();
                 assert!(e.to_string().contains("Client.Timeout exceeded"), "{e}");
@@ -732,8 +735,8 @@ mod tests {
                 );
             },
         );
-        // the same node, its manifests changed (another token): a failed
-        // apply fails the step
+        // the same node, the manifests it applied before not the ones on
+        // disk now (the plan changed them): a failed apply fails the step
         with_items(
             1,
             |c| c.kubernetes.control_plane_schedulable = false,
