@@ -14,12 +14,11 @@
 //! With `HABUILD_QEMU_HA_KUBE=1` (a host with KVM, or patience: under TCG
 //! on 2 cores all three kubelets were Ready ~1100 s after power-on, and a
 //! run stopped after 36 minutes with the workload not Ready) the same
-//! scenario runs with Kubernetes on (the
-//! test workload's archive in the profile, 1.5 GiB per node) and also
-//! checks, in the steps marked "Kubernetes" below, three control planes
-//! (kube-apiserver, kube-controller-manager, kube-scheduler) behind the
-//! VIP, a kubelet on every node, the workload on the Gluster volume and
-//! the API's failover.
+//! scenario runs with Kubernetes on (the test workload's archive in the
+//! profile, 1.5 GiB per node) and also checks, in the steps marked
+//! "Kubernetes" below, three control planes (kube-apiserver,
+//! kube-controller-manager, kube-scheduler) behind the VIP, a kubelet on
+//! every node, the workload on the Gluster volume and the API's failover.
 //!
 //! Checked from inside the namespace only (the test's own host on the
 //! bridge: `habuild cluster status --json` and `--gluster --json`, mDNS +

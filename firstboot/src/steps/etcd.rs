@@ -332,15 +332,12 @@ fn heartbeat_ms(ctx: &Ctx) -> u32 {
 mod tests {
     use super::*;
     use crate::host::fake::Recording;
-    use crate::steps::testutil::with_ctx;
+    use crate::steps::testutil::{emulated, with_ctx};
 
     #[test]
     fn an_emulated_node_gives_etcdctl_longer_timeouts() {
         let (real, emu) = with_ctx(1, |ctx| {
-            let emu = Ctx {
-                emulated: true,
-                ..*ctx
-            };
+            let emu = emulated(ctx);
             (
                 etcdctl(ctx, &["endpoint", "health"]).argv,
                 etcdctl(&emu, &["endpoint", "health"]).argv,
@@ -359,10 +356,7 @@ mod tests {
     #[test]
     fn an_emulated_node_runs_etcd_with_slower_heartbeats() {
         let argv = with_ctx(1, |ctx| {
-            let emu = Ctx {
-                emulated: true,
-                ..*ctx
-            };
+            let emu = emulated(ctx);
             Etcd.render(&emu).unwrap().services[0].argv.clone()
         });
         assert!(

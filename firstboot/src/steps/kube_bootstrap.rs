@@ -20,12 +20,13 @@
 //! with `kubectl apply --server-side` (idempotent, and race-free between
 //! the control-plane nodes) on every round through this node's
 //! apiserver. A re-apply that fails after this node applied the same
-//! manifests since boot ([`APPLIED`] remembers their sha256) leaves the
-//! step done and says so in its detail: the objects are in the cluster,
-//! and on three emulated control planes a busy apiserver timed out such
-//! re-applies, which sent `pod-network`, `kubelet` and `kube-proxy` back to
-//! waiting on nodes whose kubelet was Ready. A first apply, or one of
-//! changed manifests, that fails fails the step. Then control-plane Node objects that are registered get the
+//! manifests since boot ([`APPLIED`] remembers their fingerprint) leaves
+//! the step done and says so in its detail: the objects are in the
+//! cluster, and on three emulated control planes a busy apiserver timed
+//! out such re-applies, which sent `pod-network`, `kubelet` and
+//! `kube-proxy` back to waiting on nodes whose kubelet was Ready. A first
+//! apply, or one of changed manifests, that fails fails the step. Then
+//! control-plane Node objects that are registered get the
 //! `node-role.kubernetes.io/control-plane` and `.../master` labels, and the
 //! `node-role.kubernetes.io/master:NoSchedule` taint exactly when
 //! `kubernetes.control_plane_schedulable = false` (removed again when it
@@ -48,8 +49,8 @@ pub struct KubeBootstrap;
 
 /// The manifests this step applies (0600: it holds the bootstrap token).
 pub const MANIFESTS: &str = "etc/kubernetes/habuild/bootstrap.yaml";
-/// What this node applied since boot: the sha256 of the manifests last
-/// applied successfully, then (when the latest re-apply of those failed)
+/// What this node applied since boot: the fingerprint
+/// ([`super::fingerprint`]) of the manifests file last applied successfully, then (when the latest re-apply of those failed)
 /// why.
 pub const APPLIED: &str = "run/habuild/kube-bootstrap-applied";
 /// The Kubernetes version kubeadm-config names (the image's binaries).
@@ -560,13 +561,7 @@ impl Step for KubeBootstrap {
     }
 }
 
-/// The sha256 (hex) of the manifests text.
-fn digest(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
-/// What [`APPLIED`] remembers: the digest of the manifests last applied
+/// What [`APPLIED`] remembers: the fingerprint of the manifests last applied
 /// and, when the latest re-apply of them failed, why.
 fn applied(host: &Host) -> Result<Option<(String, Option<String>)>, StepError> {
     let Some(bytes) = host.files.read(APPLIED)? else {
@@ -574,19 +569,19 @@ fn applied(host: &Host) -> Result<Option<(String, Option<String>)>, StepError> {
     };
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let mut lines = text.lines();
-    let digest = lines.next().unwrap_or_default().to_string();
+    let fingerprint = lines.next().unwrap_or_default().to_string();
     let why = lines.next().filter(|l| !l.is_empty()).map(str::to_string);
-    Ok(Some((digest, why)))
+    Ok(Some((fingerprint, why)))
 }
 
 /// `kubectl apply` of the manifests ([`apply_command`]). Remembers their
-/// digest in [`APPLIED`] when it succeeds; when it fails, the step fails
+/// fingerprint in [`APPLIED`] when it succeeds; when it fails, the step fails
 /// unless this node applied the same manifests before (since boot), in
 /// which case the failure is remembered, logged and shown by the check.
 fn apply_manifests(ctx: &Ctx, host: &Host) -> Result<(), StepError> {
     // what kubectl reads: the file as the rendering wrote it
     let file = host.files.read(MANIFESTS)?.unwrap_or_default();
-    let want = digest(&String::from_utf8_lossy(&file));
+    let want = super::fingerprint([file.as_slice()]);
     let remember = |why: &str| {
         host.files
             .write(&FileSpec::new(APPLIED, 0o644, format!("{want}\n{why}\n")))
@@ -744,7 +739,7 @@ mod tests {
                 let before = rec.file(APPLIED).unwrap();
                 rec.lock().files.insert(
                     APPLIED.into(),
-                    FileSpec::new(APPLIED, 0o644, format!("{}\n", "0".repeat(64))),
+                    FileSpec::new(APPLIED, 0o644, format!("{}\n", "0".repeat(16))),
                 );
                 rec.answer_once(APPLY, 1, "", TIMEOUT);
                 assert!(KubeBootstrap.act(ctx, &rec.host()).is_err(), "{before}");

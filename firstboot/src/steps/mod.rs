@@ -495,6 +495,14 @@ pub(crate) mod testutil {
         s
     }
 
+    /// `ctx` as on an emulated CPU ([`Ctx::emulated`]).
+    pub fn emulated<'a>(ctx: &Ctx<'a>) -> Ctx<'a> {
+        Ctx {
+            emulated: true,
+            ..*ctx
+        }
+    }
+
     /// Runs `f` with node `me`'s context over [`state`] (root `/`, eth0).
     pub fn with_ctx<R>(me: NodeId, f: impl FnOnce(&Ctx) -> R) -> R {
         let state = state();

@@ -312,15 +312,12 @@ impl Step for Vip {
 mod tests {
     use super::*;
     use crate::host::fake::Recording;
-    use crate::steps::testutil::with_ctx;
+    use crate::steps::testutil::{emulated, with_ctx};
 
     #[test]
     fn an_emulated_node_checks_haproxy_less_often() {
         let (native, emulated) = with_ctx(2, |ctx| {
-            let emu = Ctx {
-                emulated: true,
-                ..*ctx
-            };
+            let emu = emulated(ctx);
             (
                 keepalived_conf(ctx).unwrap(),
                 keepalived_conf(&emu).unwrap(),
