@@ -220,6 +220,10 @@ pub fn build_image(exec: &dyn Exec, opts: &BuildOptions) -> Result<BuildReport> 
     let json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Invalid(e.to_string()))?;
     fs::write(&out.manifest_tmp, json).at(&out.manifest_tmp)?;
+    // the overlay on the work directory's rootfs unmounted first: `commit`
+    // consumes `out`, whose drop removes the work directory, and a mount
+    // inside it made that fail and leave ~1.3 GB in the output directory
+    drop(rootfs);
     pxe_out.commit()?;
     let (raw, qcow2, manifest_path) = out.commit()?;
     Ok(BuildReport {
